@@ -1,0 +1,207 @@
+"""The three calling conventions behind one interface the runner drives.
+
+functional  forward(*tensors, **attrs) -> out;          backward(g, *tensors, **attrs) -> grads
+cached      forward(*tensors, **attrs) -> (out, cache); backward(g, cache) -> grads
+layer       obj = Class(**init); parameters set at their paths; obj.forward(*inputs, **attrs);
+            obj.backward(g) -> input grads; parameter grads read from their paths
+
+Every evaluation of a layer object starts from a fresh instance, so caches and gradients
+that real layers accumulate across calls never leak between evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from specgrad.imports import resolve
+from specgrad.model import FunctionBinding, LayerBinding, Spec
+
+
+class ContractError(Exception):
+    """The callable broke the calling contract (wrong return structure); a check failure."""
+
+
+class Evaluator(Protocol):
+    def forward(self, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
+        """Run forward; returns (raw outputs, state needed by backward)."""
+
+    def backward(self, state: Any, grad_out: Any) -> Any:
+        """Run backward on the state of one forward; returns the raw gradients."""
+
+
+def raw_outputs_of(result: Any) -> tuple[Any, bool]:
+    """(outputs tuple, was_tuple): forward may return one array or a tuple of arrays."""
+    if isinstance(result, (tuple, list)):
+        return tuple(result), True
+    return (result,), False
+
+
+@dataclass(frozen=True)
+class FunctionEvaluator:
+    forward_fn: Callable[..., Any]
+    backward_fn: Callable[..., Any]
+    cached: bool
+    order: tuple[str, ...]
+    attrs: Mapping[str, Any]
+
+    def forward(self, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
+        args = [tensors[n] for n in self.order]
+        result = self.forward_fn(*args, **self.attrs)
+        if not self.cached:
+            return result, args
+        if not isinstance(result, (tuple, list)) or len(result) != 2:
+            raise ContractError(
+                f"cached-convention forward must return (out, cache), got {_describe(result)}")
+        return result[0], result[1]
+
+    def backward(self, state: Any, grad_out: Any) -> Any:
+        if self.cached:
+            return self.backward_fn(grad_out, state)
+        return self.backward_fn(grad_out, *state, **self.attrs)
+
+
+class LayerEvaluator:
+    """Drives a layer object; learns on the first evaluation whether it needs a warm-up."""
+
+    def __init__(self, factory: Callable[..., Any], binding: LayerBinding,
+                 inputs: tuple[str, ...], attrs: Mapping[str, Any]) -> None:
+        self.factory, self.binding, self.inputs, self.attrs = factory, binding, inputs, attrs
+        self._warm_up: bool | None = None  # None until the first evaluation decides
+
+    def forward(self, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
+        """A fresh layer holding our parameter arrays by reference, then its forward.
+
+        Parameters are set before the first forward. A layer that creates parameters lazily
+        on its first forward and overwrote ours is, from then on, warmed up with one forward
+        on a fresh instance before the parameters are set.
+        """
+        layer = self.factory(**self.binding.init)
+        if self._warm_up:
+            self._call(layer, tensors)
+            self._assign(layer, tensors, must_exist=True)
+        else:
+            self._assign(layer, tensors, must_exist=False)
+        out = self._call(layer, tensors)
+        if self._warm_up is None:
+            self._warm_up = not all(
+                _holds(layer, w.value, tensors[n]) for n, w in self.binding.params.items())
+            if self._warm_up:
+                return self.forward(tensors)
+        return out, layer
+
+    def backward(self, state: Any, grad_out: Any) -> Any:
+        layer = state
+        input_grads = getattr(layer, self.binding.backward)(grad_out)
+        params = {}
+        for name, where in self.binding.params.items():
+            try:
+                params[name] = where.grad.get(layer)
+            except LookupError as exc:
+                raise ContractError(f"gradient of parameter '{name}': {exc}") from None
+        return input_grads, params
+
+    def _call(self, layer: Any, tensors: Mapping[str, Any]) -> Any:
+        return getattr(layer, self.binding.forward)(*[tensors[n] for n in self.inputs], **self.attrs)
+
+    def _assign(self, layer: Any, tensors: Mapping[str, Any], must_exist: bool) -> None:
+        for name, where in self.binding.params.items():
+            try:
+                if must_exist:
+                    _same_shape(name, where.value.get(layer), tensors[name])
+                where.value.set(layer, tensors[name])
+            except LookupError as exc:
+                if must_exist:
+                    raise ContractError(f"parameter '{name}': {exc}") from None
+
+
+def _same_shape(name: str, existing: Any, ours: Any) -> None:
+    shape = getattr(existing, "shape", None)
+    if shape is not None and tuple(shape) != tuple(ours.shape):
+        raise ContractError(f"the layer made parameter '{name}' with shape {tuple(shape)}, "
+                            f"the spec declares {tuple(ours.shape)}")
+
+
+def _holds(layer: Any, path: Any, array: Any) -> bool:
+    try:
+        return path.get(layer) is array
+    except LookupError:
+        return False
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def make_evaluator(spec: Spec) -> Evaluator:
+    """Import the spec's callables (located SpecError if that fails) and bind them."""
+    folder = spec.path.parent
+    binding = spec.binding
+    if isinstance(binding, FunctionBinding):
+        return FunctionEvaluator(
+            forward_fn=resolve(binding.forward, folder),
+            backward_fn=resolve(binding.backward, folder),
+            cached=binding.convention == "cached",
+            order=tuple(t.name for t in spec.tensors),
+            attrs=spec.attrs,
+        )
+    return LayerEvaluator(
+        factory=resolve(binding.factory, folder),
+        binding=binding,
+        inputs=tuple(t.name for t in spec.inputs),
+        attrs=spec.attrs,
+    )
+
+
+def grads_by_name(raw: Any, spec: Spec) -> dict[str, Any]:
+    """Map a backward's raw return value to {tensor name: gradient} for differentiable tensors.
+
+    Accepts a tuple in tensor order (of the differentiable tensors, or of all tensors with
+    None for the others), a dict by name, or a bare array when one gradient is expected.
+    """
+    if isinstance(spec.binding, LayerBinding):
+        input_raw, params = raw
+        named = _match(input_raw, [t.name for t in spec.inputs],
+                       [t.name for t in spec.inputs if t.grad], allow_ignore=True)
+        named.update({n: params[n] for n in params if spec.tensor(n).grad})
+        return named
+    return _match(raw, [t.name for t in spec.tensors], [t.name for t in spec.tensors if t.grad],
+                  allow_ignore=False)
+
+
+def _match(raw: Any, names: Sequence[str], diff: Sequence[str], allow_ignore: bool) -> dict[str, Any]:
+    if not diff:
+        return {}
+    if isinstance(raw, Mapping):
+        missing = [n for n in diff if n not in raw or raw[n] is None]
+        extra = [k for k in raw if k not in diff and raw[k] is not None]
+        if missing or extra:
+            raise ContractError(_mismatch_text(list(raw), diff, missing, extra))
+        return {n: raw[n] for n in diff}
+    items = list(raw) if isinstance(raw, (tuple, list)) else [raw]
+    if raw is None:
+        raise ContractError(f"backward returned None; expected gradients for {_names(diff)}")
+    if len(items) == len(diff):
+        return dict(zip(diff, items))
+    if len(items) == len(names) and all(items[i] is None for i, n in enumerate(names) if n not in diff):
+        return {n: items[i] for i, n in enumerate(names) if n in diff}
+    if allow_ignore and len(diff) == 0:
+        return {}
+    raise ContractError(f"backward returned {len(items)} gradient(s); expected {len(diff)} "
+                        f"(one per differentiable tensor: {_names(diff)})")
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names)
+
+
+def _mismatch_text(got: list[Any], diff: Sequence[str], missing: list[str], extra: list[Any]) -> str:
+    parts = []
+    if missing:
+        parts.append(f"missing {_names(missing)}")
+    if extra:
+        parts.append(f"unexpected {_names([str(e) for e in extra])}")
+    return f"backward returned a dict with keys {got}; expected {_names(diff)} ({'; '.join(parts)})"

@@ -1,0 +1,198 @@
+"""The `specgrad` command: parse -> build the pipeline -> execute -> exit code.
+
+Exit codes: 0 every selected check passed; 1 a check failed or errored; 2 a spec or the
+command line is invalid (takes precedence); 3 internal error in specgrad itself;
+130 interrupted (Ctrl-C), after reporting the checks that finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from specgrad import __version__
+from specgrad.compile import CasePlan, compile_spec
+from specgrad.errors import Location, SpecError, SpecIssue, UsageError
+from specgrad.model import Spec
+from specgrad.numerics.tolerance import FLOAT_DTYPES
+from specgrad.reporting.console import ConsoleReporter
+from specgrad.reporting.json_report import JsonReporter
+from specgrad.results import CheckResult, RunSummary, Status
+from specgrad.select import Matcher, compile_expression
+
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage; normalise its code to 2
+        return 0 if exc.code == 0 else 2
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"specgrad: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the CLI never shows a raw traceback by default
+        print(f"specgrad: internal error: {type(exc).__name__}: {exc} "
+              "(set SPECGRAD_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
+        if os.environ.get("SPECGRAD_DEBUG"):
+            traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specgrad", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"specgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("paths", nargs="+", type=Path, help="spec files or folders (recursive)")
+    select = argparse.ArgumentParser(add_help=False)
+    select.add_argument("-k", dest="keyword", metavar="EXPR",
+                        help="select checks whose id matches: words, and/or/not, parentheses")
+    select.add_argument("--dtype", action="append", metavar="DTYPE",
+                        help="only these of each spec's dtypes (repeat or comma-separate)")
+    select.add_argument("--seed", type=int, help="override every spec's seed")
+
+    p = sub.add_parser("validate", parents=[common, select], help="run the gradient checks")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report")
+    p.add_argument("--fail-fast", "-x", action="store_true", help="stop at the first failure")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="only failures and the count")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="every check, with noise floors")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("lint", parents=[common], help="check specs against the schema; imports nothing")
+    p.set_defaults(func=cmd_lint)
+
+    p = sub.add_parser("list", parents=[common, select], help="print the compiled check ids")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def discover(paths: Sequence[Path]) -> list[Path]:
+    """Spec files under `paths`: *.yaml / *.yml, recursively, skipping hidden folders."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(
+                p for p in path.rglob("*")
+                if p.suffix in (".yaml", ".yml") and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    if not found:
+        raise UsageError(f"no spec files (*.yaml, *.yml) under {', '.join(map(str, paths))}")
+    return list(dict.fromkeys(found))
+
+
+def _dtypes(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    out = [d.strip() for v in values for d in v.split(",") if d.strip()]
+    for d in out:
+        if d not in FLOAT_DTYPES:
+            raise UsageError(f"--dtype {d!r}: expected one of {', '.join(FLOAT_DTYPES)}")
+    return out
+
+
+def _load(files: list[Path], summary: RunSummary, reporter: ConsoleReporter | None) -> list[Spec]:
+    from specgrad.validate import parse_spec
+
+    specs = []
+    for file in files:
+        try:
+            specs.append(parse_spec(file))
+        except SpecError as exc:
+            summary.spec_errors.extend(exc.issues)
+            if reporter is not None:
+                reporter.spec_errors(exc.issues)
+    return specs
+
+
+def _plans(spec: Spec, args: argparse.Namespace, matcher: Matcher | None) -> tuple[CasePlan, ...]:
+    return compile_spec(spec, dtypes=_dtypes(args.dtype), seed=args.seed, select=matcher)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    files = discover(args.paths)
+    matcher = compile_expression(args.keyword) if args.keyword else None
+    _dtypes(args.dtype)
+    reporter = ConsoleReporter(verbosity=args.verbose - args.quiet)
+    summary = RunSummary()
+    try:
+        for spec in _load(files, summary, reporter):
+            results = _run_one(spec, _plans(spec, args, matcher), summary, reporter, args.fail_fast)
+            summary.results.extend(results)
+            reporter.spec_results(results)
+            if args.fail_fast and any(r.status in (Status.FAIL, Status.ERROR) for r in results):
+                break
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    reporter.closing(summary)
+    if args.json:
+        JsonReporter(args.json).write(summary)
+    return EXIT_INTERRUPTED if summary.interrupted else summary.exit_code
+
+
+def _run_one(spec: Spec, plans: tuple[CasePlan, ...], summary: RunSummary,
+             reporter: ConsoleReporter, fail_fast: bool) -> list[CheckResult]:
+    """One spec's results; an import failure is a located spec error, never an abort."""
+    from specgrad.backends import get_backend
+    from specgrad.runner import run_spec
+
+    if not plans:
+        return []
+    summary.specs_checked += 1
+    results: list[CheckResult] = []
+    try:
+        for result in run_spec(spec, plans, get_backend("numpy")):
+            results.append(result)
+            if fail_fast and result.status in (Status.FAIL, Status.ERROR):
+                break
+    except SpecError as exc:
+        summary.spec_errors.extend(exc.issues)
+        reporter.spec_errors(exc.issues)
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the other specs
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        issue = SpecIssue(Location(spec.path), "", f"internal error while checking: {detail}")
+        summary.spec_errors.append(issue)
+        reporter.spec_errors([issue])
+    return results
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    files = discover(args.paths)
+    summary = RunSummary()
+    reporter = ConsoleReporter()
+    specs = _load(files, summary, reporter)
+    for spec in specs:
+        n = sum(len(p.targets) for p in compile_spec(spec))
+        print(f"ok {spec.path} ({spec.name}: {len(spec.dtypes)} dtype(s) x {len(spec.cases)} "
+              f"case(s), {n} checks)")
+    bad = len(files) - len(specs)
+    print(f"{len(specs)} spec(s) ok, {bad} invalid")
+    return 2 if summary.spec_errors else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    files = discover(args.paths)
+    matcher = compile_expression(args.keyword) if args.keyword else None
+    summary = RunSummary()
+    specs = _load(files, summary, ConsoleReporter())
+    for spec in specs:
+        for plan in _plans(spec, args, matcher):
+            for target in plan.targets:
+                print(plan.check_id(target))
+    return 2 if summary.spec_errors else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Stage 3: a Spec becomes CasePlans, one per dtype x input case, each naming its checks.
+
+Check id grammar:  NAME[DTYPE,CASE]::TARGET  where TARGET is a tensor name (its gradient
+check) or `contract.KIND` (a contract check). Ids are stable: they depend only on the spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from specgrad.model import Case, Spec
+from specgrad.numerics.tolerance import Tolerance
+from specgrad.select import Matcher
+
+#: contract checks run for every case, in this order
+CONTRACTS = ("forward_output", "deterministic", "backward_grads", "finite", "no_mutation")
+
+
+@dataclass(frozen=True, slots=True)
+class CasePlan:
+    """One forward/backward evaluation point and the checks read off it."""
+
+    spec: Spec
+    dtype: str
+    case: Case
+    seed: int
+    tolerance: Tolerance
+    targets: tuple[str, ...]  # selected: differentiable tensor names and contract.KIND
+
+    def check_id(self, target: str) -> str:
+        return check_id(self.spec.name, self.dtype, self.case.name, target)
+
+    @property
+    def gradient_targets(self) -> tuple[str, ...]:
+        return tuple(t for t in self.targets if not t.startswith("contract."))
+
+
+def check_id(spec: str, dtype: str, case: str, target: str) -> str:
+    return f"{spec}[{dtype},{case}]::{target}"
+
+
+def all_targets(spec: Spec) -> tuple[str, ...]:
+    return (*(t.name for t in spec.tensors if t.grad), *(f"contract.{c}" for c in CONTRACTS))
+
+
+def compile_spec(spec: Spec, *, dtypes: Sequence[str] | None = None, seed: int | None = None,
+                 select: Matcher | None = None) -> tuple[CasePlan, ...]:
+    """Plans for the spec's dtypes (filtered by `dtypes`) and cases, checks filtered by `select`."""
+    plans = []
+    for dtype in spec.dtypes:
+        if dtypes is not None and dtype not in dtypes:
+            continue
+        for case in spec.cases:
+            targets = tuple(
+                t for t in all_targets(spec)
+                if select is None or select(check_id(spec.name, dtype, case.name, t))
+            )
+            if targets:
+                plans.append(CasePlan(spec, dtype, case, spec.seed if seed is None else seed,
+                                      spec.tolerances[dtype], targets))
+    return tuple(plans)

@@ -1,0 +1,199 @@
+"""Stage 1: read a YAML spec into plain data plus a side table of source locations.
+
+PyYAML speaks YAML 1.1, where `1e-5` is a string, `yes` a boolean, `010` octal and a
+repeated key silently wins. Specs are written by hand from configs that assume YAML 1.2,
+so scalars are resolved with the YAML 1.2 core schema and duplicate keys are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from specgrad.errors import Location, SpecError, SpecIssue
+
+JsonPath = tuple[str | int, ...]
+
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_MAX_DEPTH = 64
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader whose implicit scalar types follow the YAML 1.2 core schema."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {}
+for _tag, _regexp, _first in (
+    ("tag:yaml.org,2002:bool", _BOOL, list("tTfF")),
+    ("tag:yaml.org,2002:null", _NULL, ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:int", _INT, list("-+0123456789")),
+    ("tag:yaml.org,2002:float", _FLOAT, list("-+.0123456789")),
+    ("tag:yaml.org,2002:merge", re.compile(r"^<<$"), ["<"]),
+):
+    _Yaml12Loader.add_implicit_resolver(_tag, _regexp, _first)
+
+
+def format_path(path: JsonPath) -> str:
+    """`('inputs', 'x', 'shape', 1)` -> `inputs.x.shape[1]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass(frozen=True)
+class RawSpec:
+    """A parsed but not yet validated spec: plain data and where each value came from."""
+
+    path: Path
+    data: Any
+    locations: Mapping[JsonPath, Location] = field(repr=False)
+    key_locations: Mapping[JsonPath, Location] = field(repr=False, default_factory=dict)
+
+    def locate(self, path: JsonPath, *, key: bool = False) -> Location:
+        """Location of the value at `path`, or of its nearest located ancestor."""
+        if key and path in self.key_locations:
+            return self.key_locations[path]
+        for n in range(len(path), -1, -1):
+            loc = self.locations.get(tuple(path[:n]))
+            if loc is not None:
+                return loc
+        return Location(self.path)
+
+    def issue(self, path: JsonPath, message: str, *, key: bool = False) -> SpecIssue:
+        return SpecIssue(self.locate(path, key=key), format_path(path), message)
+
+
+def load_spec(path: Path | str) -> RawSpec:
+    """Read one spec file. Raises SpecError (located) for unreadable files and bad YAML."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError.at(Location(path), "", f"cannot read spec file: {exc}") from None
+    return load_spec_text(text, path)
+
+
+def load_spec_text(text: str, path: Path) -> RawSpec:
+    try:
+        nodes = list(yaml.compose_all(text, Loader=_Yaml12Loader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Location(path, mark.line + 1, mark.column + 1) if mark else Location(path)
+        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        raise SpecError.at(loc, "", f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError.at(Location(path), "", f"invalid YAML: {exc}") from None
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        raise SpecError.at(Location(path, 1, 1), "", "empty spec file (expected a YAML mapping)")
+    if len(nodes) > 1:
+        second = nodes[1].start_mark
+        raise SpecError.at(
+            Location(path, second.line + 1, second.column + 1),
+            "",
+            "a spec file holds one YAML document; found a second one here",
+        )
+    builder = _Builder(path)
+    data = builder.build(nodes[0], ())
+    if builder.issues:
+        raise SpecError(builder.issues)
+    return RawSpec(path, data, builder.locations, builder.key_locations)
+
+
+class _Builder:
+    """Turns a composed node tree into plain data, recording each node's location."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.locations: dict[JsonPath, Location] = {}
+        self.key_locations: dict[JsonPath, Location] = {}
+        self.issues: list[SpecIssue] = []
+        self._active: set[int] = set()
+
+    def _loc(self, node: yaml.Node) -> Location:
+        return Location(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def _fail(self, node: yaml.Node, path: JsonPath, message: str) -> None:
+        self.issues.append(SpecIssue(self._loc(node), format_path(path), message))
+
+    def build(self, node: yaml.Node, path: JsonPath) -> Any:
+        self.locations[path] = self._loc(node)
+        if len(path) > _MAX_DEPTH or id(node) in self._active:
+            self._fail(node, path, "document nests too deeply (recursive alias?)")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return self._scalar(node, path)
+        finally:
+            self._active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        merged: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merged.update(self._merge_source(value_node, path))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._fail(key_node, path, "mapping keys must be plain strings")
+                continue
+            key = str(self._scalar(key_node, path))
+            if key in out:
+                first = self.key_locations[(*path, key)]
+                self._fail(
+                    key_node,
+                    (*path, key),
+                    f"duplicate key '{key}' (first defined at line {first.line})",
+                )
+                continue
+            self.key_locations[(*path, key)] = self._loc(key_node)
+            out[key] = self.build(value_node, (*path, key))
+        for key, value in merged.items():
+            out.setdefault(key, value)
+        return out
+
+    def _merge_source(self, node: yaml.Node, path: JsonPath) -> dict[str, Any]:
+        """`<<: *base` merges keys the mapping does not set itself (YAML merge key)."""
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        merged: dict[str, Any] = {}
+        for source in reversed(sources):
+            if not isinstance(source, yaml.MappingNode):
+                self._fail(source, path, "'<<' merges mappings only")
+                continue
+            merged.update(_Builder(self.path).build(source, ()) or {})
+        return merged
+
+    def _scalar(self, node: yaml.Node, path: JsonPath) -> Any:
+        tag, value = node.tag, node.value
+        if tag == "tag:yaml.org,2002:str":
+            return value
+        if tag == "tag:yaml.org,2002:null" and _NULL.match(value):
+            return None
+        if tag == "tag:yaml.org,2002:bool" and _BOOL.match(value):
+            return value.lower() == "true"
+        if tag == "tag:yaml.org,2002:int" and _INT.match(value):
+            return int(value, 0) if value[:2] in ("0o", "0x") else int(value)
+        if tag == "tag:yaml.org,2002:float" and _FLOAT.match(value):
+            low = value.lower()
+            return float(low.replace(".", "")) if low.endswith((".inf", ".nan")) else float(value)
+        self._fail(node, path, f"unsupported YAML tag {tag!r} for value {value!r}")
+        return None

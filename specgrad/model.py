@@ -1,0 +1,236 @@
+"""The typed spec model. `spec_from_validated` is the only door from plain data to it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from specgrad.access import AccessPath, parse_path
+from specgrad.errors import Location
+from specgrad.loader import RawSpec
+from specgrad.numerics.tolerance import DEFAULT_TOLERANCES, FLOAT_DTYPES, Tolerance
+
+#: the seed's FP-representable special values (exact in float16, float32 and float64)
+SPECIAL_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, -1.0, -0.5)
+
+FillKind = Literal["normal", "uniform", "special", "constant", "npy", "integers"]
+Convention = Literal["functional", "cached", "layer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """How a tensor's values are made; only the fields of its kind are meaningful."""
+
+    kind: FillKind
+    mean: float = 0.0
+    std: float = 1.0
+    low: float = -1.0
+    high: float = 1.0
+    values: tuple[float, ...] = SPECIAL_VALUES
+    path: Path | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind in ("normal", "uniform", "integers")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    name: str
+    role: Literal["input", "parameter"]
+    shape: tuple[int, ...]
+    dtype: str | None  # None: the check's dtype
+    grad: bool
+    fill: Fill
+    location: Location
+
+    def dtype_in(self, check_dtype: str) -> str:
+        return self.dtype or check_dtype
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """A named input case; `fills` replaces the tensors' own fills for the tensors it names."""
+
+    name: str
+    fills: Mapping[str, Fill]
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class ImportRef:
+    target: str  # "package.module:qualname"
+    location: Location
+    field: str
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionBinding:
+    convention: Literal["functional", "cached"]
+    forward: ImportRef
+    backward: ImportRef
+
+
+@dataclass(frozen=True, slots=True)
+class ParamLocation:
+    value: AccessPath
+    grad: AccessPath
+
+
+@dataclass(frozen=True, slots=True)
+class LayerBinding:
+    factory: ImportRef
+    init: Mapping[str, Any]
+    forward: str
+    backward: str
+    params: Mapping[str, ParamLocation]
+    convention: Literal["layer"] = "layer"
+
+
+Binding = FunctionBinding | LayerBinding
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    name: str
+    description: str
+    path: Path
+    binding: Binding
+    tensors: tuple[TensorSpec, ...]
+    attrs: Mapping[str, Any]
+    dtypes: tuple[str, ...]
+    cases: tuple[Case, ...]
+    seed: int
+    tolerances: Mapping[str, Tolerance]
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(t for t in self.tensors if t.role == "input")
+
+    @property
+    def parameters(self) -> tuple[TensorSpec, ...]:
+        return tuple(t for t in self.tensors if t.role == "parameter")
+
+    def tensor(self, name: str) -> TensorSpec:
+        return next(t for t in self.tensors if t.name == name)
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+def fill_from_data(data: str | Mapping[str, Any] | None, folder: Path) -> Fill:
+    if data is None:
+        return Fill("normal")
+    if isinstance(data, str):
+        return Fill(data)  # type: ignore[arg-type]
+    kind = data["kind"]
+    if kind == "special":
+        return Fill("special", values=tuple(float(v) for v in data.get("values", SPECIAL_VALUES)))
+    if kind == "constant":
+        return Fill("constant", values=(float(data["value"]),))
+    if kind == "npy":
+        return Fill("npy", path=folder / data["path"])
+    if kind == "integers":
+        return Fill("integers", low=int(data.get("low", 0)), high=int(data["high"]))
+    default = Fill(kind)
+    return Fill(
+        kind,
+        mean=float(data.get("mean", default.mean)),
+        std=float(data.get("std", default.std)),
+        low=float(data.get("low", default.low)),
+        high=float(data.get("high", default.high)),
+    )
+
+
+def default_grad(dtype: str | None) -> bool:
+    return dtype is None or dtype in FLOAT_DTYPES
+
+
+def _tensors(raw: RawSpec) -> tuple[TensorSpec, ...]:
+    out = []
+    folder = raw.path.parent
+    for section, role in (("inputs", "input"), ("parameters", "parameter")):
+        for name, t in (raw.data.get(section) or {}).items():
+            dtype = t.get("dtype")
+            out.append(TensorSpec(
+                name=name,
+                role=role,  # type: ignore[arg-type]
+                shape=tuple(t["shape"]),
+                dtype=dtype,
+                grad=t.get("grad", default_grad(dtype)),
+                fill=fill_from_data(t.get("fill"), folder),
+                location=raw.locate((section, name), key=True),
+            ))
+    return tuple(out)
+
+
+def _cases(raw: RawSpec, tensors: tuple[TensorSpec, ...]) -> tuple[Case, ...]:
+    out = []
+    folder = raw.path.parent
+    for i, case in enumerate(raw.data.get("cases", ["random", "special"])):
+        loc = raw.locate(("cases", i))
+        if case == "random":
+            out.append(Case("random", _frozen({}), loc))
+        elif case == "special":
+            # only default-style random fills: bounded uniform fills encode a domain, and
+            # npy / constant / integers fills are data the author chose on purpose
+            fills = {t.name: Fill("special") for t in tensors
+                     if t.grad and t.dtype is None and t.fill.kind == "normal"}
+            out.append(Case("special", _frozen(fills), loc))
+        else:
+            fills = {k: fill_from_data(v, folder) for k, v in (case.get("fills") or {}).items()}
+            out.append(Case(case["name"], _frozen(fills), loc))
+    return tuple(out)
+
+
+def _binding(raw: RawSpec) -> Binding:
+    data = raw.data
+    convention = data.get("convention", "functional")
+    if convention != "layer":
+        return FunctionBinding(
+            convention=convention,
+            forward=ImportRef(data["forward"], raw.locate(("forward",)), "forward"),
+            backward=ImportRef(data["backward"], raw.locate(("backward",)), "backward"),
+        )
+    layer = data["layer"]
+    params = {
+        name: ParamLocation(parse_path(p["value"]), parse_path(p["grad"]))
+        for name, p in (layer.get("params") or {}).items()
+    }
+    return LayerBinding(
+        factory=ImportRef(layer["class"], raw.locate(("layer", "class")), "layer.class"),
+        init=_frozen(layer.get("init") or {}),
+        forward=layer.get("forward", "forward"),
+        backward=layer.get("backward", "backward"),
+        params=_frozen(params),
+    )
+
+
+def _tolerances(raw: RawSpec) -> Mapping[str, Tolerance]:
+    given = raw.data.get("tolerances") or {}
+    out = {}
+    for dtype, default in DEFAULT_TOLERANCES.items():
+        t = given.get(dtype, {})
+        out[dtype] = default.merged(t.get("rtol"), t.get("atol"), t.get("epsilon"), t.get("reason"))
+    return _frozen(out)
+
+
+def spec_from_validated(raw: RawSpec) -> Spec:
+    """Build the model from data that passed schema and semantic validation."""
+    tensors = _tensors(raw)
+    return Spec(
+        name=raw.data["name"],
+        description=raw.data["description"],
+        path=raw.path,
+        binding=_binding(raw),
+        tensors=tensors,
+        attrs=_frozen(raw.data.get("attrs") or {}),
+        dtypes=tuple(raw.data.get("dtypes", ["float32", "float64"])),
+        cases=_cases(raw, tensors),
+        seed=int(raw.data.get("seed", 42)),
+        tolerances=_tolerances(raw),
+    )

@@ -1,0 +1,1 @@
+"""Array-namespace (`xp`) numerics: input generation, finite differences, comparison."""

@@ -1,0 +1,95 @@
+"""Terminal report: a table per spec, located failure details, and the closing count line.
+
+Rich renders the tables; colour and width follow the terminal, and piped output (CI) is
+plain text with a fixed width so logs stay greppable. The last line is always exactly
+`N passed, M failed` (`, K skipped` when there are skips).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from itertools import groupby
+from typing import IO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from specgrad.errors import SpecIssue
+from specgrad.results import CheckResult, RunSummary, Status
+
+_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta",
+          Status.SKIP: "yellow"}
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2e}"
+
+
+class ConsoleReporter:
+    def __init__(self, stream: IO[str] | None = None, verbosity: int = 0) -> None:
+        stream = stream or sys.stdout
+        tty = stream.isatty()
+        self.console = Console(file=stream, width=None if tty else 160, no_color=not tty,
+                               highlight=False, emoji=False, soft_wrap=not tty)
+        self.verbosity = verbosity
+
+    def _line(self, text: str, style: str | None = None) -> None:
+        self.console.print(Text(text, style=style or ""), soft_wrap=True)
+
+    def spec_errors(self, issues: Iterable[SpecIssue]) -> None:
+        for issue in issues:
+            self._line(f"{issue}", "red")
+
+    def spec_results(self, results: list[CheckResult]) -> None:
+        """One spec's table and failure details (called as each spec finishes)."""
+        if not results:
+            return
+        bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
+        if self.verbosity < 0:
+            self._details(bad)
+            return
+        shown = [r for r in results
+                 if self.verbosity > 0 or r.kind == "gradient" or r.status is not Status.PASS]
+        first = results[0]
+        table = Table(title=Text(f"{first.spec}  ({first.file})", style="bold"),
+                      title_justify="left", show_edge=False, pad_edge=False)
+        for col, justify in (("check", "left"), ("dtype", "left"), ("case", "left"),
+                             ("max abs err", "right"), ("max rel err", "right"),
+                             ("status", "left")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        if self.verbosity > 0:
+            table.add_column("noise floor", justify="right")
+        for r in shown:
+            c = r.comparison
+            row = [Text(r.target), Text(r.dtype), Text(r.case),
+                   Text(_fmt(c.max_abs_err if c else None)), Text(_fmt(c.max_rel_err if c else None)),
+                   Text(str(r.status), style=_STYLE[r.status])]
+            if self.verbosity > 0:
+                row.append(Text(_fmt(c.noise_floor if c else None)))
+            table.add_row(*row)
+        self.console.print(table)
+        hidden = len(results) - len(shown)
+        if hidden:
+            self._line(f"  + {hidden} contract checks passed (-v lists them)", "dim")
+        self._details(bad)
+        self.console.print()
+
+    def _details(self, bad: list[CheckResult]) -> None:
+        for r in bad:
+            self._line(f"{r.status} {r.check_id}", _STYLE[r.status])
+            self._line(f"  {r.file}: {r.spec} [{r.dtype}, case {r.case}]")
+            for line in r.message.splitlines():
+                self._line(f"  {line}")
+
+    def closing(self, summary: RunSummary) -> None:
+        if summary.interrupted:
+            self._line("interrupted: the results above are the checks that finished", "yellow")
+        if summary.spec_errors:
+            self._line(f"{len(summary.spec_errors)} spec error(s)", "red")
+        self.console.print(Text(summary.closing_line()), soft_wrap=True)
+
+
+def group_by_spec(results: list[CheckResult]) -> list[list[CheckResult]]:
+    return [list(g) for _, g in groupby(results, key=lambda r: (r.file, r.spec))]

@@ -1,0 +1,60 @@
+"""Machine-readable report: every check with its figures, every spec error with its location."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specgrad import __version__
+from specgrad.results import RunSummary, Status
+
+FORMAT_VERSION = 1
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Infinity: non-finite figures become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+class JsonReporter:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def render(self, summary: RunSummary) -> str:
+        doc = {
+            "format": FORMAT_VERSION,
+            "specgrad": __version__,
+            "environment": {"python": platform.python_version(), "numpy": np.__version__},
+            "exit_code": summary.exit_code,
+            "interrupted": summary.interrupted,
+            "summary": {
+                "passed": summary.count(Status.PASS),
+                "failed": summary.count(Status.FAIL),
+                "errors": summary.count(Status.ERROR),
+                "skipped": summary.count(Status.SKIP),
+                "spec_errors": len(summary.spec_errors),
+            },
+            "spec_errors": [
+                {"file": str(i.location.file), "line": i.location.line,
+                 "column": i.location.column, "field": i.field, "message": i.message}
+                for i in summary.spec_errors
+            ],
+            "checks": [r.to_dict() for r in summary.results],
+        }
+        return json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n"
+
+    def write(self, summary: RunSummary) -> None:
+        from specgrad.reporting.atomic import write_atomic
+
+        write_atomic(self.path, self.render(summary))

@@ -1,0 +1,81 @@
+"""What a run produces: one CheckResult per check id, and per-file spec errors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+from specgrad.errors import SpecIssue
+from specgrad.numerics.compare import Comparison
+from specgrad.numerics.tolerance import Tolerance
+
+
+class Status(str, Enum):
+    PASS = "PASS"
+    FAIL = "FAIL"  # the implementation is wrong: a gradient or a contract does not hold
+    ERROR = "ERROR"  # the check could not be carried out: user code raised, or a prerequisite failed
+    SKIP = "SKIP"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    check_id: str
+    spec: str
+    file: str
+    dtype: str
+    case: str
+    target: str  # tensor name (gradient check) or contract.KIND
+    status: Status
+    message: str = ""
+    comparison: Comparison | None = None
+    tolerance: Tolerance | None = None
+    duration: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return "contract" if self.target.startswith("contract.") else "gradient"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.check_id, "spec": self.spec, "file": self.file, "dtype": self.dtype,
+            "case": self.case, "target": self.target, "kind": self.kind,
+            "status": self.status.value, "message": self.message,
+            "duration_s": round(self.duration, 6),
+        }
+        if self.comparison is not None:
+            c = asdict(self.comparison)
+            c["worst_index"] = list(self.comparison.worst_index)
+            out["figures"] = c
+        if self.tolerance is not None:
+            out["tolerance"] = asdict(self.tolerance)
+        return out
+
+
+@dataclass
+class RunSummary:
+    results: list[CheckResult] = field(default_factory=list)
+    spec_errors: list[SpecIssue] = field(default_factory=list)
+    specs_checked: int = 0
+    interrupted: bool = False
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status is status)
+
+    @property
+    def exit_code(self) -> int:
+        if self.spec_errors:
+            return 2
+        if any(r.status in (Status.FAIL, Status.ERROR) for r in self.results):
+            return 1
+        return 0
+
+    def closing_line(self) -> str:
+        passed = self.count(Status.PASS)
+        failed = self.count(Status.FAIL) + self.count(Status.ERROR)
+        line = f"{passed} passed, {failed} failed"
+        skipped = self.count(Status.SKIP)
+        return f"{line}, {skipped} skipped" if skipped else line

@@ -1,0 +1,278 @@
+"""Stage 4: run CasePlans against a backend and yield CheckResults. No printing, no I/O.
+
+One case = one evaluation point: the contract checks are read off a forward, a second
+forward (determinism) and a backward there; then each selected tensor's gradient check
+perturbs that tensor element by element. Anything user code raises becomes an ERROR of
+the checks it prevents, never an exception out of the runner.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from specgrad.backends import Backend
+from specgrad.bindings import ContractError, Evaluator, grads_by_name, make_evaluator, raw_outputs_of
+from specgrad.compile import CasePlan
+from specgrad.model import Spec
+from specgrad.numerics.compare import compare
+from specgrad.numerics.finite_diff import PerturbationError, central_difference
+from specgrad.numerics.inputs import make_inputs, make_upstream
+from specgrad.numerics.tolerance import FLOAT_DTYPES, UNIT_ROUNDOFF
+from specgrad.results import CheckResult, Status
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def run_spec(spec: Spec, plans: Sequence[CasePlan], backend: Backend) -> Iterator[CheckResult]:
+    """Bind the spec's callables (SpecError if they cannot be imported), then run its plans."""
+    evaluator = make_evaluator(spec)
+    for plan in plans:
+        yield from CaseRun(plan, evaluator, backend).run()
+
+
+def describe_exception(what: str, exc: BaseException, frames: int = 3) -> str:
+    """'forward raised E: msg' plus the last frames outside specgrad (the user's code)."""
+    tb = [f for f in traceback.extract_tb(exc.__traceback__)
+          if not f.filename.startswith(_PACKAGE_DIR) or "/zoo/" in f.filename]
+    lines = [f"{what} raised {type(exc).__name__}: {exc}"]
+    for f in tb[-frames:]:
+        lines.append(f'  File "{f.filename}", line {f.lineno}, in {f.name}')
+        if f.line:
+            lines.append(f"    {f.line}")
+    return "\n".join(lines)
+
+
+def _is_array(value: Any) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (str, bytes))
+
+
+def _is_float(array: Any) -> bool:
+    return str(array.dtype) in FLOAT_DTYPES
+
+
+def _same(a: Any, b: Any, xp: ModuleType) -> bool:
+    """Bitwise-equal values, NaN equal to NaN, any dtype."""
+    if tuple(a.shape) != tuple(b.shape):
+        return False
+    return bool(xp.all((a == b) | ((a != a) & (b != b))))
+
+
+class CaseRun:
+    """The checks of one CasePlan; `run()` returns them in the plan's target order."""
+
+    def __init__(self, plan: CasePlan, evaluator: Evaluator, backend: Backend) -> None:
+        self.plan, self.evaluator, self.backend = plan, evaluator, backend
+        self.xp = backend.xp
+        self.spec = plan.spec
+        self.verdicts: dict[str, tuple[Status, str]] = {}
+        self.blocked: str | None = None  # why gradient checks cannot run
+
+    # -- orchestration --------------------------------------------------------------
+
+    def run(self) -> list[CheckResult]:
+        start = time.perf_counter()
+        results = self._prepare()
+        base = (time.perf_counter() - start) / max(len(self.plan.targets), 1)
+        out = []
+        for target in self.plan.targets:
+            if target.startswith("contract."):
+                status, message = self.verdicts.get(target, (Status.PASS, ""))
+                out.append(self._result(target, status, message, duration=base))
+            else:
+                out.append(results.get(target) or self._gradient(target))
+        return out
+
+    def _prepare(self) -> dict[str, CheckResult]:
+        """Contract phase; returns gradient results already decided (errors) by target."""
+        try:
+            host = make_inputs(self.spec, self.plan.case, self.plan.dtype, self.plan.seed)
+        except (ValueError, OSError) as exc:
+            return self._error_all(f"cannot make inputs: {exc}")
+        self.host = host
+        self.tensors = {n: self.backend.asarray(a) for n, a in host.items()}
+        try:
+            self._contract_phase()
+        except _Abort as abort:
+            return self._error_all(str(abort), abort.contract)
+        return {}
+
+    def _error_all(self, message: str, contract: str | None = None) -> dict[str, CheckResult]:
+        for target in self.plan.targets:
+            if target.startswith("contract."):
+                status = Status.FAIL if target == contract else Status.ERROR
+                self.verdicts.setdefault(target, (status, message))
+        self.blocked = message
+        return {t: self._result(t, Status.ERROR, message) for t in self.plan.gradient_targets}
+
+    def _result(self, target: str, status: Status, message: str = "", *, comparison: Any = None,
+                duration: float = 0.0) -> CheckResult:
+        plan = self.plan
+        return CheckResult(
+            check_id=plan.check_id(target), spec=self.spec.name, file=str(self.spec.path),
+            dtype=plan.dtype, case=plan.case.name, target=target, status=status, message=message,
+            comparison=comparison, tolerance=plan.tolerance if comparison is not None else None,
+            duration=duration,
+        )
+
+    def _fail(self, contract: str, message: str, status: Status = Status.FAIL) -> None:
+        previous = self.verdicts.get(f"contract.{contract}")
+        text = f"{previous[1]}; {message}" if previous else message
+        self.verdicts[f"contract.{contract}"] = (status, text)
+
+    # -- contract phase ---------------------------------------------------------------
+
+    def _call_forward(self) -> tuple[tuple[Any, ...], bool, Any]:
+        try:
+            raw, state = self.evaluator.forward(self.tensors)
+        except ContractError as exc:
+            raise _Abort(f"forward: {exc}", "contract.forward_output") from None
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise _Abort(describe_exception("forward", exc)) from None
+        outputs, was_tuple = raw_outputs_of(raw)
+        return outputs, was_tuple, state
+
+    def _contract_phase(self) -> None:
+        outputs, was_tuple, _ = self._call_forward()
+        forward_mutated = self._mutated()
+        self._check_outputs(outputs)
+        again, _, state = self._call_forward()
+        self._check_deterministic(outputs, again)
+        self.float_outputs = [i for i, o in enumerate(outputs) if _is_float(o)]
+        upstream = make_upstream({i: tuple(outputs[i].shape) for i in self.float_outputs},
+                                 self.plan.dtype, self.plan.seed)
+        g = [self.backend.asarray(upstream[i]) if i in upstream else None for i in range(len(outputs))]
+        self.upstream64 = [None if x is None else x.astype(self.xp.float64) for x in g]
+        grad_out = tuple(g) if was_tuple else g[0]
+        try:
+            raw_grads = self.evaluator.backward(state, grad_out)
+        except ContractError as exc:
+            raise _Abort(f"backward: {exc}", "contract.backward_grads") from None
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise _Abort(describe_exception("backward", exc), "contract.backward_grads") from None
+        self._check_mutation(forward_mutated, self._mutated())
+        self.grads = self._check_grads(raw_grads)
+        self._check_finite(outputs)
+        if forward_mutated:
+            self.blocked = (f"not run: forward modifies its input(s) {', '.join(forward_mutated)}, "
+                            "so perturbed evaluations would not be reproducible")
+
+    def _mutated(self) -> list[str]:
+        changed = [n for n, a in self.tensors.items()
+                   if not _same(a, self.backend.asarray(self.host[n]), self.xp)]
+        for n in changed:  # restore, so later evaluations see the case's values
+            self.tensors[n][...] = self.backend.asarray(self.host[n])
+        return changed
+
+    def _check_mutation(self, by_forward: list[str], by_backward: list[str]) -> None:
+        if by_forward:
+            self._fail("no_mutation", f"forward modified {', '.join(by_forward)}")
+        if by_backward:
+            self._fail("no_mutation", f"backward modified {', '.join(by_backward)}")
+
+    def _check_outputs(self, outputs: tuple[Any, ...]) -> None:
+        bad = [f"output {i} is a {type(o).__name__}, not an array" for i, o in enumerate(outputs)
+               if not _is_array(o)]
+        if bad:
+            raise _Abort("forward: " + "; ".join(bad), "contract.forward_output")
+        for i, o in enumerate(outputs):
+            if _is_float(o) and str(o.dtype) != self.plan.dtype:
+                self._fail("forward_output", f"output {i} has dtype {o.dtype}, expected "
+                           f"{self.plan.dtype} (the check's dtype)")
+            elif not _is_float(o) and o.dtype.kind == "f":
+                self._fail("forward_output", f"output {i} has unsupported dtype {o.dtype}")
+
+    def _check_deterministic(self, first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
+        same = len(first) == len(second) and all(
+            _is_array(b) and _same(self.xp.asarray(a), self.xp.asarray(b), self.xp)
+            for a, b in zip(first, second))
+        if not same:
+            self._fail("deterministic", "two forward calls on identical inputs gave different "
+                       "outputs (unseeded randomness or hidden state?)")
+            self.blocked = "not run: forward is not deterministic, so finite differences are meaningless"
+
+    def _check_grads(self, raw: Any) -> dict[str, Any]:
+        try:
+            named = grads_by_name(raw, self.spec)
+        except ContractError as exc:
+            self._fail("backward_grads", str(exc))
+            self.grad_problems = {n: f"no usable gradient: {exc}" for n in self.plan.gradient_targets}
+            return {}
+        self.grad_problems = {}
+        usable = {}
+        for name, grad in named.items():
+            tensor = self.tensors[name]
+            if not _is_array(grad):
+                problem = f"gradient of {name} is {'None' if grad is None else type(grad).__name__}, not an array"
+            elif tuple(grad.shape) != tuple(tensor.shape):
+                problem = f"gradient of {name} has shape {tuple(grad.shape)}, {name} has shape {tuple(tensor.shape)}"
+            else:
+                usable[name] = self.xp.asarray(grad)
+                if str(grad.dtype) != str(tensor.dtype):
+                    self._fail("backward_grads", f"gradient of {name} has dtype {grad.dtype}, "
+                               f"{name} has dtype {tensor.dtype}")
+                continue
+            self._fail("backward_grads", problem)
+            self.grad_problems[name] = problem
+        return usable
+
+    def _check_finite(self, outputs: tuple[Any, ...]) -> None:
+        named = [(f"output {i}", self.xp.asarray(o)) for i, o in enumerate(outputs) if _is_float(o)]
+        named += [(f"gradient of {n}", g) for n, g in self.grads.items() if _is_float(g)]
+        for what, array in named:
+            bad = int(array.size - int(self.xp.count_nonzero(self.xp.isfinite(array))))
+            if bad:
+                self._fail("finite", f"{what} has {bad} non-finite value(s)")
+
+    # -- gradient phase ---------------------------------------------------------------
+
+    def _gradient(self, name: str) -> CheckResult:
+        if self.blocked:
+            return self._result(name, Status.ERROR, self.blocked)
+        if name in self.grad_problems:
+            return self._result(name, Status.FAIL, self.grad_problems[name])
+        start = time.perf_counter()
+        tol = self.plan.tolerance
+        try:
+            numerical = central_difference(
+                self._evaluate, self.tensors[name], self.upstream64, tol.epsilon,
+                UNIT_ROUNDOFF[self.plan.dtype], self.xp)
+        except PerturbationError as exc:
+            index = np.unravel_index(exc.index, self.tensors[name].shape)
+            where = f"perturbing {name}[{', '.join(map(str, index))}]: "
+            cause = exc.cause
+            text = (f"forward: {cause}" if isinstance(cause, ContractError)
+                    else describe_exception("forward", cause))
+            return self._result(name, Status.ERROR, where + text,
+                                duration=time.perf_counter() - start)
+        c = compare(self.grads[name], numerical.value, numerical.noise, tol.rtol, tol.atol, self.xp)
+        status = Status.PASS if c.passed else Status.FAIL
+        message = "" if c.passed else _failure_text(name, c, tol.rtol, tol.atol)
+        return self._result(name, status, message, comparison=c,
+                            duration=time.perf_counter() - start)
+
+    def _evaluate(self) -> tuple[Any, ...]:
+        raw, _ = self.evaluator.forward(self.tensors)
+        return raw_outputs_of(raw)[0]
+
+
+def _failure_text(name: str, c: Any, rtol: float, atol: float) -> str:
+    index = ", ".join(map(str, c.worst_index))
+    return (f"gradient of {name} is wrong at {c.violations} of {c.size} elements; worst "
+            f"{name}[{index}]: analytical {c.analytical:.6g}, numerical {c.numerical:.6g}, "
+            f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} "
+            f"(atol {atol:g} + rtol {rtol:g} * |numerical|)")
+
+
+class _Abort(Exception):
+    """Stops the contract phase; `contract` is the contract the abort is a failure of."""
+
+    def __init__(self, message: str, contract: str | None = None) -> None:
+        super().__init__(message)
+        self.contract = contract

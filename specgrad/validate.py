@@ -1,0 +1,291 @@
+"""Stage 2: schema and semantic validation of a RawSpec, every problem located.
+
+The JSON Schema (schemas/spec.schema.json) is the one definition of the format; the
+semantic rules here are the ones a schema cannot say (names that refer to each other,
+values exact in a dtype, files that must exist).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+from specgrad.access import parse_path
+from specgrad.errors import SpecError, SpecIssue
+from specgrad.loader import JsonPath, RawSpec, load_spec
+from specgrad.model import SPECIAL_VALUES, Spec, spec_from_validated
+from specgrad.numerics.tolerance import FLOAT_DTYPES
+
+_SOURCE_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "spec.schema.json"
+MAX_ELEMENTS = 10**8
+_OBJECT_ONLY_FILLS = ("constant", "npy", "integers")
+
+
+def schema_text() -> str:
+    """The spec JSON Schema: inside the installed package, else from the source tree."""
+    packaged = resources.files("specgrad") / "schemas" / "spec.schema.json"
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return _SOURCE_SCHEMA.read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_text()))
+
+
+def parse_spec(path: Path | str) -> Spec:
+    """load -> validate -> model. Raises SpecError carrying every located issue."""
+    raw = load_spec(path)
+    issues = list(validate_raw(raw))
+    if issues:
+        raise SpecError(issues)
+    return spec_from_validated(raw)
+
+
+def validate_raw(raw: RawSpec) -> list[SpecIssue]:
+    issues = schema_issues(raw)
+    if not issues:
+        issues = list(semantic_issues(raw))
+    return sorted(set(issues), key=lambda i: (i.location.line, i.location.column, i.field))
+
+
+# --- schema -------------------------------------------------------------------------
+
+def schema_issues(raw: RawSpec) -> list[SpecIssue]:
+    if not isinstance(raw.data, dict):
+        return [raw.issue((), f"a spec is a YAML mapping, got {_kind(raw.data)}")]
+    version = raw.data.get("specgrad")
+    if "specgrad" in raw.data and version != 1:
+        return [raw.issue(("specgrad",), f"unsupported spec format version {version!r}: "
+                          "this specgrad reads version 1")]
+    out: list[SpecIssue] = []
+    for error in _validator().iter_errors(raw.data):
+        out.extend(_from_schema_error(raw, _leaf(error)))
+    return out
+
+
+def _leaf(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """For anyOf/oneOf, the sub-error that best explains the failure."""
+    while error.context:
+        best = jsonschema.exceptions.best_match(error.context)
+        if best is None:
+            break
+        error = best
+    return error
+
+
+def _from_schema_error(raw: RawSpec, error: jsonschema.ValidationError) -> Iterator[SpecIssue]:
+    path: JsonPath = tuple(error.absolute_path)
+    kw, inst, want = error.validator, error.instance, error.validator_value
+    if kw == "additionalProperties" and isinstance(inst, dict):
+        known = list((error.schema.get("properties") or {}).keys())
+        for key in inst:
+            if key not in known:
+                yield raw.issue((*path, key), f"unknown field '{key}'{_did_you_mean(key, known)}"
+                                f" (expected one of: {', '.join(known)})", key=True)
+        return
+    if kw == "required":
+        for name in want:
+            if isinstance(inst, dict) and name not in inst:
+                yield raw.issue(path, f"missing required field '{name}'{_required_hint(path, name)}")
+        return
+    if kw == "propertyNames":
+        yield raw.issue(path, f"invalid name {error.instance!r}: expected an identifier "
+                        "(letters, digits and '_', not starting with a digit)")
+        return
+    yield raw.issue(path, _message(kw, inst, want, error, path))
+
+
+def _message(kw: str, inst: Any, want: Any, error: jsonschema.ValidationError,
+             path: JsonPath) -> str:
+    got = f"got {_kind(inst)} {inst!r}"
+    if kw == "type":
+        return f"expected {_type_name(want)}, {got}"
+    if kw == "enum":
+        choices = [str(c) for c in want]
+        hint = _did_you_mean(str(inst), choices) if isinstance(inst, str) else ""
+        if "fill" in path and inst in _OBJECT_ONLY_FILLS:
+            hint = f" ('{inst}' needs the mapping form: {{kind: {inst}, ...}})"
+        return f"expected one of {', '.join(choices)}; {got}{hint}"
+    if kw == "const":
+        return f"expected {want!r}, {got}"
+    if kw in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kw]
+        return f"expected a value {op} {want}, {got}"
+    if kw == "pattern":
+        if ":" in want:
+            return f"expected an import string 'package.module:qualname', {got}"
+        return f"expected an identifier (letters, digits and '_', not starting with a digit), {got}"
+    if kw in ("minItems", "minProperties", "minLength"):
+        return f"must not be empty, {got}"
+    if kw == "uniqueItems":
+        return f"entries must be unique, {got}"
+    return f"{error.message}"
+
+
+def _required_hint(path: JsonPath, name: str) -> str:
+    if path == () and name in ("forward", "backward"):
+        return " (the functional and cached conventions name forward and backward import strings)"
+    if path == () and name == "layer":
+        return " (convention: layer needs a layer: block with the class to construct)"
+    return ""
+
+
+def _kind(value: Any) -> str:
+    return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _type_name(want: Any) -> str:
+    names = want if isinstance(want, list) else [want]
+    return " or ".join({"object": "a mapping", "array": "a list", "string": "a string",
+                        "integer": "an integer", "number": "a number",
+                        "boolean": "true or false"}.get(n, n) for n in names)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# --- semantics ----------------------------------------------------------------------
+
+def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
+    data = raw.data
+    sections = {s: data.get(s) or {} for s in ("inputs", "parameters")}
+    names = [*sections["inputs"], *sections["parameters"]]
+    for name in sections["parameters"]:
+        if name in sections["inputs"]:
+            yield raw.issue(("parameters", name), f"'{name}' is already an input", key=True)
+    dtypes = data.get("dtypes", ["float32", "float64"])
+    for section, tensors in sections.items():
+        for name, tensor in tensors.items():
+            yield from _tensor_issues(raw, (section, name), tensor, dtypes)
+    if not any(t.get("grad", t.get("dtype") in (None, *FLOAT_DTYPES))
+               for s in sections.values() for t in s.values()):
+        yield raw.issue(("inputs",), "nothing to check: no tensor is differentiable "
+                        "(every tensor has grad: false or an integer dtype)")
+    yield from _case_issues(raw, names, dtypes)
+    yield from _binding_issues(raw, list(sections["parameters"]))
+    for key in data.get("attrs") or {}:
+        if not str(key).isidentifier():
+            yield raw.issue(("attrs", key), f"attribute name {key!r} is not a valid keyword "
+                            "argument name", key=True)
+
+
+def _tensor_issues(raw: RawSpec, path: JsonPath, tensor: dict[str, Any],
+                   dtypes: list[str]) -> Iterator[SpecIssue]:
+    dtype = tensor.get("dtype")
+    size = int(np.prod(tensor["shape"], dtype=np.float64))
+    if size > MAX_ELEMENTS:
+        yield raw.issue((*path, "shape"), f"shape {tensor['shape']} has {size:.3g} elements; "
+                        f"the limit is {MAX_ELEMENTS:.0e} per tensor")
+    if tensor.get("grad") and dtype not in (None, *FLOAT_DTYPES):
+        yield raw.issue((*path, "grad"), f"a {dtype} tensor cannot be differentiated "
+                        "(set grad: false or a float dtype)")
+    if dtype not in (None, *FLOAT_DTYPES) and "fill" not in tensor:
+        yield raw.issue(path, f"a {dtype} tensor needs a fill, e.g. {{kind: integers, low: 0, "
+                        "high: 10}} (the default normal fill makes non-integer values)", key=True)
+    if "fill" in tensor:
+        yield from _fill_issues(raw, (*path, "fill"), tensor["fill"], [dtype] if dtype else dtypes,
+                                tensor["shape"])
+
+
+def _fill_issues(raw: RawSpec, path: JsonPath, fill: Any, dtypes: list[str],
+                 shape: list[int]) -> Iterator[SpecIssue]:
+    kind = fill if isinstance(fill, str) else fill["kind"]
+    data = {} if isinstance(fill, str) else fill
+    int_dtypes = [d for d in dtypes if d not in FLOAT_DTYPES]
+    if int_dtypes and kind not in ("integers", "constant", "npy", "special"):
+        yield raw.issue(path, f"a {kind} fill makes non-integer values; a {int_dtypes[0]} "
+                        "tensor needs {kind: integers, low: ..., high: ...}")
+    if kind in ("uniform", "integers"):
+        low, high = data.get("low", 0 if kind == "integers" else -1.0), data.get("high", 1.0)
+        if not low < high:
+            yield raw.issue(path, f"empty range: low ({low}) must be below high ({high})")
+        if "bool" in dtypes and (low < 0 or high > 2):
+            yield raw.issue(path, f"a bool tensor takes integers in [0, 2), got [{low}, {high})")
+    if kind == "special" or kind == "constant":
+        values = data.get("values", SPECIAL_VALUES) if kind == "special" else [data["value"]]
+        for dtype in dtypes:
+            yield from _representable(raw, path, values, dtype)
+    if kind == "npy":
+        yield from _npy_issues(raw, path, raw.path.parent / data["path"], shape)
+
+
+def _representable(raw: RawSpec, path: JsonPath, values: list[float],
+                   dtype: str) -> Iterator[SpecIssue]:
+    for i, v in enumerate(values):
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = np.asarray(v).astype(dtype).astype(np.float64)
+        if not (stored == v or (np.isnan(v) and dtype in FLOAT_DTYPES)):
+            where = (*path, "values", i) if raw.locations.get((*path, "values", i)) else path
+            yield raw.issue(where, f"{v!r} is not exactly representable in {dtype} "
+                            f"(it would become {float(stored)!r})")
+
+
+def _npy_issues(raw: RawSpec, path: JsonPath, file: Path, shape: list[int]) -> Iterator[SpecIssue]:
+    if not file.is_file():
+        yield raw.issue((*path, "path"), f"no such file: {file}")
+        return
+    try:
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        yield raw.issue((*path, "path"), f"cannot read {file} as .npy: {exc}")
+        return
+    if tuple(array.shape) != tuple(shape):
+        yield raw.issue((*path, "path"), f"{file.name} has shape {list(array.shape)}, "
+                        f"the tensor declares {shape}")
+
+
+def _case_issues(raw: RawSpec, names: list[str], dtypes: list[str]) -> Iterator[SpecIssue]:
+    seen: dict[str, int] = {}
+    tensors = {**(raw.data.get("inputs") or {}), **(raw.data.get("parameters") or {})}
+    for i, case in enumerate(raw.data.get("cases", [])):
+        name = case if isinstance(case, str) else case["name"]
+        if name in seen:
+            yield raw.issue(("cases", i), f"duplicate case name '{name}' (also case {seen[name]})")
+        seen[name] = i
+        for tname, fill in ({} if isinstance(case, str) else case.get("fills") or {}).items():
+            if tname not in names:
+                yield raw.issue(("cases", i, "fills", tname), f"no tensor named '{tname}'"
+                                f"{_did_you_mean(tname, names)}", key=True)
+                continue
+            t = tensors[tname]
+            yield from _fill_issues(raw, ("cases", i, "fills", tname), fill,
+                                    [t["dtype"]] if t.get("dtype") else dtypes, t["shape"])
+
+
+def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
+    data = raw.data
+    if data.get("convention", "functional") != "layer":
+        if "layer" in data:
+            yield raw.issue(("layer",), "a layer: block needs convention: layer", key=True)
+        return
+    for key in ("forward", "backward"):
+        if key in data:
+            yield raw.issue((key,), f"convention: layer takes method names in layer.{key}, "
+                            f"not a top-level {key} import string", key=True)
+    located = data["layer"].get("params") or {}
+    for name in params:
+        if name not in located:
+            yield raw.issue(("layer",), f"missing layer.params.{name}: where parameter "
+                            f"'{name}' lives on the object (value: path, grad: path)")
+    for name, where in located.items():
+        if name not in params:
+            yield raw.issue(("layer", "params", name), f"no parameter named '{name}'"
+                            f"{_did_you_mean(name, params)}", key=True)
+        for part in ("value", "grad"):
+            try:
+                parse_path(where[part])
+            except ValueError as exc:
+                yield raw.issue(("layer", "params", name, part), str(exc))

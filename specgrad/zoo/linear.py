@@ -1,0 +1,18 @@
+"""Fully connected layer  y = x w^T + b,  w of shape [out, in] (torch layout)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from specgrad.zoo._xp import namespace
+
+
+def forward(x: Any, w: Any, b: Any) -> Any:
+    return x @ w.T + b
+
+
+def backward(g: Any, x: Any, w: Any, b: Any) -> tuple[Any, Any, Any]:
+    xp = namespace(x, w)
+    x2 = x.reshape(-1, x.shape[-1])
+    g2 = g.reshape(-1, g.shape[-1])
+    return g @ w, g2.T @ x2, xp.sum(g2, axis=0)
