@@ -267,7 +267,8 @@ def _failure_text(name: str, c: Any, rtol: float, atol: float) -> str:
     return (f"gradient of {name} is wrong at {c.violations} of {c.size} elements; worst "
             f"{name}[{index}]: analytical {c.analytical:.6g}, numerical {c.numerical:.6g}, "
             f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} "
-            f"(atol {atol:g} + rtol {rtol:g} * |numerical|)")
+            f"(atol {atol:g} + rtol {rtol:g} * |numerical| + estimated noise "
+            f"{c.bound - atol - rtol * abs(c.numerical):.2g})")
 
 
 class _Abort(Exception):

@@ -1,13 +1,18 @@
 """Per-dtype defaults for the finite-difference step and the comparison bound.
 
-The check compares  |analytical - numerical| <= atol + rtol * |numerical|  per element,
-with the numerical gradient from central differences computed in the check's own dtype.
-Its error has two parts: truncation ~ h^2 |f'''| / 6, and rounding ~ u * S / h, where u is
-the dtype's unit roundoff and S = sum_i |g_i| |f_i| over the outputs the element moves.
+An element passes when  |analytical - numerical| <= atol + rtol * |numerical| + noise,
+with the numerical gradient from central differences in the check's own dtype. Its error:
+- truncation ~ h^2 |f'''| / 6;
+- rounding of the outputs that x_j moves: `noise`, estimated per element by the engine
+  as u * sum_i |g_i| (|f_i(x+)| + |f_i(x-)|) / (2h) over the outputs that changed, so
+  it grows with the layer's fan-out and needs no hand tuning;
+- resolution: an output whose true change is below half its ulp does not move at all and
+  so is not in that estimate; each such output can hide up to ~ u |f_i g_i| / h. atol is
+  sized to cover that for O(1) outputs (|f g| up to ~10), and nothing much larger, so a
+  real gradient bug, whose error is a fraction of the gradient itself, still shows.
 The rounding term is minimised near h ~ u^(1/3): 5e-6 (float64), 4e-3 (float32),
-8e-2 (float16). The steps below sit at or a little under that optimum (a smaller step
-favours layers with strong curvature), and atol sits above the rounding noise of an
-O(1) layer with a few dozen coupled outputs at that step.
+8e-2 (float16). The steps sit at or a little under that optimum: a smaller step favours
+layers with strong curvature and shrinks the band around a kink that a step straddles.
 """
 
 from __future__ import annotations
@@ -39,11 +44,12 @@ class Tolerance:
 
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    # noise ~ 1.1e-16 * S / 1e-6 ~ 1e-10 * S; truncation ~ 2e-13 |f'''|
-    "float64": Tolerance(rtol=1e-5, atol=1e-6, epsilon=1e-6),
-    # the seed's float32 rtol; its epsilon 1e-5 makes the noise ~ 6e-3 * S, so the step
-    # moves to 1e-3 (noise ~ 6e-5 * S, truncation ~ 2e-7 |f'''|) and atol to 1e-3
+    # resolution u|fg|/h = 1.1e-16 * 10 / 1e-6 ~ 1e-9; truncation ~ 2e-13 |f'''|
+    "float64": Tolerance(rtol=1e-5, atol=1e-7, epsilon=1e-6),
+    # the seed's float32 rtol; the seed's epsilon 1e-5 would make the resolution term
+    # 6e-8 * 10 / 1e-5 ~ 6e-2, so the step is 1e-3 (resolution ~ 6e-4, truncation
+    # ~ 2e-7 |f'''|) and atol 1e-3 instead of the seed's 1e-5
     "float32": Tolerance(rtol=1e-2, atol=1e-3, epsilon=1e-3),
-    # noise ~ 5e-4 * S / 3e-2 ~ 2e-2 * S; float16 checks catch gross errors only
+    # resolution ~ 4.9e-4 * 3 / 3e-2 ~ 5e-2: float16 checks catch gross errors only
     "float16": Tolerance(rtol=5e-2, atol=5e-2, epsilon=3e-2),
 }

@@ -1,0 +1,5 @@
+import sys
+
+from specgrad.cli import main
+
+sys.exit(main())
