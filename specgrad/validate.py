@@ -96,11 +96,12 @@ def _from_schema_error(raw: RawSpec, error: jsonschema.ValidationError) -> Itera
     if kw == "required":
         for name in want:
             if isinstance(inst, dict) and name not in inst:
-                yield raw.issue(path, f"missing required field '{name}'{_required_hint(path, name)}")
+                yield raw.issue(path, f"missing required field '{name}'{_required_hint(path, name)}",
+                                key=True)
         return
-    if kw == "propertyNames":
-        yield raw.issue(path, f"invalid name {error.instance!r}: expected an identifier "
-                        "(letters, digits and '_', not starting with a digit)")
+    if "propertyNames" in error.absolute_schema_path:
+        yield raw.issue((*path, inst), f"invalid name {inst!r}: expected an identifier "
+                        "(letters, digits and '_', not starting with a digit)", key=True)
         return
     yield raw.issue(path, _message(kw, inst, want, error, path))
 

@@ -1,0 +1,68 @@
+"""Shared helpers: write spec files (and layer modules) into a temp folder, run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from specgrad.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+SCHEMA_LINE = "# yaml-language-server: $schema=../schemas/spec.schema.json\n"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+def dedent(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str], Path]:
+    """write(name, text) -> path of a dedented file in the test's temp folder."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dedent(text), encoding="utf-8")
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run `specgrad ARGS` in-process and capture its exit code and output."""
+
+    def _run(*args: str | Path) -> CliResult:
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return _run
+
+
+def run_subprocess(args: list[str], cwd: Path, exe: list[str] | None = None) -> CliResult:
+    """Run the CLI in a fresh interpreter from `cwd` (the source tree on PYTHONPATH)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("SPECGRAD_DEBUG", None)
+    cmd = (exe or [sys.executable, "-m", "specgrad"]) + args
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
