@@ -77,10 +77,14 @@ class ConsoleReporter:
         self.console.print()
 
     def _details(self, bad: list[CheckResult]) -> None:
-        for r in bad:
-            self._line(f"{r.status} {r.check_id}", _STYLE[r.status])
-            self._line(f"  {r.file}: {r.spec} [{r.dtype}, case {r.case}]")
-            for line in r.message.splitlines():
+        """Each failure once; checks of one case failing for the same reason share a block."""
+        key = lambda r: (r.file, r.dtype, r.case, r.status, r.message)  # noqa: E731
+        for (_, _, _, status, message), group in groupby(bad, key=key):
+            rs = list(group)
+            more = "".join(f", ::{r.target}" for r in rs[1:])
+            self._line(f"{status} {rs[0].check_id}{more}", _STYLE[status])
+            self._line(f"  {rs[0].file}: {rs[0].spec} [{rs[0].dtype}, case {rs[0].case}]")
+            for line in message.splitlines():
                 self._line(f"  {line}")
 
     def closing(self, summary: RunSummary) -> None:
