@@ -20,13 +20,19 @@ from typing import Any
 
 Outputs = Sequence[Any]
 
+#: Each output f_i carries a rounding error of up to u |f_i|; independent errors make the
+#: error of sum_i g_i (f_i(x+) - f_i(x-)) about u sqrt(sum g^2 (f+^2 + f-^2)) / sqrt(3)
+#: (one standard deviation for single roundings). The estimate is 4 of those
+#: sqrt(3)-scaled units (~7 sigma), which leaves room for outputs a few ulps off.
+NOISE_SIGMAS = 4.0
+
 
 @dataclass(frozen=True, slots=True)
 class NumericalGradient:
     """float64 arrays (in `xp`) shaped like the tensor."""
 
     value: Any
-    noise: Any  # estimated rounding noise of each element: unit roundoff * S / step
+    noise: Any  # estimated rounding noise of each element (see NOISE_SIGMAS)
 
 
 class PerturbationError(Exception):
@@ -63,10 +69,10 @@ def central_difference(
             raise PerturbationError(j, exc) from exc
         finally:
             flat[j] = orig
-        total, scale = _contract(upstream, plus, minus, xp)
+        total, power = _contract(upstream, plus, minus, xp)
         step = plus_x - minus_x
         value[j] = total / step
-        noise[j] = unit_roundoff * scale / step
+        noise[j] = NOISE_SIGMAS * unit_roundoff * xp.sqrt(power) / step
     return NumericalGradient(value.reshape(x.shape), noise.reshape(x.shape))
 
 
@@ -83,10 +89,10 @@ def _evaluate_at(evaluate: Callable[[], Outputs], flat: Any, j: int, orig: Any, 
 
 def _contract(upstream: Sequence[Any | None], plus: list[Any], minus: list[Any],
               xp: ModuleType) -> tuple[Any, Any]:
-    """sum_k <g_k, f_k(x+) - f_k(x-)> and the rounding scale sum |g| (|f+| + |f-|) over moved
-    outputs (outputs that did not move differ by exactly 0 and add no noise)."""
+    """sum_k <g_k, f_k(x+) - f_k(x-)>, and sum g^2 (f+^2 + f-^2) over the outputs that moved
+    (an output that did not move differs by exactly 0 and adds no rounding noise)."""
     total = xp.zeros((), dtype=xp.float64)
-    scale = xp.zeros((), dtype=xp.float64)
+    power = xp.zeros((), dtype=xp.float64)
     for g, fp, fm in zip(upstream, plus, minus):
         if g is None:
             continue
@@ -94,5 +100,5 @@ def _contract(upstream: Sequence[Any | None], plus: list[Any], minus: list[Any],
         diff = xp.where(finite, fp, 0.0) - xp.where(finite, fm, 0.0)
         total = total + xp.sum(g * diff) + xp.where(finite.all(), 0.0, xp.nan)
         moved = diff != 0
-        scale = scale + xp.sum(xp.where(moved, xp.abs(g) * (xp.abs(fp) + xp.abs(fm)), 0.0))
-    return total, scale
+        power = power + xp.sum(xp.where(moved, g * g * (fp * fp + fm * fm), 0.0))
+    return total, power

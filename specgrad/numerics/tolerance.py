@@ -4,8 +4,8 @@ An element passes when  |analytical - numerical| <= atol + rtol * |numerical| + 
 with the numerical gradient from central differences in the check's own dtype. Its error:
 - truncation ~ h^2 |f'''| / 6;
 - rounding of the outputs that x_j moves: `noise`, estimated per element by the engine
-  as u * sum_i |g_i| (|f_i(x+)| + |f_i(x-)|) / (2h) over the outputs that changed, so
-  it grows with the layer's fan-out and needs no hand tuning;
+  as 4 u sqrt(sum_i g_i^2 (f_i(x+)^2 + f_i(x-)^2)) / (2h) over the outputs that changed
+  (finite_diff.NOISE_SIGMAS), so it grows with the layer's fan-out and needs no hand tuning;
 - resolution: an output whose true change is below half its ulp does not move at all and
   so is not in that estimate; each such output can hide up to ~ u |f_i g_i| / h. atol is
   sized to cover that for O(1) outputs (|f g| up to ~10), and nothing much larger, so a
