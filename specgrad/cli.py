@@ -186,7 +186,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     files = discover(args.paths)
     matcher = compile_expression(args.keyword) if args.keyword else None
     summary = RunSummary()
-    specs = _load(files, summary, ConsoleReporter())
+    specs = _load(files, summary, ConsoleReporter(stream=sys.stderr))  # stdout: ids only
     for spec in specs:
         for plan in _plans(spec, args, matcher):
             for target in plan.targets:
