@@ -50,7 +50,8 @@ class AccessPath:
         parent = AccessPath(self.text, self.steps[:-1]).get(root)
         last = self.steps[-1]
         try:
-            if last.kind == "item" or (isinstance(parent, MutableMapping) and not hasattr(parent, str(last.key))):
+            as_key = isinstance(parent, MutableMapping) and not hasattr(parent, str(last.key))
+            if last.kind == "item" or as_key:
                 parent[last.key] = value
             else:
                 setattr(parent, str(last.key), value)

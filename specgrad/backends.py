@@ -16,7 +16,8 @@ from specgrad.errors import UsageError
 
 
 class Backend(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     @property
     def xp(self) -> ModuleType: ...

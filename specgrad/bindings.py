@@ -53,7 +53,8 @@ class FunctionEvaluator:
             return result, args
         if not isinstance(result, (tuple, list)) or len(result) != 2:
             raise ContractError(
-                f"cached-convention forward must return (out, cache), got {_describe(result)}")
+                f"cached-convention forward must return (out, cache), got {_describe(result)}"
+            )
         return result[0], result[1]
 
     def backward(self, state: Any, grad_out: Any) -> Any:
@@ -65,8 +66,13 @@ class FunctionEvaluator:
 class LayerEvaluator:
     """Drives a layer object; learns on the first evaluation whether it needs a warm-up."""
 
-    def __init__(self, factory: Callable[..., Any], binding: LayerBinding,
-                 inputs: tuple[str, ...], attrs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        factory: Callable[..., Any],
+        binding: LayerBinding,
+        inputs: tuple[str, ...],
+        attrs: Mapping[str, Any],
+    ) -> None:
         self.factory, self.binding, self.inputs, self.attrs = factory, binding, inputs, attrs
         self._warm_up: bool | None = None  # None until the first evaluation decides
 
@@ -86,7 +92,8 @@ class LayerEvaluator:
         out = self._call(layer, tensors)
         if self._warm_up is None:
             self._warm_up = not all(
-                _holds(layer, w.value, tensors[n]) for n, w in self.binding.params.items())
+                _holds(layer, w.value, tensors[n]) for n, w in self.binding.params.items()
+            )
             if self._warm_up:
                 return self.forward(tensors)
         return out, layer
@@ -119,8 +126,10 @@ class LayerEvaluator:
 def _same_shape(name: str, existing: Any, ours: Any) -> None:
     shape = getattr(existing, "shape", None)
     if shape is not None and tuple(shape) != tuple(ours.shape):
-        raise ContractError(f"the layer made parameter '{name}' with shape {tuple(shape)}, "
-                            f"the spec declares {tuple(ours.shape)}")
+        raise ContractError(
+            f"the layer made parameter '{name}' with shape {tuple(shape)}, "
+            f"the spec declares {tuple(ours.shape)}"
+        )
 
 
 def _holds(layer: Any, path: Any, array: Any) -> bool:
@@ -164,12 +173,17 @@ def grads_by_name(raw: Any, spec: Spec) -> dict[str, Any]:
     """
     if isinstance(spec.binding, LayerBinding):
         input_raw, params = raw
-        named = _match(input_raw, [t.name for t in spec.inputs],
-                       [t.name for t in spec.inputs if t.grad], allow_ignore=True)
+        named = _match(
+            input_raw,
+            [t.name for t in spec.inputs],
+            [t.name for t in spec.inputs if t.grad],
+            allow_ignore=True,
+        )
         named.update({n: params[n] for n in params if spec.tensor(n).grad})
         return named
-    return _match(raw, [t.name for t in spec.tensors], [t.name for t in spec.tensors if t.grad],
-                  allow_ignore=False)
+    return _match(
+        raw, [t.name for t in spec.tensors], [t.name for t in spec.tensors if t.grad], allow_ignore=False
+    )
 
 
 def _match(raw: Any, names: Sequence[str], diff: Sequence[str], allow_ignore: bool) -> dict[str, Any]:
@@ -185,13 +199,15 @@ def _match(raw: Any, names: Sequence[str], diff: Sequence[str], allow_ignore: bo
     if raw is None:
         raise ContractError(f"backward returned None; expected gradients for {_names(diff)}")
     if len(items) == len(diff):
-        return dict(zip(diff, items))
+        return dict(zip(diff, items, strict=True))
     if len(items) == len(names) and all(items[i] is None for i, n in enumerate(names) if n not in diff):
         return {n: items[i] for i, n in enumerate(names) if n in diff}
     if allow_ignore and len(diff) == 0:
         return {}
-    raise ContractError(f"backward returned {len(items)} gradient(s); expected {len(diff)} "
-                        f"(one per differentiable tensor: {_names(diff)})")
+    raise ContractError(
+        f"backward returned {len(items)} gradient(s); expected {len(diff)} "
+        f"(one per differentiable tensor: {_names(diff)})"
+    )
 
 
 def _names(names: Sequence[str]) -> str:

@@ -40,8 +40,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"specgrad: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - the CLI never shows a raw traceback by default
-        print(f"specgrad: internal error: {type(exc).__name__}: {exc} "
-              "(set SPECGRAD_DEBUG=1 for the traceback; please report it)", file=sys.stderr)
+        print(
+            f"specgrad: internal error: {type(exc).__name__}: {exc} "
+            "(set SPECGRAD_DEBUG=1 for the traceback; please report it)",
+            file=sys.stderr,
+        )
         if os.environ.get("SPECGRAD_DEBUG"):
             traceback.print_exc()
         return EXIT_INTERNAL
@@ -54,10 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("paths", nargs="+", type=Path, help="spec files or folders (recursive)")
     select = argparse.ArgumentParser(add_help=False)
-    select.add_argument("-k", dest="keyword", metavar="EXPR",
-                        help="select checks whose id matches: words, and/or/not, parentheses")
-    select.add_argument("--dtype", action="append", metavar="DTYPE",
-                        help="only these of each spec's dtypes (repeat or comma-separate)")
+    select.add_argument(
+        "-k",
+        dest="keyword",
+        metavar="EXPR",
+        help="select checks whose id matches: words, and/or/not, parentheses",
+    )
+    select.add_argument(
+        "--dtype",
+        action="append",
+        metavar="DTYPE",
+        help="only these of each spec's dtypes (repeat or comma-separate)",
+    )
     select.add_argument("--seed", type=int, help="override every spec's seed")
 
     p = sub.add_parser("validate", parents=[common, select], help="run the gradient checks")
@@ -82,10 +93,15 @@ def discover(paths: Sequence[Path]) -> list[Path]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            found.extend(sorted(
-                p for p in path.rglob("*")
-                if p.suffix in (".yaml", ".yml") and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)))
+            found.extend(
+                sorted(
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix in (".yaml", ".yml")
+                    and p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                )
+            )
         else:
             raise UsageError(f"{path}: no such file or folder")
     if not found:
@@ -127,31 +143,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _dtypes(args.dtype)
     reporter = ConsoleReporter(verbosity=args.verbose - args.quiet)
     summary = RunSummary()
+    results: list[CheckResult] = []
     try:
         for spec in _load(files, summary, reporter):
-            results = _run_one(spec, _plans(spec, args, matcher), summary, reporter, args.fail_fast)
+            results = []
+            _run_one(spec, _plans(spec, args, matcher), summary, reporter, args.fail_fast, results)
             summary.results.extend(results)
             reporter.spec_results(results)
-            if args.fail_fast and any(r.status in (Status.FAIL, Status.ERROR) for r in results):
+            results = []
+            if args.fail_fast and summary.count(Status.FAIL) + summary.count(Status.ERROR):
                 break
     except KeyboardInterrupt:
         summary.interrupted = True
+        summary.results.extend(results)  # the interrupted spec's finished checks
+        reporter.spec_results(results)
     reporter.closing(summary)
     if args.json:
         JsonReporter(args.json).write(summary)
     return EXIT_INTERRUPTED if summary.interrupted else summary.exit_code
 
 
-def _run_one(spec: Spec, plans: tuple[CasePlan, ...], summary: RunSummary,
-             reporter: ConsoleReporter, fail_fast: bool) -> list[CheckResult]:
-    """One spec's results; an import failure is a located spec error, never an abort."""
+def _run_one(
+    spec: Spec,
+    plans: tuple[CasePlan, ...],
+    summary: RunSummary,
+    reporter: ConsoleReporter,
+    fail_fast: bool,
+    results: list[CheckResult],
+) -> None:
+    """Append one spec's results as they finish; an import failure is a located spec error."""
     from specgrad.backends import get_backend
     from specgrad.runner import run_spec
 
     if not plans:
-        return []
+        return
     summary.specs_checked += 1
-    results: list[CheckResult] = []
     try:
         for result in run_spec(spec, plans, get_backend("numpy")):
             results.append(result)
@@ -165,7 +191,6 @@ def _run_one(spec: Spec, plans: tuple[CasePlan, ...], summary: RunSummary,
         issue = SpecIssue(Location(spec.path), "", f"internal error while checking: {detail}")
         summary.spec_errors.append(issue)
         reporter.spec_errors([issue])
-    return results
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -175,8 +200,10 @@ def cmd_lint(args: argparse.Namespace) -> int:
     specs = _load(files, summary, reporter)
     for spec in specs:
         n = sum(len(p.targets) for p in compile_spec(spec))
-        print(f"ok {spec.path} ({spec.name}: {len(spec.dtypes)} dtype(s) x {len(spec.cases)} "
-              f"case(s), {n} checks)")
+        print(
+            f"ok {spec.path} ({spec.name}: {len(spec.dtypes)} dtype(s) x {len(spec.cases)} "
+            f"case(s), {n} checks)"
+        )
     bad = len(files) - len(specs)
     print(f"{len(specs)} spec(s) ok, {bad} invalid")
     return 2 if summary.spec_errors else 0

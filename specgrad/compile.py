@@ -44,8 +44,9 @@ def all_targets(spec: Spec) -> tuple[str, ...]:
     return (*(t.name for t in spec.tensors if t.grad), *(f"contract.{c}" for c in CONTRACTS))
 
 
-def compile_spec(spec: Spec, *, dtypes: Sequence[str] | None = None, seed: int | None = None,
-                 select: Matcher | None = None) -> tuple[CasePlan, ...]:
+def compile_spec(
+    spec: Spec, *, dtypes: Sequence[str] | None = None, seed: int | None = None, select: Matcher | None = None
+) -> tuple[CasePlan, ...]:
     """Plans for the spec's dtypes (filtered by `dtypes`) and cases, checks filtered by `select`."""
     plans = []
     for dtype in spec.dtypes:
@@ -53,10 +54,19 @@ def compile_spec(spec: Spec, *, dtypes: Sequence[str] | None = None, seed: int |
             continue
         for case in spec.cases:
             targets = tuple(
-                t for t in all_targets(spec)
+                t
+                for t in all_targets(spec)
                 if select is None or select(check_id(spec.name, dtype, case.name, t))
             )
             if targets:
-                plans.append(CasePlan(spec, dtype, case, spec.seed if seed is None else seed,
-                                      spec.tolerances[dtype], targets))
+                plans.append(
+                    CasePlan(
+                        spec,
+                        dtype,
+                        case,
+                        spec.seed if seed is None else seed,
+                        spec.tolerances[dtype],
+                        targets,
+                    )
+                )
     return tuple(plans)

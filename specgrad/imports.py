@@ -28,12 +28,12 @@ def resolve(ref: ImportRef, folder: Path) -> Any:
             names = [n for n in dir(obj) if not n.startswith("_")]
             close = difflib.get_close_matches(part, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise SpecError.at(ref.location, ref.field,
-                               f"'{owner}' has no attribute '{part}'{hint}")
+            raise SpecError.at(ref.location, ref.field, f"'{owner}' has no attribute '{part}'{hint}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise SpecError.at(ref.location, ref.field,
-                           f"'{ref.target}' is a {type(obj).__name__}, not a callable")
+        raise SpecError.at(
+            ref.location, ref.field, f"'{ref.target}' is a {type(obj).__name__}, not a callable"
+        )
     return obj
 
 
@@ -46,9 +46,12 @@ def _import_module(ref: ImportRef, name: str, folder: Path) -> Any:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name) and (exc.name == name or name.startswith(exc.name + ".")):
-            raise SpecError.at(ref.location, ref.field,
-                               f"cannot import module '{name}': no module named '{exc.name}' "
-                               f"(searched {folder} and installed packages)") from None
+            raise SpecError.at(
+                ref.location,
+                ref.field,
+                f"cannot import module '{name}': no module named '{exc.name}' "
+                f"(searched {folder} and installed packages)",
+            ) from None
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None
     except Exception as exc:  # noqa: BLE001 - any error in user module code is reported
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None

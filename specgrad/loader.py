@@ -157,16 +157,13 @@ class _Builder:
                 self._fail(key_node, path, "mapping keys must be plain strings")
                 continue
             key = str(self._scalar(key_node, path))
+            child = (*path, key)
             if key in out:
-                first = self.key_locations[(*path, key)]
-                self._fail(
-                    key_node,
-                    (*path, key),
-                    f"duplicate key '{key}' (first defined at line {first.line})",
-                )
+                first = self.key_locations[child]
+                self._fail(key_node, child, f"duplicate key '{key}' (first defined at line {first.line})")
                 continue
-            self.key_locations[(*path, key)] = self._loc(key_node)
-            out[key] = self.build(value_node, (*path, key))
+            self.key_locations[child] = self._loc(key_node)
+            out[key] = self.build(value_node, child)
         for key, value in merged.items():
             out.setdefault(key, value)
         return out

@@ -156,15 +156,17 @@ def _tensors(raw: RawSpec) -> tuple[TensorSpec, ...]:
     for section, role in (("inputs", "input"), ("parameters", "parameter")):
         for name, t in (raw.data.get(section) or {}).items():
             dtype = t.get("dtype")
-            out.append(TensorSpec(
-                name=name,
-                role=role,  # type: ignore[arg-type]
-                shape=tuple(t["shape"]),
-                dtype=dtype,
-                grad=t.get("grad", default_grad(dtype)),
-                fill=fill_from_data(t.get("fill"), folder),
-                location=raw.locate((section, name), key=True),
-            ))
+            out.append(
+                TensorSpec(
+                    name=name,
+                    role=role,  # type: ignore[arg-type]
+                    shape=tuple(t["shape"]),
+                    dtype=dtype,
+                    grad=t.get("grad", default_grad(dtype)),
+                    fill=fill_from_data(t.get("fill"), folder),
+                    location=raw.locate((section, name), key=True),
+                )
+            )
     return tuple(out)
 
 
@@ -178,8 +180,11 @@ def _cases(raw: RawSpec, tensors: tuple[TensorSpec, ...]) -> tuple[Case, ...]:
         elif case == "special":
             # only default-style random fills: bounded uniform fills encode a domain, and
             # npy / constant / integers fills are data the author chose on purpose
-            fills = {t.name: Fill("special") for t in tensors
-                     if t.grad and t.dtype is None and t.fill.kind == "normal"}
+            fills = {
+                t.name: Fill("special")
+                for t in tensors
+                if t.grad and t.dtype is None and t.fill.kind == "normal"
+            }
             out.append(Case("special", _frozen(fills), loc))
         else:
             fills = {k: fill_from_data(v, folder) for k, v in (case.get("fills") or {}).items()}

@@ -41,9 +41,15 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "id": self.check_id, "spec": self.spec, "file": self.file, "dtype": self.dtype,
-            "case": self.case, "target": self.target, "kind": self.kind,
-            "status": self.status.value, "message": self.message,
+            "id": self.check_id,
+            "spec": self.spec,
+            "file": self.file,
+            "dtype": self.dtype,
+            "case": self.case,
+            "target": self.target,
+            "kind": self.kind,
+            "status": self.status.value,
+            "message": self.message,
             "duration_s": round(self.duration, 6),
         }
         if self.comparison is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from specgrad.backends import Backend
-from specgrad.bindings import ContractError, Evaluator, grads_by_name, make_evaluator, raw_outputs_of
+from specgrad.bindings import (
+    ContractError,
+    Evaluator,
+    grads_by_name,
+    make_evaluator,
+    raw_outputs_of,
+)
 from specgrad.compile import CasePlan
 from specgrad.model import Spec
 from specgrad.numerics.compare import compare
@@ -39,8 +45,11 @@ def run_spec(spec: Spec, plans: Sequence[CasePlan], backend: Backend) -> Iterato
 
 def describe_exception(what: str, exc: BaseException, frames: int = 3) -> str:
     """'forward raised E: msg' plus the last frames outside specgrad (the user's code)."""
-    tb = [f for f in traceback.extract_tb(exc.__traceback__)
-          if not f.filename.startswith(_PACKAGE_DIR) or "/zoo/" in f.filename]
+    tb = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith(_PACKAGE_DIR) or "/zoo/" in f.filename
+    ]
     lines = [f"{what} raised {type(exc).__name__}: {exc}"]
     for f in tb[-frames:]:
         lines.append(f'  File "{f.filename}", line {f.lineno}, in {f.name}')
@@ -111,13 +120,21 @@ class CaseRun:
         self.blocked = message
         return {t: self._result(t, Status.ERROR, message) for t in self.plan.gradient_targets}
 
-    def _result(self, target: str, status: Status, message: str = "", *, comparison: Any = None,
-                duration: float = 0.0) -> CheckResult:
+    def _result(
+        self, target: str, status: Status, message: str = "", *, comparison: Any = None, duration: float = 0.0
+    ) -> CheckResult:
         plan = self.plan
         return CheckResult(
-            check_id=plan.check_id(target), spec=self.spec.name, file=str(self.spec.path),
-            dtype=plan.dtype, case=plan.case.name, target=target, status=status, message=message,
-            comparison=comparison, tolerance=plan.tolerance if comparison is not None else None,
+            check_id=plan.check_id(target),
+            spec=self.spec.name,
+            file=str(self.spec.path),
+            dtype=plan.dtype,
+            case=plan.case.name,
+            target=target,
+            status=status,
+            message=message,
+            comparison=comparison,
+            tolerance=plan.tolerance if comparison is not None else None,
             duration=duration,
         )
 
@@ -145,8 +162,9 @@ class CaseRun:
         again, _, state = self._call_forward()
         self._check_deterministic(outputs, again)
         self.float_outputs = [i for i, o in enumerate(outputs) if _is_float(o)]
-        upstream = make_upstream({i: tuple(outputs[i].shape) for i in self.float_outputs},
-                                 self.plan.dtype, self.plan.seed)
+        upstream = make_upstream(
+            {i: tuple(outputs[i].shape) for i in self.float_outputs}, self.plan.dtype, self.plan.seed
+        )
         g = [self.backend.asarray(upstream[i]) if i in upstream else None for i in range(len(outputs))]
         self.upstream64 = [None if x is None else x.astype(self.xp.float64) for x in g]
         grad_out = tuple(g) if was_tuple else g[0]
@@ -160,12 +178,15 @@ class CaseRun:
         self.grads = self._check_grads(raw_grads)
         self._check_finite(outputs)
         if forward_mutated:
-            self.blocked = (f"not run: forward modifies its input(s) {', '.join(forward_mutated)}, "
-                            "so perturbed evaluations would not be reproducible")
+            self.blocked = (
+                f"not run: forward modifies its input(s) {', '.join(forward_mutated)}, "
+                "so perturbed evaluations would not be reproducible"
+            )
 
     def _mutated(self) -> list[str]:
-        changed = [n for n, a in self.tensors.items()
-                   if not _same(a, self.backend.asarray(self.host[n]), self.xp)]
+        changed = [
+            n for n, a in self.tensors.items() if not _same(a, self.backend.asarray(self.host[n]), self.xp)
+        ]
         for n in changed:  # restore, so later evaluations see the case's values
             self.tensors[n][...] = self.backend.asarray(self.host[n])
         return changed
@@ -177,24 +198,33 @@ class CaseRun:
             self._fail("no_mutation", f"backward modified {', '.join(by_backward)}")
 
     def _check_outputs(self, outputs: tuple[Any, ...]) -> None:
-        bad = [f"output {i} is a {type(o).__name__}, not an array" for i, o in enumerate(outputs)
-               if not _is_array(o)]
+        bad = [
+            f"output {i} is a {type(o).__name__}, not an array"
+            for i, o in enumerate(outputs)
+            if not _is_array(o)
+        ]
         if bad:
             raise _Abort("forward: " + "; ".join(bad), "contract.forward_output")
         for i, o in enumerate(outputs):
             if _is_float(o) and str(o.dtype) != self.plan.dtype:
-                self._fail("forward_output", f"output {i} has dtype {o.dtype}, expected "
-                           f"{self.plan.dtype} (the check's dtype)")
+                self._fail(
+                    "forward_output",
+                    f"output {i} has dtype {o.dtype}, expected {self.plan.dtype} (the check's dtype)",
+                )
             elif not _is_float(o) and o.dtype.kind == "f":
                 self._fail("forward_output", f"output {i} has unsupported dtype {o.dtype}")
 
     def _check_deterministic(self, first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
         same = len(first) == len(second) and all(
             _is_array(b) and _same(self.xp.asarray(a), self.xp.asarray(b), self.xp)
-            for a, b in zip(first, second))
+            for a, b in zip(first, second, strict=True)
+        )
         if not same:
-            self._fail("deterministic", "two forward calls on identical inputs gave different "
-                       "outputs (unseeded randomness or hidden state?)")
+            self._fail(
+                "deterministic",
+                "two forward calls on identical inputs gave different "
+                "outputs (unseeded randomness or hidden state?)",
+            )
             self.blocked = "not run: forward is not deterministic, so finite differences are meaningless"
 
     def _check_grads(self, raw: Any) -> dict[str, Any]:
@@ -209,14 +239,20 @@ class CaseRun:
         for name, grad in named.items():
             tensor = self.tensors[name]
             if not _is_array(grad):
-                problem = f"gradient of {name} is {'None' if grad is None else type(grad).__name__}, not an array"
+                kind = "None" if grad is None else type(grad).__name__
+                problem = f"gradient of {name} is {kind}, not an array"
             elif tuple(grad.shape) != tuple(tensor.shape):
-                problem = f"gradient of {name} has shape {tuple(grad.shape)}, {name} has shape {tuple(tensor.shape)}"
+                problem = (
+                    f"gradient of {name} has shape {tuple(grad.shape)}, "
+                    f"{name} has shape {tuple(tensor.shape)}"
+                )
             else:
                 usable[name] = self.xp.asarray(grad)
                 if str(grad.dtype) != str(tensor.dtype):
-                    self._fail("backward_grads", f"gradient of {name} has dtype {grad.dtype}, "
-                               f"{name} has dtype {tensor.dtype}")
+                    self._fail(
+                        "backward_grads",
+                        f"gradient of {name} has dtype {grad.dtype}, {name} has dtype {tensor.dtype}",
+                    )
                 continue
             self._fail("backward_grads", problem)
             self.grad_problems[name] = problem
@@ -241,21 +277,27 @@ class CaseRun:
         tol = self.plan.tolerance
         try:
             numerical = central_difference(
-                self._evaluate, self.tensors[name], self.upstream64, tol.epsilon,
-                UNIT_ROUNDOFF[self.plan.dtype], self.xp)
+                self._evaluate,
+                self.tensors[name],
+                self.upstream64,
+                tol.epsilon,
+                UNIT_ROUNDOFF[self.plan.dtype],
+                self.xp,
+            )
         except PerturbationError as exc:
             index = np.unravel_index(exc.index, self.tensors[name].shape)
             where = f"perturbing {name}[{', '.join(map(str, index))}]: "
             cause = exc.cause
-            text = (f"forward: {cause}" if isinstance(cause, ContractError)
-                    else describe_exception("forward", cause))
-            return self._result(name, Status.ERROR, where + text,
-                                duration=time.perf_counter() - start)
+            text = (
+                f"forward: {cause}"
+                if isinstance(cause, ContractError)
+                else describe_exception("forward", cause)
+            )
+            return self._result(name, Status.ERROR, where + text, duration=time.perf_counter() - start)
         c = compare(self.grads[name], numerical.value, numerical.noise, tol.rtol, tol.atol, self.xp)
         status = Status.PASS if c.passed else Status.FAIL
         message = "" if c.passed else _failure_text(name, c, tol.rtol, tol.atol)
-        return self._result(name, status, message, comparison=c,
-                            duration=time.perf_counter() - start)
+        return self._result(name, status, message, comparison=c, duration=time.perf_counter() - start)
 
     def _evaluate(self) -> tuple[Any, ...]:
         raw, _ = self.evaluator.forward(self.tensors)
@@ -264,11 +306,13 @@ class CaseRun:
 
 def _failure_text(name: str, c: Any, rtol: float, atol: float) -> str:
     index = ", ".join(map(str, c.worst_index))
-    return (f"gradient of {name} is wrong at {c.violations} of {c.size} elements; worst "
-            f"{name}[{index}]: analytical {c.analytical:.6g}, numerical {c.numerical:.6g}, "
-            f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} "
-            f"(atol {atol:g} + rtol {rtol:g} * |numerical| + estimated noise "
-            f"{c.bound - atol - rtol * abs(c.numerical):.2g})")
+    return (
+        f"gradient of {name} is wrong at {c.violations} of {c.size} elements; worst "
+        f"{name}[{index}]: analytical {c.analytical:.6g}, numerical {c.numerical:.6g}, "
+        f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} "
+        f"(atol {atol:g} + rtol {rtol:g} * |numerical| + estimated noise "
+        f"{c.bound - atol - rtol * abs(c.numerical):.2g})"
+    )
 
 
 class _Abort(Exception):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from specgrad.errors import UsageError
 
 Matcher = Callable[[str], bool]
+Parser = Callable[[list[str], int, str], tuple[Matcher, int]]
 _TOKENS = re.compile(r"\s*(\(|\)|[^\s()]+)")
 
 
@@ -26,20 +27,27 @@ def compile_expression(expr: str) -> Matcher:
     return matcher
 
 
-def _parse_or(tokens: list[str], pos: int, expr: str) -> tuple[Matcher, int]:
-    left, pos = _parse_and(tokens, pos, expr)
-    while pos < len(tokens) and tokens[pos] == "or":
-        right, pos = _parse_and(tokens, pos + 1, expr)
-        left = (lambda a, b: lambda s: a(s) or b(s))(left, right)
+def _binary(
+    tokens: list[str],
+    pos: int,
+    expr: str,
+    word: str,
+    operand: Parser,
+    combine: Callable[[Matcher, Matcher], Matcher],
+) -> tuple[Matcher, int]:
+    left, pos = operand(tokens, pos, expr)
+    while pos < len(tokens) and tokens[pos] == word:
+        right, pos = operand(tokens, pos + 1, expr)
+        left = combine(left, right)
     return left, pos
+
+
+def _parse_or(tokens: list[str], pos: int, expr: str) -> tuple[Matcher, int]:
+    return _binary(tokens, pos, expr, "or", _parse_and, lambda a, b: lambda s: a(s) or b(s))
 
 
 def _parse_and(tokens: list[str], pos: int, expr: str) -> tuple[Matcher, int]:
-    left, pos = _parse_not(tokens, pos, expr)
-    while pos < len(tokens) and tokens[pos] == "and":
-        right, pos = _parse_not(tokens, pos + 1, expr)
-        left = (lambda a, b: lambda s: a(s) and b(s))(left, right)
-    return left, pos
+    return _binary(tokens, pos, expr, "and", _parse_not, lambda a, b: lambda s: a(s) and b(s))
 
 
 def _parse_not(tokens: list[str], pos: int, expr: str) -> tuple[Matcher, int]:

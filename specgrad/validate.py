@@ -60,13 +60,17 @@ def validate_raw(raw: RawSpec) -> list[SpecIssue]:
 
 # --- schema -------------------------------------------------------------------------
 
+
 def schema_issues(raw: RawSpec) -> list[SpecIssue]:
     if not isinstance(raw.data, dict):
         return [raw.issue((), f"a spec is a YAML mapping, got {_kind(raw.data)}")]
     version = raw.data.get("specgrad")
     if "specgrad" in raw.data and version != 1:
-        return [raw.issue(("specgrad",), f"unsupported spec format version {version!r}: "
-                          "this specgrad reads version 1")]
+        return [
+            raw.issue(
+                ("specgrad",), f"unsupported spec format version {version!r}: this specgrad reads version 1"
+            )
+        ]
     out: list[SpecIssue] = []
     for error in _validator().iter_errors(raw.data):
         out.extend(_from_schema_error(raw, _leaf(error)))
@@ -85,29 +89,39 @@ def _leaf(error: jsonschema.ValidationError) -> jsonschema.ValidationError:
 
 def _from_schema_error(raw: RawSpec, error: jsonschema.ValidationError) -> Iterator[SpecIssue]:
     path: JsonPath = tuple(error.absolute_path)
-    kw, inst, want = error.validator, error.instance, error.validator_value
+    kw = str(error.validator)
+    inst: Any = error.instance
+    want: Any = error.validator_value
+    schema: Any = error.schema
     if kw == "additionalProperties" and isinstance(inst, dict):
-        known = list((error.schema.get("properties") or {}).keys())
+        known = list((schema.get("properties") or {}).keys())
         for key in inst:
             if key not in known:
-                yield raw.issue((*path, key), f"unknown field '{key}'{_did_you_mean(key, known)}"
-                                f" (expected one of: {', '.join(known)})", key=True)
+                yield raw.issue(
+                    (*path, key),
+                    f"unknown field '{key}'{_did_you_mean(key, known)} (expected one of: {', '.join(known)})",
+                    key=True,
+                )
         return
     if kw == "required":
         for name in want:
             if isinstance(inst, dict) and name not in inst:
-                yield raw.issue(path, f"missing required field '{name}'{_required_hint(path, name)}",
-                                key=True)
+                yield raw.issue(
+                    path, f"missing required field '{name}'{_required_hint(path, name)}", key=True
+                )
         return
     if "propertyNames" in error.absolute_schema_path:
-        yield raw.issue((*path, inst), f"invalid name {inst!r}: expected an identifier "
-                        "(letters, digits and '_', not starting with a digit)", key=True)
+        yield raw.issue(
+            (*path, inst),
+            f"invalid name {inst!r}: expected an identifier "
+            "(letters, digits and '_', not starting with a digit)",
+            key=True,
+        )
         return
     yield raw.issue(path, _message(kw, inst, want, error, path))
 
 
-def _message(kw: str, inst: Any, want: Any, error: jsonschema.ValidationError,
-             path: JsonPath) -> str:
+def _message(kw: str, inst: Any, want: Any, error: jsonschema.ValidationError, path: JsonPath) -> str:
     got = f"got {_kind(inst)} {inst!r}"
     if kw == "type":
         return f"expected {_type_name(want)}, {got}"
@@ -142,15 +156,28 @@ def _required_hint(path: JsonPath, name: str) -> str:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer",
-            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "mapping",
+        list: "list",
+        str: "string",
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _type_name(want: Any) -> str:
     names = want if isinstance(want, list) else [want]
-    return " or ".join({"object": "a mapping", "array": "a list", "string": "a string",
-                        "integer": "an integer", "number": "a number",
-                        "boolean": "true or false"}.get(n, n) for n in names)
+    words = {
+        "object": "a mapping",
+        "array": "a list",
+        "string": "a string",
+        "integer": "an integer",
+        "number": "a number",
+        "boolean": "true or false",
+    }
+    return " or ".join(words.get(str(n), str(n)) for n in names)
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -159,6 +186,7 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 # --- semantics ----------------------------------------------------------------------
+
 
 def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
     data = raw.data
@@ -171,44 +199,62 @@ def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
     for section, tensors in sections.items():
         for name, tensor in tensors.items():
             yield from _tensor_issues(raw, (section, name), tensor, dtypes)
-    if not any(t.get("grad", t.get("dtype") in (None, *FLOAT_DTYPES))
-               for s in sections.values() for t in s.values()):
-        yield raw.issue(("inputs",), "nothing to check: no tensor is differentiable "
-                        "(every tensor has grad: false or an integer dtype)")
+    if not any(
+        t.get("grad", t.get("dtype") in (None, *FLOAT_DTYPES)) for s in sections.values() for t in s.values()
+    ):
+        yield raw.issue(
+            ("inputs",),
+            "nothing to check: no tensor is differentiable "
+            "(every tensor has grad: false or an integer dtype)",
+        )
     yield from _case_issues(raw, names, dtypes)
     yield from _binding_issues(raw, list(sections["parameters"]))
     for key in data.get("attrs") or {}:
         if not str(key).isidentifier():
-            yield raw.issue(("attrs", key), f"attribute name {key!r} is not a valid keyword "
-                            "argument name", key=True)
+            yield raw.issue(
+                ("attrs", key), f"attribute name {key!r} is not a valid keyword argument name", key=True
+            )
 
 
-def _tensor_issues(raw: RawSpec, path: JsonPath, tensor: dict[str, Any],
-                   dtypes: list[str]) -> Iterator[SpecIssue]:
+def _tensor_issues(
+    raw: RawSpec, path: JsonPath, tensor: dict[str, Any], dtypes: list[str]
+) -> Iterator[SpecIssue]:
     dtype = tensor.get("dtype")
     size = int(np.prod(tensor["shape"], dtype=np.float64))
     if size > MAX_ELEMENTS:
-        yield raw.issue((*path, "shape"), f"shape {tensor['shape']} has {size:.3g} elements; "
-                        f"the limit is {MAX_ELEMENTS:.0e} per tensor")
+        yield raw.issue(
+            (*path, "shape"),
+            f"shape {tensor['shape']} has {size:.3g} elements; the limit is {MAX_ELEMENTS:.0e} per tensor",
+        )
     if tensor.get("grad") and dtype not in (None, *FLOAT_DTYPES):
-        yield raw.issue((*path, "grad"), f"a {dtype} tensor cannot be differentiated "
-                        "(set grad: false or a float dtype)")
+        yield raw.issue(
+            (*path, "grad"), f"a {dtype} tensor cannot be differentiated (set grad: false or a float dtype)"
+        )
     if dtype not in (None, *FLOAT_DTYPES) and "fill" not in tensor:
-        yield raw.issue(path, f"a {dtype} tensor needs a fill, e.g. {{kind: integers, low: 0, "
-                        "high: 10}} (the default normal fill makes non-integer values)", key=True)
+        yield raw.issue(
+            path,
+            f"a {dtype} tensor needs a fill, e.g. {{kind: integers, low: 0, "
+            "high: 10}} (the default normal fill makes non-integer values)",
+            key=True,
+        )
     if "fill" in tensor:
-        yield from _fill_issues(raw, (*path, "fill"), tensor["fill"], [dtype] if dtype else dtypes,
-                                tensor["shape"])
+        yield from _fill_issues(
+            raw, (*path, "fill"), tensor["fill"], [dtype] if dtype else dtypes, tensor["shape"]
+        )
 
 
-def _fill_issues(raw: RawSpec, path: JsonPath, fill: Any, dtypes: list[str],
-                 shape: list[int]) -> Iterator[SpecIssue]:
+def _fill_issues(
+    raw: RawSpec, path: JsonPath, fill: Any, dtypes: list[str], shape: list[int]
+) -> Iterator[SpecIssue]:
     kind = fill if isinstance(fill, str) else fill["kind"]
     data = {} if isinstance(fill, str) else fill
     int_dtypes = [d for d in dtypes if d not in FLOAT_DTYPES]
     if int_dtypes and kind not in ("integers", "constant", "npy", "special"):
-        yield raw.issue(path, f"a {kind} fill makes non-integer values; a {int_dtypes[0]} "
-                        "tensor needs {kind: integers, low: ..., high: ...}")
+        yield raw.issue(
+            path,
+            f"a {kind} fill makes non-integer values; a {int_dtypes[0]} "
+            "tensor needs {kind: integers, low: ..., high: ...}",
+        )
     if kind in ("uniform", "integers"):
         low, high = data.get("low", 0 if kind == "integers" else -1.0), data.get("high", 1.0)
         if not low < high:
@@ -223,15 +269,15 @@ def _fill_issues(raw: RawSpec, path: JsonPath, fill: Any, dtypes: list[str],
         yield from _npy_issues(raw, path, raw.path.parent / data["path"], shape)
 
 
-def _representable(raw: RawSpec, path: JsonPath, values: list[float],
-                   dtype: str) -> Iterator[SpecIssue]:
+def _representable(raw: RawSpec, path: JsonPath, values: list[float], dtype: str) -> Iterator[SpecIssue]:
     for i, v in enumerate(values):
         with np.errstate(over="ignore", invalid="ignore"):
             stored = np.asarray(v).astype(dtype).astype(np.float64)
         if not (stored == v or (np.isnan(v) and dtype in FLOAT_DTYPES)):
             where = (*path, "values", i) if raw.locations.get((*path, "values", i)) else path
-            yield raw.issue(where, f"{v!r} is not exactly representable in {dtype} "
-                            f"(it would become {float(stored)!r})")
+            yield raw.issue(
+                where, f"{v!r} is not exactly representable in {dtype} (it would become {float(stored)!r})"
+            )
 
 
 def _npy_issues(raw: RawSpec, path: JsonPath, file: Path, shape: list[int]) -> Iterator[SpecIssue]:
@@ -244,8 +290,9 @@ def _npy_issues(raw: RawSpec, path: JsonPath, file: Path, shape: list[int]) -> I
         yield raw.issue((*path, "path"), f"cannot read {file} as .npy: {exc}")
         return
     if tuple(array.shape) != tuple(shape):
-        yield raw.issue((*path, "path"), f"{file.name} has shape {list(array.shape)}, "
-                        f"the tensor declares {shape}")
+        yield raw.issue(
+            (*path, "path"), f"{file.name} has shape {list(array.shape)}, the tensor declares {shape}"
+        )
 
 
 def _case_issues(raw: RawSpec, names: list[str], dtypes: list[str]) -> Iterator[SpecIssue]:
@@ -258,12 +305,20 @@ def _case_issues(raw: RawSpec, names: list[str], dtypes: list[str]) -> Iterator[
         seen[name] = i
         for tname, fill in ({} if isinstance(case, str) else case.get("fills") or {}).items():
             if tname not in names:
-                yield raw.issue(("cases", i, "fills", tname), f"no tensor named '{tname}'"
-                                f"{_did_you_mean(tname, names)}", key=True)
+                yield raw.issue(
+                    ("cases", i, "fills", tname),
+                    f"no tensor named '{tname}'{_did_you_mean(tname, names)}",
+                    key=True,
+                )
                 continue
             t = tensors[tname]
-            yield from _fill_issues(raw, ("cases", i, "fills", tname), fill,
-                                    [t["dtype"]] if t.get("dtype") else dtypes, t["shape"])
+            yield from _fill_issues(
+                raw,
+                ("cases", i, "fills", tname),
+                fill,
+                [t["dtype"]] if t.get("dtype") else dtypes,
+                t["shape"],
+            )
 
 
 def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
@@ -274,17 +329,26 @@ def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
         return
     for key in ("forward", "backward"):
         if key in data:
-            yield raw.issue((key,), f"convention: layer takes method names in layer.{key}, "
-                            f"not a top-level {key} import string", key=True)
+            yield raw.issue(
+                (key,),
+                f"convention: layer takes method names in layer.{key}, not a top-level {key} import string",
+                key=True,
+            )
     located = data["layer"].get("params") or {}
     for name in params:
         if name not in located:
-            yield raw.issue(("layer",), f"missing layer.params.{name}: where parameter "
-                            f"'{name}' lives on the object (value: path, grad: path)")
+            yield raw.issue(
+                ("layer",),
+                f"missing layer.params.{name}: where parameter "
+                f"'{name}' lives on the object (value: path, grad: path)",
+            )
     for name, where in located.items():
         if name not in params:
-            yield raw.issue(("layer", "params", name), f"no parameter named '{name}'"
-                            f"{_did_you_mean(name, params)}", key=True)
+            yield raw.issue(
+                ("layer", "params", name),
+                f"no parameter named '{name}'{_did_you_mean(name, params)}",
+                key=True,
+            )
         for part in ("value", "grad"):
             try:
                 parse_path(where[part])

@@ -32,8 +32,9 @@ class Comparison:
     noise_floor: float  # largest estimated rounding noise of the numerical gradient
 
 
-def compare(analytical: Any, numerical: Any, noise: Any, rtol: float, atol: float,
-            xp: ModuleType) -> Comparison:
+def compare(
+    analytical: Any, numerical: Any, noise: Any, rtol: float, atol: float, xp: ModuleType
+) -> Comparison:
     a = xp.asarray(analytical).astype(xp.float64)
     n = xp.asarray(numerical).astype(xp.float64)
     finite = xp.isfinite(a) & xp.isfinite(n)

@@ -65,7 +65,7 @@ def central_difference(
         try:
             plus_x, plus = _evaluate_at(evaluate, flat, j, orig, +epsilon, xp)
             minus_x, minus = _evaluate_at(evaluate, flat, j, orig, -epsilon, xp)
-        except Exception as exc:  # noqa: BLE001 - attributed to the element
+        except Exception as exc:
             raise PerturbationError(j, exc) from exc
         finally:
             flat[j] = orig
@@ -76,8 +76,9 @@ def central_difference(
     return NumericalGradient(value.reshape(x.shape), noise.reshape(x.shape))
 
 
-def _evaluate_at(evaluate: Callable[[], Outputs], flat: Any, j: int, orig: Any, h: float,
-                 xp: ModuleType) -> tuple[Any, list[Any]]:
+def _evaluate_at(
+    evaluate: Callable[[], Outputs], flat: Any, j: int, orig: Any, h: float, xp: ModuleType
+) -> tuple[Any, list[Any]]:
     """Set flat[j] to orig + h rounded to the dtype (never equal to orig), then evaluate."""
     flat[j] = orig.astype(xp.float64) + h
     if flat[j] == orig:  # h is below half an ulp of x_j in this dtype: take one ulp
@@ -87,13 +88,14 @@ def _evaluate_at(evaluate: Callable[[], Outputs], flat: Any, j: int, orig: Any, 
     return moved, [xp.asarray(o).astype(xp.float64) for o in outputs]
 
 
-def _contract(upstream: Sequence[Any | None], plus: list[Any], minus: list[Any],
-              xp: ModuleType) -> tuple[Any, Any]:
+def _contract(
+    upstream: Sequence[Any | None], plus: list[Any], minus: list[Any], xp: ModuleType
+) -> tuple[Any, Any]:
     """sum_k <g_k, f_k(x+) - f_k(x-)>, and sum g^2 (f+^2 + f-^2) over the outputs that moved
     (an output that did not move differs by exactly 0 and adds no rounding noise)."""
     total = xp.zeros((), dtype=xp.float64)
     power = xp.zeros((), dtype=xp.float64)
-    for g, fp, fm in zip(upstream, plus, minus):
+    for g, fp, fm in zip(upstream, plus, minus, strict=True):
         if g is None:
             continue
         finite = xp.isfinite(fp) & xp.isfinite(fm)

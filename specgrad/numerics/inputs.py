@@ -23,6 +23,7 @@ def _rng(seed: int, *keys: str | int) -> np.random.Generator:
 def fill_array(fill: Fill, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> np.ndarray:
     """One tensor's host values; float64 draws are rounded once to `dtype`."""
     size = int(np.prod(shape, dtype=np.int64))
+    values: np.ndarray
     if fill.kind == "normal":
         values = rng.normal(fill.mean, fill.std, size)
     elif fill.kind == "uniform":

@@ -33,8 +33,9 @@ class Tolerance:
     epsilon: float
     reason: str | None = None
 
-    def merged(self, rtol: float | None, atol: float | None, epsilon: float | None,
-               reason: str | None) -> Tolerance:
+    def merged(
+        self, rtol: float | None, atol: float | None, epsilon: float | None, reason: str | None
+    ) -> Tolerance:
         return Tolerance(
             rtol=self.rtol if rtol is None else rtol,
             atol=self.atol if atol is None else atol,

@@ -19,8 +19,7 @@ from rich.text import Text
 from specgrad.errors import SpecIssue
 from specgrad.results import CheckResult, RunSummary, Status
 
-_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta",
-          Status.SKIP: "yellow"}
+_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta", Status.SKIP: "yellow"}
 
 
 def _fmt(value: float | None) -> str:
@@ -31,8 +30,14 @@ class ConsoleReporter:
     def __init__(self, stream: IO[str] | None = None, verbosity: int = 0) -> None:
         stream = stream or sys.stdout
         tty = stream.isatty()
-        self.console = Console(file=stream, width=None if tty else 160, no_color=not tty,
-                               highlight=False, emoji=False, soft_wrap=not tty)
+        self.console = Console(
+            file=stream,
+            width=None if tty else 160,
+            no_color=not tty,
+            highlight=False,
+            emoji=False,
+            soft_wrap=not tty,
+        )
         self.verbosity = verbosity
 
     def _line(self, text: str, style: str | None = None) -> None:
@@ -50,22 +55,37 @@ class ConsoleReporter:
         if self.verbosity < 0:
             self._details(bad)
             return
-        shown = [r for r in results
-                 if self.verbosity > 0 or r.kind == "gradient" or r.status is not Status.PASS]
+        shown = [
+            r for r in results if self.verbosity > 0 or r.kind == "gradient" or r.status is not Status.PASS
+        ]
         first = results[0]
-        table = Table(title=Text(f"{first.spec}  ({first.file})", style="bold"),
-                      title_justify="left", show_edge=False, pad_edge=False)
-        for col, justify in (("check", "left"), ("dtype", "left"), ("case", "left"),
-                             ("max abs err", "right"), ("max rel err", "right"),
-                             ("status", "left")):
+        table = Table(
+            title=Text(f"{first.spec}  ({first.file})", style="bold"),
+            title_justify="left",
+            show_edge=False,
+            pad_edge=False,
+        )
+        for col, justify in (
+            ("check", "left"),
+            ("dtype", "left"),
+            ("case", "left"),
+            ("max abs err", "right"),
+            ("max rel err", "right"),
+            ("status", "left"),
+        ):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         if self.verbosity > 0:
             table.add_column("noise floor", justify="right")
         for r in shown:
             c = r.comparison
-            row = [Text(r.target), Text(r.dtype), Text(r.case),
-                   Text(_fmt(c.max_abs_err if c else None)), Text(_fmt(c.max_rel_err if c else None)),
-                   Text(str(r.status), style=_STYLE[r.status])]
+            row = [
+                Text(r.target),
+                Text(r.dtype),
+                Text(r.case),
+                Text(_fmt(c.max_abs_err if c else None)),
+                Text(_fmt(c.max_rel_err if c else None)),
+                Text(str(r.status), style=_STYLE[r.status]),
+            ]
             if self.verbosity > 0:
                 row.append(Text(_fmt(c.noise_floor if c else None)))
             table.add_row(*row)
@@ -78,7 +98,7 @@ class ConsoleReporter:
 
     def _details(self, bad: list[CheckResult]) -> None:
         """Each failure once; checks of one case failing for the same reason share a block."""
-        key = lambda r: (r.file, r.dtype, r.case, r.status, r.message)  # noqa: E731
+        key = lambda r: (r.file, r.dtype, r.case, r.status, r.message)
         for (_, _, _, status, message), group in groupby(bad, key=key):
             rs = list(group)
             more = "".join(f", ::{r.target}" for r in rs[1:])

@@ -46,8 +46,13 @@ class JsonReporter:
                 "spec_errors": len(summary.spec_errors),
             },
             "spec_errors": [
-                {"file": str(i.location.file), "line": i.location.line,
-                 "column": i.location.column, "field": i.field, "message": i.message}
+                {
+                    "file": str(i.location.file),
+                    "line": i.location.line,
+                    "column": i.location.column,
+                    "field": i.field,
+                    "message": i.message,
+                }
                 for i in summary.spec_errors
             ],
             "checks": [r.to_dict() for r in summary.results],

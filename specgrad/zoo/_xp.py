@@ -12,7 +12,7 @@ import numpy
 def namespace(*arrays: Any) -> ModuleType:
     for a in arrays:
         if type(a).__module__.split(".")[0] == "cupy":
-            import cupy  # noqa: PLC0415 - only when a cupy array is present
+            import cupy
 
-            return cupy  # type: ignore[no-any-return]
+            return cupy
     return numpy

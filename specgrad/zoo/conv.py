@@ -28,13 +28,12 @@ def forward(x: Any, w: Any, b: Any, stride: int = 1, padding: int = 0) -> Any:
     out = xp.zeros((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
     for i in range(w.shape[2]):
         for j in range(w.shape[3]):
-            patch = xpad[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+            patch = xpad[:, :, i : i + stride * oh : stride, j : j + stride * ow : stride]
             out += xp.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
     return out + b[None, :, None, None]
 
 
-def backward(g: Any, x: Any, w: Any, b: Any, stride: int = 1,
-             padding: int = 0) -> tuple[Any, Any, Any]:
+def backward(g: Any, x: Any, w: Any, b: Any, stride: int = 1, padding: int = 0) -> tuple[Any, Any, Any]:
     xp = namespace(x, w, b)
     oh, ow = _geometry(x, w, stride, padding)
     xpad = _pad(x, padding, xp)
@@ -42,10 +41,14 @@ def backward(g: Any, x: Any, w: Any, b: Any, stride: int = 1,
     dw = xp.zeros_like(w)
     for i in range(w.shape[2]):
         for j in range(w.shape[3]):
-            window = (slice(None), slice(None), slice(i, i + stride * oh, stride),
-                      slice(j, j + stride * ow, stride))
+            window = (
+                slice(None),
+                slice(None),
+                slice(i, i + stride * oh, stride),
+                slice(j, j + stride * ow, stride),
+            )
             dw[:, :, i, j] = xp.einsum("nohw,nchw->oc", g, xpad[window])
             dxpad[window] += xp.einsum("nohw,oc->nchw", g, w[:, :, i, j])
     h, wd = x.shape[2], x.shape[3]
-    dx = dxpad[:, :, padding:padding + h, padding:padding + wd]
+    dx = dxpad[:, :, padding : padding + h, padding : padding + wd]
     return dx, dw, xp.sum(g, axis=(0, 2, 3))

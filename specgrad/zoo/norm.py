@@ -31,8 +31,7 @@ def layernorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> Any:
     return xhat * gamma + beta
 
 
-def layernorm_backward(g: Any, x: Any, gamma: Any, beta: Any,
-                       eps: float = 1e-5) -> tuple[Any, Any, Any]:
+def layernorm_backward(g: Any, x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> tuple[Any, Any, Any]:
     xp = namespace(x)
     xhat, inv = _normalise(x, (-1,), eps)
     lead = tuple(range(x.ndim - 1))
@@ -52,8 +51,7 @@ def batchnorm_forward(x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> Any:
     return xhat * _channel(gamma) + _channel(beta)
 
 
-def batchnorm_backward(g: Any, x: Any, gamma: Any, beta: Any,
-                       eps: float = 1e-5) -> tuple[Any, Any, Any]:
+def batchnorm_backward(g: Any, x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> tuple[Any, Any, Any]:
     xp = namespace(x)
     xhat, inv = _normalise(x, _BN_AXES, eps)
     dx = _normalise_backward(g * _channel(gamma), xhat, inv, _BN_AXES)

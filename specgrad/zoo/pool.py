@@ -10,9 +10,11 @@ from specgrad.zoo._xp import namespace
 def _offsets(kernel: int, stride: int, x: Any) -> tuple[int, int, list[tuple[slice, ...]]]:
     oh = (x.shape[2] - kernel) // stride + 1
     ow = (x.shape[3] - kernel) // stride + 1
-    windows = [(slice(None), slice(None), slice(i, i + stride * oh, stride),
-                slice(j, j + stride * ow, stride))
-               for i in range(kernel) for j in range(kernel)]
+    windows: list[tuple[slice, ...]] = [
+        (slice(None), slice(None), slice(i, i + stride * oh, stride), slice(j, j + stride * ow, stride))
+        for i in range(kernel)
+        for j in range(kernel)
+    ]
     return oh, ow, windows
 
 

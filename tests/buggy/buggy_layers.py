@@ -57,7 +57,9 @@ def layernorm_dgamma_uses_x(g: Any, x: Any, gamma: Any, beta: Any, eps: float = 
     return dx, (g * x).sum(axis=0), dbeta
 
 
-def batchnorm_stats_as_constants(g: Any, x: Any, gamma: Any, beta: Any, eps: float = 1e-5) -> tuple[Any, Any, Any]:
+def batchnorm_stats_as_constants(
+    g: Any, x: Any, gamma: Any, beta: Any, eps: float = 1e-5
+) -> tuple[Any, Any, Any]:
     """Treats the batch mean and variance as constants: dx = g * gamma / sigma."""
     _, dgamma, dbeta = norm.batchnorm_backward(g, x, gamma, beta, eps)
     var = x.var(axis=(0, 2, 3), keepdims=True)

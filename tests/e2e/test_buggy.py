@@ -16,8 +16,12 @@ BUGGY = Path(__file__).resolve().parent.parent / "buggy" / "buggy_layers.py"
 
 # (zoo spec, buggy backward, spec edits, tensors whose gradient must fail)
 CASES = [
-    ("linear", "linear_dw_missing_transpose", {"w: {shape: [8, 16]}": "w: {shape: [16, 16]}",
-                                               "b: {shape: [8]}": "b: {shape: [16]}"}, {"w"}),
+    (
+        "linear",
+        "linear_dw_missing_transpose",
+        {"w: {shape: [8, 16]}": "w: {shape: [16, 16]}", "b: {shape: [8]}": "b: {shape: [16]}"},
+        {"w"},
+    ),
     ("linear", "linear_bias_wrong_axis", {"x: {shape: [1, 16]}": "x: {shape: [8, 16]}"}, {"b"}),
     ("sigmoid", "sigmoid_sign_error", {}, {"x"}),
     ("attention", "attention_missing_scale", {}, {"q", "k"}),
@@ -40,7 +44,7 @@ CASES = [
 
 def _buggy_spec(tmp_path: Path, spec: str, backward: str, edits: dict[str, str]) -> Path:
     text = (SPECS / f"{spec}.yaml").read_text()
-    text, n = re.subn(r"^backward: .*$", f"backward: buggy_layers:{backward}", text, flags=re.M)
+    text, n = re.subn(r"^backward: .*$", f"backward: buggy_layers:{backward}", text, flags=re.MULTILINE)
     assert n == 1
     for old, new in edits.items():
         assert old in text
@@ -56,8 +60,14 @@ def _statuses(report: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("spec, backward, edits, wrong", CASES, ids=[c[1] for c in CASES])
-def test_buggy_backward_fails_naming_the_tensor(tmp_path: Path, cli, spec: str, backward: str,  # type: ignore[no-untyped-def]
-                                                edits: dict[str, str], wrong: set[str]) -> None:
+def test_buggy_backward_fails_naming_the_tensor(
+    tmp_path: Path,
+    cli,
+    spec: str,
+    backward: str,  # type: ignore[no-untyped-def]
+    edits: dict[str, str],
+    wrong: set[str],
+) -> None:
     path = _buggy_spec(tmp_path, spec, backward, edits)
     report = tmp_path / "report.json"
     result = cli("validate", path, "--json", report)
@@ -75,8 +85,11 @@ def test_buggy_backward_fails_naming_the_tensor(tmp_path: Path, cli, spec: str, 
 
 
 def test_layer_object_bug(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    text = (SPECS / "dense_layer.yaml").read_text().replace(
-        "specgrad.zoo.layers:Dense", "buggy_layers:DenseBiasMean")
+    text = (
+        (SPECS / "dense_layer.yaml")
+        .read_text()
+        .replace("specgrad.zoo.layers:Dense", "buggy_layers:DenseBiasMean")
+    )
     shutil.copy(BUGGY, tmp_path / "buggy_layers.py")
     (tmp_path / "dense.yaml").write_text(text)
     report = tmp_path / "r.json"

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import SPECS, dedent, run_subprocess
 
-LAYERS = '''
+LAYERS = """
 import numpy as np
 
 def forward(x, w):
@@ -20,7 +20,7 @@ def forward(x, w):
 
 def backward(g, x, w):
     return g @ w.T, x.T @ g
-'''
+"""
 
 GOOD = """\
 specgrad: 1
@@ -50,14 +50,18 @@ def test_zoo_lint_and_list(cli) -> None:  # type: ignore[no-untyped-def]
     assert lint.code == 0 and f"{len(list(SPECS.glob('*.yaml')))} spec(s) ok, 0 invalid" in lint.out
     listed = cli("list", SPECS, "-k", "conv2d and float64 and random")
     assert listed.code == 0
-    assert listed.out.splitlines()[:3] == ["conv2d[float64,random]::x", "conv2d[float64,random]::w",
-                                           "conv2d[float64,random]::b"]
+    assert listed.out.splitlines()[:3] == [
+        "conv2d[float64,random]::x",
+        "conv2d[float64,random]::w",
+        "conv2d[float64,random]::b",
+    ]
 
 
 def test_every_shipped_spec_has_the_schema_modeline() -> None:
     for path in SPECS.glob("*.yaml"):
-        assert path.read_text().startswith(
-            "# yaml-language-server: $schema=../schemas/spec.schema.json\n"), path
+        assert path.read_text().startswith("# yaml-language-server: $schema=../schemas/spec.schema.json\n"), (
+            path
+        )
 
 
 def test_output_table_and_json_report(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
@@ -73,8 +77,17 @@ def test_output_table_and_json_report(tmp_path: Path, write, cli) -> None:  # ty
     ids = [c["id"] for c in doc["checks"]]
     assert "lin[float64,random]::x" in ids and "lin[float64,special]::contract.finite" in ids
     fig = next(c for c in doc["checks"] if c["id"] == "lin[float64,random]::w")["figures"]
-    assert set(fig) >= {"max_abs_err", "max_rel_err", "worst_index", "analytical", "numerical",
-                        "bound", "noise_floor", "violations", "size"}
+    assert set(fig) >= {
+        "max_abs_err",
+        "max_rel_err",
+        "worst_index",
+        "analytical",
+        "numerical",
+        "bound",
+        "noise_floor",
+        "violations",
+        "size",
+    }
     assert [p.name for p in report.parent.iterdir()] == ["report.json"]  # no temp file left
 
 
@@ -91,8 +104,7 @@ def test_selection_dtype_and_seed(write, cli) -> None:  # type: ignore[no-untype
     write("layers.py", LAYERS)
     spec = write("lin.yaml", GOOD.replace("[float64]", "[float32, float64]"))
     assert cli("validate", spec, "-q", "--dtype", "float32").out.splitlines() == ["14 passed, 0 failed"]
-    assert cli("validate", spec, "-q", "-k", "::w and not special").out.splitlines() == [
-        "2 passed, 0 failed"]
+    assert cli("validate", spec, "-q", "-k", "::w and not special").out.splitlines() == ["2 passed, 0 failed"]
     assert cli("validate", spec, "-q", "--seed", "3", "--dtype", "float64,float32").code == 0
 
 
@@ -125,79 +137,225 @@ def test_fail_fast(write, cli) -> None:  # type: ignore[no-untyped-def]
     assert result.out.splitlines()[-1] == "1 passed, 1 failed"  # x passed, then w failed
 
 
+def test_interrupt_reports_what_finished(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C inside user code: exit 130, finished checks reported, the JSON report complete."""
+    write(
+        "layers.py",
+        LAYERS + "\n_calls = [0]\ndef slow(x, w):\n    _calls[0] += 1\n"
+        "    if _calls[0] > 40:\n        raise KeyboardInterrupt\n    return x @ w\n",
+    )
+    write("a.yaml", GOOD)
+    write("b.yaml", GOOD.replace("name: lin", "name: slow").replace("layers:forward", "layers:slow"))
+    report = tmp_path / "r.json"
+    result = cli("validate", tmp_path, "--json", report)
+    assert result.code == 130
+    assert "interrupted" in result.out and result.out.splitlines()[-1].endswith("passed, 0 failed")
+    doc = json.loads(report.read_text())
+    assert doc["interrupted"] is True
+    slow = [c for c in doc["checks"] if c["spec"] == "slow"]
+    assert doc["summary"]["passed"] == 14 + len(slow) and 0 < len(slow) < 14
+
+
 # --- bad inputs: (files, argv, exit code, located message fragment) ------------------------
 
 SPEC_ERRORS = [
     ("yaml syntax", "specgrad: 1\nname: [x\n", 2, r"s\.yaml:3:1: invalid YAML"),
-    ("duplicate key", GOOD.replace("description: matmul", "description: a\nname: again"), 2,
-     r"s\.yaml:4:1: name: duplicate key 'name' \(first defined at line 2\)"),
-    ("unknown field", GOOD + "inptus: {}\n", 2, r"s\.yaml:11:1: inptus: unknown field 'inptus' \(did you mean 'inputs'\?\)"),
-    ("unknown tensor field", GOOD.replace("{shape: [2, 3]}", "{shpae: [2, 3]}"), 2,
-     r"s\.yaml:7:7: inputs\.x\.shpae: unknown field 'shpae' \(did you mean 'shape'\?\)"),
+    (
+        "duplicate key",
+        GOOD.replace("description: matmul", "description: a\nname: again"),
+        2,
+        r"s\.yaml:4:1: name: duplicate key 'name' \(first defined at line 2\)",
+    ),
+    (
+        "unknown field",
+        GOOD + "inptus: {}\n",
+        2,
+        r"s\.yaml:11:1: inptus: unknown field 'inptus' \(did you mean 'inputs'\?\)",
+    ),
+    (
+        "unknown tensor field",
+        GOOD.replace("{shape: [2, 3]}", "{shpae: [2, 3]}"),
+        2,
+        r"s\.yaml:7:7: inputs\.x\.shpae: unknown field 'shpae' \(did you mean 'shape'\?\)",
+    ),
     ("wrong type", GOOD.replace("[2, 3]", "2x3"), 2, r"s\.yaml:7:14: inputs\.x\.shape: expected a list"),
-    ("negative dim", GOOD.replace("[2, 3]", "[2, -3]"), 2,
-     r"s\.yaml:7:18: inputs\.x\.shape\[1\]: expected a value >= 1, got integer -3"),
-    ("zero dim", GOOD.replace("[2, 3]", "[0, 3]"), 2, r"s\.yaml:7:15: inputs\.x\.shape\[0\]: expected a value >= 1"),
-    ("too large", GOOD.replace("[2, 3]", "[100000, 100000]"), 2, r"s\.yaml:7:14: inputs\.x\.shape: .* the limit"),
-    ("unknown dtype", GOOD.replace("[float64]", "[float8]"), 2,
-     r"s\.yaml:10:10: dtypes\[0\]: expected one of float16, float32, float64; got string 'float8'"),
-    ("version", GOOD.replace("specgrad: 1", "specgrad: 2"), 2, r"s\.yaml:1:11: specgrad: unsupported spec format version 2"),
-    ("missing field", GOOD.replace("description: matmul\n", ""), 2, r"s\.yaml:1:1: missing required field 'description'"),
-    ("bad import string", GOOD.replace("layers:forward", "layers.forward"), 2,
-     r"s\.yaml:4:10: forward: expected an import string 'package\.module:qualname'"),
-    ("yes is not a bool", GOOD.replace("{shape: [2, 3]}", "{shape: [2, 3], grad: yes}"), 2,
-     r"s\.yaml:7:28: inputs\.x\.grad: expected true or false, got string 'yes'"),
-    ("not representable", GOOD.replace("{shape: [2, 3]}", "{shape: [2, 3], fill: {kind: special, values: [0.5, 0.1]}}")
-     .replace("[float64]", "[float16, float64]"), 2,
-     r"s\.yaml:7:.*inputs\.x\.fill\.values\[1\]: 0\.1 is not exactly representable in float16"),
-    ("npy missing", GOOD.replace("{shape: [2, 3]}", "{shape: [2, 3], fill: {kind: npy, path: x.npy}}"), 2,
-     r"s\.yaml:7:.*inputs\.x\.fill\.path: no such file"),
-    ("int without fill", GOOD.replace("parameters:", "  lab: {shape: [2], dtype: int64}\nparameters:"), 2,
-     r"s\.yaml:8:3: inputs\.lab: a int64 tensor needs a fill"),
+    (
+        "negative dim",
+        GOOD.replace("[2, 3]", "[2, -3]"),
+        2,
+        r"s\.yaml:7:18: inputs\.x\.shape\[1\]: expected a value >= 1, got integer -3",
+    ),
+    (
+        "zero dim",
+        GOOD.replace("[2, 3]", "[0, 3]"),
+        2,
+        r"s\.yaml:7:15: inputs\.x\.shape\[0\]: expected a value >= 1",
+    ),
+    (
+        "too large",
+        GOOD.replace("[2, 3]", "[100000, 100000]"),
+        2,
+        r"s\.yaml:7:14: inputs\.x\.shape: .* the limit",
+    ),
+    (
+        "unknown dtype",
+        GOOD.replace("[float64]", "[float8]"),
+        2,
+        r"s\.yaml:10:10: dtypes\[0\]: expected one of float16, float32, float64; got string 'float8'",
+    ),
+    (
+        "version",
+        GOOD.replace("specgrad: 1", "specgrad: 2"),
+        2,
+        r"s\.yaml:1:11: specgrad: unsupported spec format version 2",
+    ),
+    (
+        "missing field",
+        GOOD.replace("description: matmul\n", ""),
+        2,
+        r"s\.yaml:1:1: missing required field 'description'",
+    ),
+    (
+        "bad import string",
+        GOOD.replace("layers:forward", "layers.forward"),
+        2,
+        r"s\.yaml:4:10: forward: expected an import string 'package\.module:qualname'",
+    ),
+    (
+        "yes is not a bool",
+        GOOD.replace("{shape: [2, 3]}", "{shape: [2, 3], grad: yes}"),
+        2,
+        r"s\.yaml:7:28: inputs\.x\.grad: expected true or false, got string 'yes'",
+    ),
+    (
+        "not representable",
+        GOOD.replace("{shape: [2, 3]}", "{shape: [2, 3], fill: {kind: special, values: [0.5, 0.1]}}").replace(
+            "[float64]", "[float16, float64]"
+        ),
+        2,
+        r"s\.yaml:7:.*inputs\.x\.fill\.values\[1\]: 0\.1 is not exactly representable in float16",
+    ),
+    (
+        "npy missing",
+        GOOD.replace("{shape: [2, 3]}", "{shape: [2, 3], fill: {kind: npy, path: x.npy}}"),
+        2,
+        r"s\.yaml:7:.*inputs\.x\.fill\.path: no such file",
+    ),
+    (
+        "int without fill",
+        GOOD.replace("parameters:", "  lab: {shape: [2], dtype: int64}\nparameters:"),
+        2,
+        r"s\.yaml:8:3: inputs\.lab: a int64 tensor needs a fill",
+    ),
     ("empty", "", 2, r"s\.yaml:1:1: empty spec file"),
     ("not a mapping", "- 1\n- 2\n", 2, r"s\.yaml:1:1: a spec is a YAML mapping, got list"),
-    ("constant shorthand", GOOD.replace("{shape: [3, 4]}", "{shape: [3, 4], fill: constant}"), 2,
-     r"s\.yaml:9:.*needs the mapping form"),
-    ("empty range", GOOD.replace("{shape: [3, 4]}", "{shape: [3, 4], fill: {kind: uniform, low: 2, high: 1}}"), 2,
-     r"s\.yaml:9:.*parameters\.w\.fill: empty range"),
-    ("case names unknown tensor", GOOD + "cases: [{name: c, fills: {y: special}}]\n", 2,
-     r"s\.yaml:11:.*cases\[0\]\.fills\.y: no tensor named 'y'"),
-    ("layer params missing", GOOD.replace("forward: layers:forward\nbackward: layers:backward\n",
-                                          "convention: layer\nlayer: {class: layers:L}\n"), 2,
-     r"s\.yaml:5:8: layer: missing layer\.params\.w"),
-    ("missing module", GOOD.replace("layers:forward", "nosuchmod:forward"), 2,
-     r"s\.yaml:4:10: forward: cannot import module 'nosuchmod'"),
-    ("missing attribute", GOOD.replace("layers:backward", "layers:backwrd"), 2,
-     r"s\.yaml:5:11: backward: 'layers' has no attribute 'backwrd' \(did you mean 'backward'\?\)"),
-    ("not callable", GOOD.replace("layers:forward", "layers:CONST"), 2,
-     r"s\.yaml:4:10: forward: 'layers:CONST' is a int, not a callable"),
-    ("module raises on import", GOOD.replace("layers:forward", "broken:forward"), 2,
-     r"s\.yaml:4:10: forward: importing module 'broken' raised ZeroDivisionError"),
+    (
+        "constant shorthand",
+        GOOD.replace("{shape: [3, 4]}", "{shape: [3, 4], fill: constant}"),
+        2,
+        r"s\.yaml:9:.*needs the mapping form",
+    ),
+    (
+        "empty range",
+        GOOD.replace("{shape: [3, 4]}", "{shape: [3, 4], fill: {kind: uniform, low: 2, high: 1}}"),
+        2,
+        r"s\.yaml:9:.*parameters\.w\.fill: empty range",
+    ),
+    (
+        "case names unknown tensor",
+        GOOD + "cases: [{name: c, fills: {y: special}}]\n",
+        2,
+        r"s\.yaml:11:.*cases\[0\]\.fills\.y: no tensor named 'y'",
+    ),
+    (
+        "layer params missing",
+        GOOD.replace(
+            "forward: layers:forward\nbackward: layers:backward\n",
+            "convention: layer\nlayer: {class: layers:L}\n",
+        ),
+        2,
+        r"s\.yaml:5:8: layer: missing layer\.params\.w",
+    ),
+    (
+        "missing module",
+        GOOD.replace("layers:forward", "nosuchmod:forward"),
+        2,
+        r"s\.yaml:4:10: forward: cannot import module 'nosuchmod'",
+    ),
+    (
+        "missing attribute",
+        GOOD.replace("layers:backward", "layers:backwrd"),
+        2,
+        r"s\.yaml:5:11: backward: 'layers' has no attribute 'backwrd' \(did you mean 'backward'\?\)",
+    ),
+    (
+        "not callable",
+        GOOD.replace("layers:forward", "layers:CONST"),
+        2,
+        r"s\.yaml:4:10: forward: 'layers:CONST' is a int, not a callable",
+    ),
+    (
+        "module raises on import",
+        GOOD.replace("layers:forward", "broken:forward"),
+        2,
+        r"s\.yaml:4:10: forward: importing module 'broken' raised ZeroDivisionError",
+    ),
 ]
 
 BAD_LAYERS = {
-    "raises": ("def forward(x, w):\n    raise ValueError('boom')\n", 1,
-               r"ERROR lin\[float64,random\]::x, ::w, ::contract\.forward_output(.|\n)*forward raised ValueError: boom\n\s+File \".*bad\.py\", line \d+, in forward\n\s+raise ValueError"),
+    "raises": (
+        "def forward(x, w):\n    raise ValueError('boom')\n",
+        1,
+        r"ERROR lin\[float64,random\]::x, ::w, ::contract\.forward_output(.|\n)*forward raised ValueError: boom\n\s+File \".*bad\.py\", line \d+, in forward\n\s+raise ValueError",
+    ),
     "backward raises": ("def backward(g, x, w):\n    return {}['nope']\n", 1, r"backward raised KeyError"),
-    "wrong count": ("def backward(g, x, w):\n    return (g @ w.T,)\n", 1,
-                    r"FAIL lin\[float64,random\]::contract\.backward_grads\n.*\n  backward returned 1 gradient\(s\); expected 2"),
+    "wrong count": (
+        "def backward(g, x, w):\n    return (g @ w.T,)\n",
+        1,
+        r"FAIL lin\[float64,random\]::contract\.backward_grads\n.*\n  backward returned 1 gradient\(s\); expected 2",
+    ),
     "returns None": ("def backward(g, x, w):\n    return None\n", 1, r"backward returned None"),
-    "wrong shape": ("def backward(g, x, w):\n    return g @ w.T, (x.T @ g).T\n", 1,
-                    r"FAIL lin\[float64,random\]::w, ::contract\.backward_grads\n.*\n  gradient of w has shape \(4, 3\), w has shape \(3, 4\)"),
-    "wrong dtype": ("def backward(g, x, w):\n    return (g @ w.T).astype('float32'), x.T @ g\n", 1,
-                    r"gradient of x has dtype float32, x has dtype float64"),
-    "not an array": ("def backward(g, x, w):\n    return [[0.0]], x.T @ g\n", 1, r"gradient of x is list, not an array"),
-    "nan output": ("def forward(x, w):\n    y = x @ w\n    y[0, 0] = float('nan')\n    return y\n", 1,
-                   r"FAIL lin\[float64,random\]::contract\.finite\n.*\n  output 0 has 1 non-finite value"),
-    "mutates input": ("def forward(x, w):\n    x *= 2\n    return x @ w\n", 1,
-                      r"FAIL lin\[float64,random\]::contract\.no_mutation\n.*\n  forward modified x"),
-    "backward mutates": ("def backward(g, x, w):\n    w[0, 0] = 9.0\n    return g @ w.T, x.T @ g\n", 1,
-                         r"backward modified w"),
-    "nondeterministic": ("import numpy as np\ndef forward(x, w):\n    return x @ w + np.random.rand()\n", 1,
-                         r"contract\.deterministic\n.*\n  two forward calls on identical inputs gave different outputs"),
+    "wrong shape": (
+        "def backward(g, x, w):\n    return g @ w.T, (x.T @ g).T\n",
+        1,
+        r"FAIL lin\[float64,random\]::w, ::contract\.backward_grads\n.*\n  gradient of w has shape \(4, 3\), w has shape \(3, 4\)",
+    ),
+    "wrong dtype": (
+        "def backward(g, x, w):\n    return (g @ w.T).astype('float32'), x.T @ g\n",
+        1,
+        r"gradient of x has dtype float32, x has dtype float64",
+    ),
+    "not an array": (
+        "def backward(g, x, w):\n    return [[0.0]], x.T @ g\n",
+        1,
+        r"gradient of x is list, not an array",
+    ),
+    "nan output": (
+        "def forward(x, w):\n    y = x @ w\n    y[0, 0] = float('nan')\n    return y\n",
+        1,
+        r"FAIL lin\[float64,random\]::contract\.finite\n.*\n  output 0 has 1 non-finite value",
+    ),
+    "mutates input": (
+        "def forward(x, w):\n    x *= 2\n    return x @ w\n",
+        1,
+        r"FAIL lin\[float64,random\]::contract\.no_mutation\n.*\n  forward modified x",
+    ),
+    "backward mutates": (
+        "def backward(g, x, w):\n    w[0, 0] = 9.0\n    return g @ w.T, x.T @ g\n",
+        1,
+        r"backward modified w",
+    ),
+    "nondeterministic": (
+        "import numpy as np\ndef forward(x, w):\n    return x @ w + np.random.rand()\n",
+        1,
+        r"contract\.deterministic\n.*\n  two forward calls on identical inputs gave different outputs",
+    ),
     "output not array": ("def forward(x, w):\n    return 1.5\n", 1, r"output 0 is a float, not an array"),
-    "upcasts": ("def forward(x, w):\n    return (x @ w).astype('float32')\n", 1,
-                r"output 0 has dtype float32, expected float64 \(the check's dtype\)"),
+    "upcasts": (
+        "def forward(x, w):\n    return (x @ w).astype('float32')\n",
+        1,
+        r"output 0 has dtype float32, expected float64 \(the check's dtype\)",
+    ),
 }
 
 
@@ -223,14 +381,17 @@ def test_bad_callable(write, cli, name: str) -> None:  # type: ignore[no-untyped
     assert "Traceback" not in result.text
 
 
-@pytest.mark.parametrize("argv, pattern", [
-    (["validate", "does/not/exist"], r"does/not/exist: no such file or folder"),
-    (["validate", "{dir}", "--dtype", "float8"], r"--dtype 'float8': expected one of"),
-    (["validate", "{dir}", "-k", "a and"], r"-k 'a and': expression ends too early"),
-    (["validate", "{dir}", "--seed", "x"], r"invalid int value"),
-    (["frobnicate"], r"invalid choice"),
-    (["validate", "{empty}"], r"no spec files"),
-])
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["validate", "does/not/exist"], r"does/not/exist: no such file or folder"),
+        (["validate", "{dir}", "--dtype", "float8"], r"--dtype 'float8': expected one of"),
+        (["validate", "{dir}", "-k", "a and"], r"-k 'a and': expression ends too early"),
+        (["validate", "{dir}", "--seed", "x"], r"invalid int value"),
+        (["frobnicate"], r"invalid choice"),
+        (["validate", "{empty}"], r"no spec files"),
+    ],
+)
 def test_bad_command_line(tmp_path: Path, write, cli, argv: list[str], pattern: str) -> None:  # type: ignore[no-untyped-def]
     write("layers.py", LAYERS)
     write("s.yaml", GOOD)
@@ -259,6 +420,7 @@ def test_lint_reports_all_invalid_files(write, cli) -> None:  # type: ignore[no-
 
 
 # --- subprocess: the real entry point ------------------------------------------------------
+
 
 def test_module_entry_point_in_a_fresh_interpreter(tmp_path: Path) -> None:
     shutil.copy(SPECS / "linear.yaml", tmp_path / "linear.yaml")

@@ -31,15 +31,25 @@ def test_installed_cli_outside_the_repo(tmp_path: Path) -> None:
     work.mkdir()
     for name in ("linear.yaml", "dense_layer.yaml"):
         shutil.copy(SPECS / name, work / name)
-    proc = subprocess.run([str(script), "validate", "."], cwd=work, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(script), "validate", "."], cwd=work, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "64 passed, 0 failed"
 
     where = subprocess.run(
-        [sys.executable, "-c", "import specgrad, specgrad.validate as v; print(specgrad.__file__); "
-         "print(len(v.schema_text()))"],
-        cwd=work, env=_env(), capture_output=True, text=True, timeout=60, check=True)
+        [
+            sys.executable,
+            "-c",
+            "import specgrad, specgrad.validate as v; print(specgrad.__file__); print(len(v.schema_text()))",
+        ],
+        cwd=work,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     package_file, schema_len = where.stdout.split()
     package = Path(package_file).resolve().parent
     if REPO not in package.parents:  # a real (non-editable) install: the wheel carries the schema
@@ -50,9 +60,16 @@ def test_installed_cli_outside_the_repo(tmp_path: Path) -> None:
 
 def test_installed_cli_reports_bad_spec_located(tmp_path: Path) -> None:
     script = _installed_script()
-    (tmp_path / "bad.yaml").write_text("specgrad: 1\nname: x\ndescription: d\nforward: a:b\n"
-                                       "backward: a:b\ninputs:\n  x: {shape: [0]}\n")
-    proc = subprocess.run([str(script), "lint", "bad.yaml"], cwd=tmp_path, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    (tmp_path / "bad.yaml").write_text(
+        "specgrad: 1\nname: x\ndescription: d\nforward: a:b\nbackward: a:b\ninputs:\n  x: {shape: [0]}\n"
+    )
+    proc = subprocess.run(
+        [str(script), "lint", "bad.yaml"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "bad.yaml:7:15: inputs.x.shape[0]: expected a value >= 1, got integer 0" in proc.stdout

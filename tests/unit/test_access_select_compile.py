@@ -16,8 +16,8 @@ from specgrad.errors import UsageError
 from specgrad.select import compile_expression
 from specgrad.validate import parse_spec
 
-
 # --- access paths -----------------------------------------------------------------------
+
 
 def test_access_get_and_set_through_attrs_keys_and_indices() -> None:
     layer = SimpleNamespace(params={"W": 1}, blocks=[SimpleNamespace(weight=2)], grads=SimpleNamespace())
@@ -50,14 +50,17 @@ def test_access_bad_paths(text: str) -> None:
 IDS = ["lin[float32,random]::x", "lin[float64,special]::w", "conv[float32,random]::contract.finite"]
 
 
-@pytest.mark.parametrize("expr, expected", [
-    ("float32", [0, 2]),
-    ("float32 and not contract", [0]),
-    ("lin or conv", [0, 1, 2]),
-    ("not (lin and special)", [0, 2]),
-    ("::W", [1]),  # case-insensitive substring
-    ("contract.finite", [2]),
-])
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        ("float32", [0, 2]),
+        ("float32 and not contract", [0]),
+        ("lin or conv", [0, 1, 2]),
+        ("not (lin and special)", [0, 2]),
+        ("::W", [1]),  # case-insensitive substring
+        ("contract.finite", [2]),
+    ],
+)
 def test_selection(expr: str, expected: list[int]) -> None:
     match = compile_expression(expr)
     assert [i for i, s in enumerate(IDS) if match(s)] == expected
@@ -71,10 +74,18 @@ def test_bad_selection(expr: str) -> None:
 
 # --- compile -------------------------------------------------------------------------------
 
+
 def _spec(tmp_path: Path, **extra: object):  # type: ignore[no-untyped-def]
-    doc = {"specgrad": 1, "name": "lin", "description": "d", "forward": "m:f", "backward": "m:b",
-           "inputs": {"x": {"shape": [2]}, "y": {"shape": [2], "grad": False}},
-           "parameters": {"w": {"shape": [2]}}, **extra}
+    doc = {
+        "specgrad": 1,
+        "name": "lin",
+        "description": "d",
+        "forward": "m:f",
+        "backward": "m:b",
+        "inputs": {"x": {"shape": [2]}, "y": {"shape": [2], "grad": False}},
+        "parameters": {"w": {"shape": [2]}},
+        **extra,
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return parse_spec(path)
@@ -83,7 +94,11 @@ def _spec(tmp_path: Path, **extra: object):  # type: ignore[no-untyped-def]
 def test_compile_ids_are_stable_and_complete(tmp_path: Path) -> None:
     plans = compile_spec(_spec(tmp_path))
     assert [(p.dtype, p.case.name) for p in plans] == [
-        ("float32", "random"), ("float32", "special"), ("float64", "random"), ("float64", "special")]
+        ("float32", "random"),
+        ("float32", "special"),
+        ("float64", "random"),
+        ("float64", "special"),
+    ]
     ids = [p.check_id(t) for p in plans for t in p.targets]
     assert ids[:2] == ["lin[float32,random]::x", "lin[float32,random]::w"]
     assert "lin[float32,random]::y" not in ids  # grad: false
@@ -94,8 +109,7 @@ def test_compile_ids_are_stable_and_complete(tmp_path: Path) -> None:
 def test_compile_filters(tmp_path: Path) -> None:
     spec = _spec(tmp_path)
     plans = compile_spec(spec, dtypes=["float64"], seed=7, select=compile_expression("special and ::w"))
-    assert [(p.dtype, p.case.name, p.targets, p.seed) for p in plans] == [
-        ("float64", "special", ("w",), 7)]
+    assert [(p.dtype, p.case.name, p.targets, p.seed) for p in plans] == [("float64", "special", ("w",), 7)]
     assert compile_spec(spec, dtypes=["float16"]) == ()
 
 
@@ -108,10 +122,12 @@ def test_tolerance_overrides_merge_per_dtype(tmp_path: Path) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,10}", fullmatch=True),
-       st.sampled_from(["float16", "float32", "float64"]),
-       st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
-       st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True))
+@given(
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,10}", fullmatch=True),
+    st.sampled_from(["float16", "float32", "float64"]),
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
+    st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
+)
 def test_check_id_grammar(name: str, dtype: str, case: str, target: str) -> None:
     cid = check_id(name, dtype, case, target)
     head, _, tail = cid.partition("::")

@@ -34,13 +34,20 @@ def test_same_module_name_in_two_folders(tmp_path: Path) -> None:
     assert resolve(ref("samename_layers:f"), tmp_path / "b")() == 2
 
 
-@pytest.mark.parametrize("source, target, fragment", [
-    (None, "no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
-    ("def forward(x):\n    return x\n", "{mod}:fowrard", "has no attribute 'fowrard' (did you mean 'forward'?)"),
-    ("value = 3\n", "{mod}:value", "is a int, not a callable"),
-    ("raise RuntimeError('at import')\n", "{mod}:f", "raised RuntimeError: at import"),
-    ("import no_such_dependency_xyz\n", "{mod}:f", "raised ModuleNotFoundError"),
-])
+@pytest.mark.parametrize(
+    "source, target, fragment",
+    [
+        (None, "no_such_module_xyz:f", "cannot import module 'no_such_module_xyz'"),
+        (
+            "def forward(x):\n    return x\n",
+            "{mod}:fowrard",
+            "has no attribute 'fowrard' (did you mean 'forward'?)",
+        ),
+        ("value = 3\n", "{mod}:value", "is a int, not a callable"),
+        ("raise RuntimeError('at import')\n", "{mod}:f", "raised RuntimeError: at import"),
+        ("import no_such_dependency_xyz\n", "{mod}:f", "raised ModuleNotFoundError"),
+    ],
+)
 def test_import_failures_are_located(tmp_path: Path, source: str | None, target: str, fragment: str) -> None:
     mod = f"imp_{abs(hash((source, target))) % 10**8}"
     if source is not None:
@@ -58,29 +65,38 @@ def _spec(tmp_path: Path, doc: dict[str, Any]):  # type: ignore[no-untyped-def]
     return parse_spec(path)
 
 
-FUNCTIONAL = {"forward": "m:f", "backward": "m:b",
-              "inputs": {"x": {"shape": [2]}, "lab": {"shape": [2], "grad": False}},
-              "parameters": {"w": {"shape": [2]}}}
+FUNCTIONAL = {
+    "forward": "m:f",
+    "backward": "m:b",
+    "inputs": {"x": {"shape": [2]}, "lab": {"shape": [2], "grad": False}},
+    "parameters": {"w": {"shape": [2]}},
+}
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ((1, 2), {"x": 1, "w": 2}),  # one per differentiable tensor
-    ((1, None, 2), {"x": 1, "w": 2}),  # one per tensor, None for the others
-    ({"x": 1, "w": 2}, {"x": 1, "w": 2}),
-    ({"x": 1, "w": 2, "lab": None}, {"x": 1, "w": 2}),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ((1, 2), {"x": 1, "w": 2}),  # one per differentiable tensor
+        ((1, None, 2), {"x": 1, "w": 2}),  # one per tensor, None for the others
+        ({"x": 1, "w": 2}, {"x": 1, "w": 2}),
+        ({"x": 1, "w": 2, "lab": None}, {"x": 1, "w": 2}),
+    ],
+)
 def test_grads_by_name_accepts(tmp_path: Path, raw: Any, expected: dict[str, Any]) -> None:
     assert grads_by_name(raw, _spec(tmp_path, FUNCTIONAL)) == expected
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    (None, "backward returned None"),
-    ((1,), "returned 1 gradient(s); expected 2"),
-    ((1, 2, 3, 4), "returned 4 gradient(s)"),
-    ((1, 5, 2), "returned 3 gradient(s)"),  # a value where lab's None belongs
-    ({"x": 1}, "missing w"),
-    ({"x": 1, "w": 2, "q": 3}, "unexpected q"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (None, "backward returned None"),
+        ((1,), "returned 1 gradient(s); expected 2"),
+        ((1, 2, 3, 4), "returned 4 gradient(s)"),
+        ((1, 5, 2), "returned 3 gradient(s)"),  # a value where lab's None belongs
+        ({"x": 1}, "missing w"),
+        ({"x": 1, "w": 2, "q": 3}, "unexpected q"),
+    ],
+)
 def test_grads_by_name_rejects(tmp_path: Path, raw: Any, fragment: str) -> None:
     with pytest.raises(ContractError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
         grads_by_name(raw, _spec(tmp_path, FUNCTIONAL))
@@ -123,18 +139,31 @@ class Lazy:
 
 def _layer_spec(tmp_path: Path, cls: str, value: str, grad: str, init: dict[str, Any]):  # type: ignore[no-untyped-def]
     (tmp_path / "binding_layers.py").write_text(LAYERS)
-    return _spec(tmp_path, {
-        "convention": "layer",
-        "layer": {"class": f"binding_layers:{cls}", "init": init, "params": {"W": {"value": value, "grad": grad}}},
-        "inputs": {"x": {"shape": [2, 3]}}, "parameters": {"W": {"shape": [3, 3]}}})
+    return _spec(
+        tmp_path,
+        {
+            "convention": "layer",
+            "layer": {
+                "class": f"binding_layers:{cls}",
+                "init": init,
+                "params": {"W": {"value": value, "grad": grad}},
+            },
+            "inputs": {"x": {"shape": [2, 3]}},
+            "parameters": {"W": {"shape": [3, 3]}},
+        },
+    )
 
 
-@pytest.mark.parametrize("cls, value, grad, init, warm", [
-    ("Eager", "W", "grads.W", {"n": 3}, False),
-    ("Lazy", "state['W']", "dW", {}, True),
-])
-def test_layer_evaluator_uses_our_parameters(tmp_path: Path, cls: str, value: str, grad: str,
-                                             init: dict[str, Any], warm: bool) -> None:
+@pytest.mark.parametrize(
+    "cls, value, grad, init, warm",
+    [
+        ("Eager", "W", "grads.W", {"n": 3}, False),
+        ("Lazy", "state['W']", "dW", {}, True),
+    ],
+)
+def test_layer_evaluator_uses_our_parameters(
+    tmp_path: Path, cls: str, value: str, grad: str, init: dict[str, Any], warm: bool
+) -> None:
     sys.modules.pop("binding_layers", None)
     spec = _layer_spec(tmp_path, cls, value, grad, init)
     ev = make_evaluator(spec)
@@ -168,7 +197,14 @@ def test_missing_gradient_path_is_a_contract_error(tmp_path: Path) -> None:
 
 def test_cached_forward_must_return_a_pair(tmp_path: Path) -> None:
     (tmp_path / "cached_bad.py").write_text("def f(x):\n    return x\ndef b(g, c):\n    return g\n")
-    spec = _spec(tmp_path, {"convention": "cached", "forward": "cached_bad:f", "backward": "cached_bad:b",
-                            "inputs": {"x": {"shape": [2]}}})
+    spec = _spec(
+        tmp_path,
+        {
+            "convention": "cached",
+            "forward": "cached_bad:f",
+            "backward": "cached_bad:b",
+            "inputs": {"x": {"shape": [2]}},
+        },
+    )
     with pytest.raises(ContractError, match=r"must return \(out, cache\)"):
         make_evaluator(spec).forward({"x": np.ones(2)})

@@ -20,8 +20,16 @@ def issues(text: str) -> list[str]:
 
 def test_yaml12_scalars() -> None:
     raw = load_spec_text("a: 1e-5\nb: yes\nc: 010\nd: 1.0E+3\ne: .inf\nf: 0x10\ng: ~\nh: True\n", P)
-    assert raw.data == {"a": 1e-5, "b": "yes", "c": 10, "d": 1000.0, "e": float("inf"),
-                        "f": 16, "g": None, "h": True}
+    assert raw.data == {
+        "a": 1e-5,
+        "b": "yes",
+        "c": 10,
+        "d": 1000.0,
+        "e": float("inf"),
+        "f": 16,
+        "g": None,
+        "h": True,
+    }
     assert isinstance(raw.data["a"], float)
 
 
@@ -32,8 +40,10 @@ def test_seed_config_epsilon_is_a_number() -> None:
 
 def test_locations_are_one_based_and_nested() -> None:
     raw = load_spec_text("name: x\ninputs:\n  x:\n    shape: [4, 8]\n", P)
-    assert (raw.locate(("inputs", "x", "shape", 1)).line,
-            raw.locate(("inputs", "x", "shape", 1)).column) == (4, 16)
+    assert (raw.locate(("inputs", "x", "shape", 1)).line, raw.locate(("inputs", "x", "shape", 1)).column) == (
+        4,
+        16,
+    )
     assert raw.locate(("inputs", "x"), key=True).line == 3
     # an unknown deeper path falls back to the nearest located ancestor
     assert raw.locate(("inputs", "x", "nope", 3)).line == 4  # the block mapping x holds
@@ -54,14 +64,17 @@ def test_syntax_error_is_located() -> None:
     assert msg.startswith("spec.yaml:3:1: invalid YAML")
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("", "empty spec file"),
-    ("# only a comment\n", "empty spec file"),
-    ("a: 1\n---\nb: 2\n", "found a second one here"),
-    ("a: !!python/object:os.system x\n", "unsupported YAML tag"),
-    ("a: &x [*x]\n", "recursive alias"),
-    ("? [1, 2]\n: x\n", "mapping keys must be plain strings"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("", "empty spec file"),
+        ("# only a comment\n", "empty spec file"),
+        ("a: 1\n---\nb: 2\n", "found a second one here"),
+        ("a: !!python/object:os.system x\n", "unsupported YAML tag"),
+        ("a: &x [*x]\n", "recursive alias"),
+        ("? [1, 2]\n: x\n", "mapping keys must be plain strings"),
+    ],
+)
 def test_bad_documents(text: str, fragment: str) -> None:
     assert any(fragment in m for m in issues(text))
 
@@ -86,12 +99,15 @@ def test_format_path() -> None:
 # strings that YAML 1.1 (the dumper) and 1.2 (our loader) resolve alike: '0E0' is a
 # string to PyYAML's dumper but a float in YAML 1.2, so such strings are left out here
 plain_text = st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=8).filter(
-    lambda s: not any(r.match(s) for r in (_BOOL, _NULL, _INT, _FLOAT)))
+    lambda s: not any(r.match(s) for r in (_BOOL, _NULL, _INT, _FLOAT))
+)
 yaml_scalars = st.one_of(st.integers(-1000, 1000), st.floats(allow_nan=False), st.booleans(), plain_text)
 documents = st.recursive(
     yaml_scalars,
-    lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), inner, max_size=4)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.from_regex(r"[a-z]{1,6}", fullmatch=True), inner, max_size=4),
+    ),
     max_leaves=12,
 )
 

@@ -21,6 +21,7 @@ RNG = np.random.default_rng(0)
 
 # --- inputs ---------------------------------------------------------------------------
 
+
 def test_special_values_cycle_in_c_order() -> None:
     a = fill_array(Fill("special"), (2, 4), "float16", RNG)
     assert a.dtype == np.float16
@@ -62,9 +63,16 @@ def _spec_with(shapes: dict[str, tuple[int, ...]]):  # type: ignore[no-untyped-d
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.dictionaries(st.from_regex(r"[a-z]{1,4}", fullmatch=True),
-                       st.lists(st.integers(1, 5), max_size=3).map(tuple), min_size=1, max_size=4),
-       st.integers(0, 2**32 - 1), st.sampled_from(["float16", "float32", "float64"]))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z]{1,4}", fullmatch=True),
+        st.lists(st.integers(1, 5), max_size=3).map(tuple),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["float16", "float32", "float64"]),
+)
 def test_inputs_are_seeded_per_tensor(shapes: dict[str, tuple[int, ...]], seed: int, dtype: str) -> None:
     from specgrad.numerics.inputs import make_inputs
 
@@ -103,6 +111,7 @@ def test_special_values_are_exact_in_every_float_dtype() -> None:
 
 # --- central differences ------------------------------------------------------------
 
+
 def _cd(f, x, g, dtype="float64", eps=None):  # type: ignore[no-untyped-def]
     eps = eps or DEFAULT_TOLERANCES[dtype].epsilon
     return central_difference(lambda: (f(x),), x, [g], eps, UNIT_ROUNDOFF[dtype], np)
@@ -140,7 +149,7 @@ def test_step_below_resolution_takes_one_ulp() -> None:
 
 def test_multi_output_and_skipped_outputs() -> None:
     x = np.array([1.0, 2.0])
-    f = lambda: (x * 3, x.astype(np.int64), x * x)  # noqa: E731
+    f = lambda: (x * 3, x.astype(np.int64), x * x)
     num = central_difference(f, x, [np.ones(2), None, np.full(2, 2.0)], 1e-6, 2**-53, np)
     np.testing.assert_allclose(num.value, 3 + 2 * 2 * x, rtol=1e-8)
 
@@ -176,6 +185,7 @@ def test_noise_estimate_scales_with_dtype_and_fan_out() -> None:
 
 
 # --- compare --------------------------------------------------------------------------
+
 
 def test_compare_pass_and_figures() -> None:
     a = np.array([[1.0, 2.0], [3.0, 0.0]])

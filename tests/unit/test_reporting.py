@@ -19,17 +19,43 @@ from specgrad.results import CheckResult, RunSummary, Status
 def result(target: str, status: Status, message: str = "", nan: bool = False) -> CheckResult:
     comp = None
     if not target.startswith("contract."):
-        comp = Comparison(status is Status.PASS, 4, 0 if status is Status.PASS else 1,
-                          float("nan") if nan else 1e-9, 1e-7, (0, 1), 1.0, 1.5, 1e-3, 1e-12)
-    return CheckResult(f"s[float64,random]::{target}", "s", "s.yaml", "float64", "random", target,
-                       status, message, comp, DEFAULT_TOLERANCES["float64"] if comp else None, 0.01)
+        comp = Comparison(
+            status is Status.PASS,
+            4,
+            0 if status is Status.PASS else 1,
+            float("nan") if nan else 1e-9,
+            1e-7,
+            (0, 1),
+            1.0,
+            1.5,
+            1e-3,
+            1e-12,
+        )
+    return CheckResult(
+        f"s[float64,random]::{target}",
+        "s",
+        "s.yaml",
+        "float64",
+        "random",
+        target,
+        status,
+        message,
+        comp,
+        DEFAULT_TOLERANCES["float64"] if comp else None,
+        0.01,
+    )
 
 
 def summary() -> RunSummary:
-    return RunSummary(results=[
-        result("x", Status.PASS), result("w", Status.FAIL, "gradient of w is wrong [at] x[0, 1]"),
-        result("contract.finite", Status.PASS), result("contract.no_mutation", Status.ERROR, "boom"),
-        result("b", Status.SKIP)])
+    return RunSummary(
+        results=[
+            result("x", Status.PASS),
+            result("w", Status.FAIL, "gradient of w is wrong [at] x[0, 1]"),
+            result("contract.finite", Status.PASS),
+            result("contract.no_mutation", Status.ERROR, "boom"),
+            result("b", Status.SKIP),
+        ]
+    )
 
 
 def test_closing_line_and_exit_codes() -> None:
@@ -63,13 +89,17 @@ def test_console_quiet_prints_failures_only() -> None:
 
 def test_console_spec_errors_are_located_lines() -> None:
     out = io.StringIO()
-    ConsoleReporter(stream=out).spec_errors([SpecIssue(Location(Path("a.yaml"), 3, 5), "inputs.x", "bad [x]")])
+    ConsoleReporter(stream=out).spec_errors(
+        [SpecIssue(Location(Path("a.yaml"), 3, 5), "inputs.x", "bad [x]")]
+    )
     assert out.getvalue() == "a.yaml:3:5: inputs.x: bad [x]\n"
 
 
 def test_json_report_is_strict_json(tmp_path: Path) -> None:
-    s = RunSummary(results=[result("x", Status.FAIL, nan=True)],
-                   spec_errors=[SpecIssue(Location(Path("a.yaml"), 3, 5), "f", "m")])
+    s = RunSummary(
+        results=[result("x", Status.FAIL, nan=True)],
+        spec_errors=[SpecIssue(Location(Path("a.yaml"), 3, 5), "f", "m")],
+    )
     path = tmp_path / "r.json"
     JsonReporter(path).write(s)
     doc = json.loads(path.read_text())  # would fail on a bare NaN

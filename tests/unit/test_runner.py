@@ -21,9 +21,17 @@ NP = get_backend("numpy")
 def run(tmp_path: Path, source: str, **doc: Any) -> dict[str, CheckResult]:
     module = f"runner_mod_{abs(hash(source)) % 10**9}"
     (tmp_path / f"{module}.py").write_text("import numpy as np\n" + source)
-    spec_doc = {"specgrad": 1, "name": "t", "description": "d", "forward": f"{module}:forward",
-                "backward": f"{module}:backward", "inputs": {"x": {"shape": [3, 4]}},
-                "dtypes": ["float64"], "cases": ["random"], **doc}
+    spec_doc = {
+        "specgrad": 1,
+        "name": "t",
+        "description": "d",
+        "forward": f"{module}:forward",
+        "backward": f"{module}:backward",
+        "inputs": {"x": {"shape": [3, 4]}},
+        "dtypes": ["float64"],
+        "cases": ["random"],
+        **doc,
+    }
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec_doc, sort_keys=False))
     spec = parse_spec(path)
@@ -38,8 +46,13 @@ SQUARE = "def forward(x):\n    return x * x\ndef backward(g, x):\n    return 2 *
 def test_correct_gradient_passes_with_figures(tmp_path: Path) -> None:
     r = run(tmp_path, SQUARE)
     assert {t: v.status for t, v in r.items()} == {
-        "x": Status.PASS, "contract.forward_output": Status.PASS, "contract.deterministic": Status.PASS,
-        "contract.backward_grads": Status.PASS, "contract.finite": Status.PASS, "contract.no_mutation": Status.PASS}
+        "x": Status.PASS,
+        "contract.forward_output": Status.PASS,
+        "contract.deterministic": Status.PASS,
+        "contract.backward_grads": Status.PASS,
+        "contract.finite": Status.PASS,
+        "contract.no_mutation": Status.PASS,
+    }
     c = r["x"].comparison
     assert c is not None and c.size == 12 and c.violations == 0 and c.max_abs_err < 1e-8
     assert r["x"].check_id == "t[float64,random]::x" and r["x"].tolerance is not None
@@ -55,18 +68,20 @@ def test_wrong_gradient_fails_with_worst_element(tmp_path: Path) -> None:
     assert r["contract.backward_grads"].status is Status.PASS
 
 
-CENTER = ("def forward(x):\n    return x - x.mean(axis=1, keepdims=True) + np.asarray(30, x.dtype)\n"
-          "def backward(g, x):\n    return SCALE * (g - g.mean(axis=1, keepdims=True))\n")
+CENTER = (
+    "def forward(x):\n    return x - x.mean(axis=1, keepdims=True) + np.asarray(30, x.dtype)\n"
+    "def backward(g, x):\n    return SCALE * (g - g.mean(axis=1, keepdims=True))\n"
+)
 
 
 @pytest.mark.parametrize("scale, status", [(1, Status.PASS), (2, Status.FAIL)])
-def test_float32_wide_layer_no_false_alarm_bug_still_caught(tmp_path: Path, scale: int,
-                                                            status: Status) -> None:
+def test_float32_wide_layer_no_false_alarm_bug_still_caught(
+    tmp_path: Path, scale: int, status: Status
+) -> None:
     """Every input moves 512 outputs of magnitude ~30: their float32 rounding makes errors
     of ~1e-2 in the numerical gradient, ten times atol. The per-element noise estimate, not a
     widened atol, absorbs them, and a gradient off by a factor 2 still fails."""
-    r = run(tmp_path, f"SCALE = {scale}\n" + CENTER, dtypes=["float32"],
-            inputs={"x": {"shape": [2, 512]}})
+    r = run(tmp_path, f"SCALE = {scale}\n" + CENTER, dtypes=["float32"], inputs={"x": {"shape": [2, 512]}})
     assert r["x"].status is status, r["x"].message
     c = r["x"].comparison
     assert c is not None and 1e-3 < c.noise_floor < 0.5
@@ -77,12 +92,14 @@ def test_float32_wide_layer_no_false_alarm_bug_still_caught(tmp_path: Path, scal
 def test_forward_raising_errors_every_check(tmp_path: Path) -> None:
     r = run(tmp_path, "def forward(x):\n    raise ValueError('no')\ndef backward(g, x):\n    return g\n")
     assert all(v.status is Status.ERROR for v in r.values())
-    assert "forward raised ValueError: no" in r["x"].message and 'in forward' in r["x"].message
+    assert "forward raised ValueError: no" in r["x"].message and "in forward" in r["x"].message
 
 
 def test_forward_raising_only_when_perturbed(tmp_path: Path) -> None:
-    src = ("def forward(x):\n    if x[0, 1] > 5:\n        raise ValueError('domain')\n    return x * 1\n"
-           "def backward(g, x):\n    return g\n")
+    src = (
+        "def forward(x):\n    if x[0, 1] > 5:\n        raise ValueError('domain')\n    return x * 1\n"
+        "def backward(g, x):\n    return g\n"
+    )
     r = run(tmp_path, src, inputs={"x": {"shape": [3, 4], "fill": {"kind": "constant", "value": 5.0}}})
     assert r["x"].status is Status.ERROR and r["x"].message.startswith("perturbing x[0, 1]: forward raised")
     assert r["contract.finite"].status is Status.PASS
@@ -103,15 +120,18 @@ def test_mutating_forward_blocks_gradients_and_is_restored(tmp_path: Path) -> No
 
 
 def test_nondeterministic_forward(tmp_path: Path) -> None:
-    src = ("_n = [0]\ndef forward(x):\n    _n[0] += 1\n    return x * _n[0]\n"
-           "def backward(g, x):\n    return g\n")
+    src = (
+        "_n = [0]\ndef forward(x):\n    _n[0] += 1\n    return x * _n[0]\ndef backward(g, x):\n    return g\n"
+    )
     r = run(tmp_path, src)
     assert r["contract.deterministic"].status is Status.FAIL and r["x"].status is Status.ERROR
 
 
 def test_multi_output_forward_with_integer_output(tmp_path: Path) -> None:
-    src = ("def forward(x):\n    return x * 2, np.argmax(x, axis=1), x.sum()\n"
-           "def backward(g, x):\n    g0, g1, g2 = g\n    assert g1 is None\n    return 2 * g0 + g2\n")
+    src = (
+        "def forward(x):\n    return x * 2, np.argmax(x, axis=1), x.sum()\n"
+        "def backward(g, x):\n    g0, g1, g2 = g\n    assert g1 is None\n    return 2 * g0 + g2\n"
+    )
     r = run(tmp_path, src)
     assert r["x"].status is Status.PASS, r["x"].message
 
@@ -122,10 +142,15 @@ def test_scalar_loss_returning_numpy_scalar(tmp_path: Path) -> None:
 
 
 def test_nan_in_gradient(tmp_path: Path) -> None:
-    src = ("def forward(x):\n    return x * 1\n"
-           "def backward(g, x):\n    d = g.copy()\n    d[0, 0] = np.nan\n    return d\n")
+    src = (
+        "def forward(x):\n    return x * 1\n"
+        "def backward(g, x):\n    d = g.copy()\n    d[0, 0] = np.nan\n    return d\n"
+    )
     r = run(tmp_path, src)
-    assert r["contract.finite"].status is Status.FAIL and "gradient of x has 1 non-finite" in r["contract.finite"].message
+    assert (
+        r["contract.finite"].status is Status.FAIL
+        and "gradient of x has 1 non-finite" in r["contract.finite"].message
+    )
     assert r["x"].status is Status.FAIL and r["x"].comparison is not None
     assert r["x"].comparison.worst_index == (0, 0)
 
@@ -133,15 +158,26 @@ def test_nan_in_gradient(tmp_path: Path) -> None:
 def test_only_selected_targets_run(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     (tmp_path / "sel_mod.py").write_text(SQUARE)
-    path.write_text(yaml.safe_dump({"specgrad": 1, "name": "t", "description": "d",
-                                    "forward": "sel_mod:forward", "backward": "sel_mod:backward",
-                                    "inputs": {"x": {"shape": [2]}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "specgrad": 1,
+                "name": "t",
+                "description": "d",
+                "forward": "sel_mod:forward",
+                "backward": "sel_mod:backward",
+                "inputs": {"x": {"shape": [2]}},
+            }
+        )
+    )
     spec = parse_spec(path)
     from specgrad.select import compile_expression
 
     plans = compile_spec(spec, select=compile_expression("finite and float32"))
     assert [r.check_id for r in run_spec(spec, plans, NP)] == [
-        "t[float32,random]::contract.finite", "t[float32,special]::contract.finite"]
+        "t[float32,random]::contract.finite",
+        "t[float32,special]::contract.finite",
+    ]
 
 
 def test_describe_exception_shows_user_frames_only() -> None:

@@ -64,61 +64,96 @@ def test_packaged_schema_is_the_top_level_one() -> None:
     assert schema_text() == (REPO / "schemas" / "spec.schema.json").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("doc, expected", [
-    (with_(specgrad=2), "s.yaml:1:11: specgrad: unsupported spec format version 2"),
-    (with_(inptus={}), "unknown field 'inptus' (did you mean 'inputs'?)"),
-    (with_(inputs={"x": {"shpae": [1]}}), "unknown field 'shpae' (did you mean 'shape'?)"),
-    (with_(inputs={"x": {"shape": [2, -3]}}),
-     "inputs.x.shape[1]: expected a value >= 1, got integer -3"),
-    (with_(inputs={"x": {"shape": [2, 0]}}), "inputs.x.shape[1]: expected a value >= 1, got integer 0"),
-    (with_(inputs={"x": {"shape": "2x3"}}), "inputs.x.shape: expected a list, got string '2x3'"),
-    (with_(dtypes=["float8"]), "dtypes[0]: expected one of float16, float32, float64; got string 'float8'"),
-    (with_(dtypes=["flaot32"]), "(did you mean 'float32'?)"),
-    (with_(inputs={"x": {"shape": [1], "dtype": "int8"}}), "inputs.x.dtype: expected one of"),
-    (with_(forward="layers.forward"), "forward: expected an import string 'package.module:qualname'"),
-    (with_(seed=-1), "seed: expected a value >= 0"),
-    (with_(inputs={"1x": {"shape": [1]}}), "invalid name '1x'"),
-    (with_(inputs={"x": {"shape": [1], "grad": "yes"}}), "expected true or false, got string 'yes'"),
-    (with_(inputs={"x": {"shape": [1], "fill": "constant"}}), "needs the mapping form"),
-    (with_(inputs={"x": {"shape": [1], "fill": {"kind": "normal", "std": 0}}}),
-     "inputs.x.fill.std: expected a value > 0"),
-    (with_(inputs={"x": {"shape": [1], "fill": {"kind": "constant"}}}),
-     "missing required field 'value'"),
-    (with_(tolerances={"float32": {"rtol": -1}}), "tolerances.float32.rtol: expected a value >= 0"),
-    (with_(tolerances={"float32": {"eps": 1}}), "unknown field 'eps'"),
-    (with_(cases=["sharp"]), "cases[0]: expected one of random, special"),
-    (with_(cases=[]), "cases: must not be empty"),
-    (with_(inputs={}), "inputs: must not be empty"),
-    ({k: v for k, v in BASE.items() if k != "name"}, "missing required field 'name'"),
-    ({k: v for k, v in BASE.items() if k != "forward"}, "missing required field 'forward' (the functional"),
-    (with_(convention="layer"), "missing required field 'layer'"),
-    ("- a\n- b\n", "a spec is a YAML mapping, got list"),
-])
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        (with_(specgrad=2), "s.yaml:1:11: specgrad: unsupported spec format version 2"),
+        (with_(inptus={}), "unknown field 'inptus' (did you mean 'inputs'?)"),
+        (with_(inputs={"x": {"shpae": [1]}}), "unknown field 'shpae' (did you mean 'shape'?)"),
+        (with_(inputs={"x": {"shape": [2, -3]}}), "inputs.x.shape[1]: expected a value >= 1, got integer -3"),
+        (with_(inputs={"x": {"shape": [2, 0]}}), "inputs.x.shape[1]: expected a value >= 1, got integer 0"),
+        (with_(inputs={"x": {"shape": "2x3"}}), "inputs.x.shape: expected a list, got string '2x3'"),
+        (
+            with_(dtypes=["float8"]),
+            "dtypes[0]: expected one of float16, float32, float64; got string 'float8'",
+        ),
+        (with_(dtypes=["flaot32"]), "(did you mean 'float32'?)"),
+        (with_(inputs={"x": {"shape": [1], "dtype": "int8"}}), "inputs.x.dtype: expected one of"),
+        (with_(forward="layers.forward"), "forward: expected an import string 'package.module:qualname'"),
+        (with_(seed=-1), "seed: expected a value >= 0"),
+        (with_(inputs={"1x": {"shape": [1]}}), "invalid name '1x'"),
+        (with_(inputs={"x": {"shape": [1], "grad": "yes"}}), "expected true or false, got string 'yes'"),
+        (with_(inputs={"x": {"shape": [1], "fill": "constant"}}), "needs the mapping form"),
+        (
+            with_(inputs={"x": {"shape": [1], "fill": {"kind": "normal", "std": 0}}}),
+            "inputs.x.fill.std: expected a value > 0",
+        ),
+        (with_(inputs={"x": {"shape": [1], "fill": {"kind": "constant"}}}), "missing required field 'value'"),
+        (with_(tolerances={"float32": {"rtol": -1}}), "tolerances.float32.rtol: expected a value >= 0"),
+        (with_(tolerances={"float32": {"eps": 1}}), "unknown field 'eps'"),
+        (with_(cases=["sharp"]), "cases[0]: expected one of random, special"),
+        (with_(cases=[]), "cases: must not be empty"),
+        (with_(inputs={}), "inputs: must not be empty"),
+        ({k: v for k, v in BASE.items() if k != "name"}, "missing required field 'name'"),
+        (
+            {k: v for k, v in BASE.items() if k != "forward"},
+            "missing required field 'forward' (the functional",
+        ),
+        (with_(convention="layer"), "missing required field 'layer'"),
+        ("- a\n- b\n", "a spec is a YAML mapping, got list"),
+    ],
+)
 def test_schema_errors(doc: Any, expected: str) -> None:
     msgs = messages(doc)
     assert any(expected in m for m in msgs), msgs
     assert all(m.startswith("s.yaml:") for m in msgs)
 
 
-@pytest.mark.parametrize("doc, expected", [
-    (with_(parameters={"x": {"shape": [1]}}), "parameters.x: 'x' is already an input"),
-    (with_(inputs={"x": {"shape": [1], "dtype": "int64", "grad": True,
-                         "fill": {"kind": "integers", "high": 3}}}), "cannot be differentiated"),
-    (with_(inputs={"x": {"shape": [1], "dtype": "int64"}}), "needs a fill"),
-    (with_(inputs={"x": {"shape": [1], "dtype": "int64", "fill": "normal"}}),
-     "a normal fill makes non-integer values"),
-    (with_(inputs={"x": {"shape": [1], "fill": {"kind": "uniform", "low": 1, "high": 1}}}),
-     "empty range: low (1) must be below high (1)"),
-    (with_(dtypes=["float16"], inputs={"x": {"shape": [3], "fill": {"kind": "special", "values": [0.5, 0.1]}}}),
-     "inputs.x.fill.values[1]: 0.1 is not exactly representable in float16"),
-    (with_(inputs={"x": {"shape": [3], "fill": {"kind": "npy", "path": "nope.npy"}}}), "no such file"),
-    (with_(cases=["random", "random"]), "duplicate case name 'random'"),
-    (with_(cases=[{"name": "c", "fills": {"xx": "special"}}]), "no tensor named 'xx' (did you mean 'x'?)"),
-    (with_(inputs={"x": {"shape": [1], "grad": False}}, parameters={}), "nothing to check"),
-    (with_(attrs={"not valid": 1}), "not a valid keyword argument name"),
-    (with_(inputs={"x": {"shape": [100000, 100000]}}), "elements; the limit"),
-    (with_(layer={"class": "m:C"}), "a layer: block needs convention: layer"),
-])
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        (with_(parameters={"x": {"shape": [1]}}), "parameters.x: 'x' is already an input"),
+        (
+            with_(
+                inputs={
+                    "x": {
+                        "shape": [1],
+                        "dtype": "int64",
+                        "grad": True,
+                        "fill": {"kind": "integers", "high": 3},
+                    }
+                }
+            ),
+            "cannot be differentiated",
+        ),
+        (with_(inputs={"x": {"shape": [1], "dtype": "int64"}}), "needs a fill"),
+        (
+            with_(inputs={"x": {"shape": [1], "dtype": "int64", "fill": "normal"}}),
+            "a normal fill makes non-integer values",
+        ),
+        (
+            with_(inputs={"x": {"shape": [1], "fill": {"kind": "uniform", "low": 1, "high": 1}}}),
+            "empty range: low (1) must be below high (1)",
+        ),
+        (
+            with_(
+                dtypes=["float16"],
+                inputs={"x": {"shape": [3], "fill": {"kind": "special", "values": [0.5, 0.1]}}},
+            ),
+            "inputs.x.fill.values[1]: 0.1 is not exactly representable in float16",
+        ),
+        (with_(inputs={"x": {"shape": [3], "fill": {"kind": "npy", "path": "nope.npy"}}}), "no such file"),
+        (with_(cases=["random", "random"]), "duplicate case name 'random'"),
+        (
+            with_(cases=[{"name": "c", "fills": {"xx": "special"}}]),
+            "no tensor named 'xx' (did you mean 'x'?)",
+        ),
+        (with_(inputs={"x": {"shape": [1], "grad": False}}, parameters={}), "nothing to check"),
+        (with_(attrs={"not valid": 1}), "not a valid keyword argument name"),
+        (with_(inputs={"x": {"shape": [100000, 100000]}}), "elements; the limit"),
+        (with_(layer={"class": "m:C"}), "a layer: block needs convention: layer"),
+    ],
+)
 def test_semantic_errors(doc: Any, expected: str) -> None:
     msgs = messages(doc)
     assert any(expected in m for m in msgs), msgs
@@ -156,8 +191,10 @@ def test_npy_shape_mismatch(tmp_path: Path) -> None:
 
 
 def test_all_issues_reported_sorted_by_line() -> None:
-    text = ("specgrad: 1\nname: 3\ndescription: d\nforward: a:b\nbackward: a:b\n"
-            "inputs:\n  x: {shape: [-1]}\nbogus: 1\n")
+    text = (
+        "specgrad: 1\nname: 3\ndescription: d\nforward: a:b\nbackward: a:b\n"
+        "inputs:\n  x: {shape: [-1]}\nbogus: 1\n"
+    )
     msgs = messages(text)
     assert [m.split(":")[1] for m in msgs] == ["2", "7", "8"], msgs
 
@@ -174,14 +211,23 @@ def test_parse_spec_raises_with_all_issues(tmp_path: Path) -> None:
 
 # --- property tests: every document becomes a spec or located errors, nothing else ----
 
-fields = st.sampled_from(sorted(set(BASE) | {"dtypes", "cases", "seed", "attrs", "tolerances",
-                                            "convention", "layer", "parameters"}))
+fields = st.sampled_from(
+    sorted(
+        set(BASE) | {"dtypes", "cases", "seed", "attrs", "tolerances", "convention", "layer", "parameters"}
+    )
+)
 values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False),
-              st.sampled_from(["float32", "random", "special", "x", "m:f", "layer", "normal"])),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(["shape", "x", "kind", "fill", "w"]),
-                                            inner, max_size=3)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 5),
+        st.floats(allow_nan=False),
+        st.sampled_from(["float32", "random", "special", "x", "m:f", "layer", "normal"]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["shape", "x", "kind", "fill", "w"]), inner, max_size=3),
+    ),
     max_leaves=8,
 )
 
@@ -205,9 +251,10 @@ shapes = st.lists(st.integers(1, 6), max_size=4)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True), shapes, min_size=1,
-                       max_size=4),
-       st.lists(st.sampled_from(["float16", "float32", "float64"]), min_size=1, max_size=3, unique=True))
+@given(
+    st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True), shapes, min_size=1, max_size=4),
+    st.lists(st.sampled_from(["float16", "float32", "float64"]), min_size=1, max_size=3, unique=True),
+)
 def test_generated_valid_specs_build_models(tensors: dict[str, list[int]], dtypes: list[str]) -> None:
     doc = with_(inputs={n: {"shape": s} for n, s in tensors.items()}, parameters={}, dtypes=dtypes)
     raw = load_spec_text(yaml.safe_dump(doc, sort_keys=False), Path("s.yaml"))
