@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from specgrad.access import AccessPath
 from specgrad.imports import resolve
 from specgrad.model import FunctionBinding, LayerBinding, Spec
 
@@ -90,6 +91,8 @@ class LayerEvaluator:
         else:
             self._assign(layer, tensors, must_exist=False)
         out = self._call(layer, tensors)
+        if self.binding.output is not None:
+            out = self._read(layer, self.binding.output, "the forward output")
         if self._warm_up is None:
             self._warm_up = not all(
                 _holds(layer, w.value, tensors[n]) for n, w in self.binding.params.items()
@@ -101,13 +104,23 @@ class LayerEvaluator:
     def backward(self, state: Any, grad_out: Any) -> Any:
         layer = state
         input_grads = getattr(layer, self.binding.backward)(grad_out)
-        params = {}
-        for name, where in self.binding.params.items():
-            try:
-                params[name] = where.grad.get(layer)
-            except LookupError as exc:
-                raise ContractError(f"gradient of parameter '{name}': {exc}") from None
+        if self.binding.input_grads is not None:
+            input_grads = {
+                n: self._read(layer, p, f"the gradient of input '{n}'")
+                for n, p in self.binding.input_grads.items()
+            }
+        params = {
+            n: self._read(layer, w.grad, f"the gradient of parameter '{n}'")
+            for n, w in self.binding.params.items()
+        }
         return input_grads, params
+
+    @staticmethod
+    def _read(layer: Any, path: AccessPath, what: str) -> Any:
+        try:
+            return path.get(layer)
+        except LookupError as exc:
+            raise ContractError(f"{what}: {exc}") from None
 
     def _call(self, layer: Any, tensors: Mapping[str, Any]) -> Any:
         return getattr(layer, self.binding.forward)(*[tensors[n] for n in self.inputs], **self.attrs)

@@ -87,6 +87,8 @@ class LayerBinding:
     forward: str
     backward: str
     params: Mapping[str, ParamLocation]
+    output: AccessPath | None = None  # read the output here instead of forward's return value
+    input_grads: Mapping[str, AccessPath] | None = None  # instead of backward's return value
     convention: Literal["layer"] = "layer"
 
 
@@ -212,6 +214,10 @@ def _binding(raw: RawSpec) -> Binding:
         forward=layer.get("forward", "forward"),
         backward=layer.get("backward", "backward"),
         params=_frozen(params),
+        output=parse_path(layer["output"]) if "output" in layer else None,
+        input_grads=_frozen({k: parse_path(v) for k, v in layer["input_grads"].items()})
+        if "input_grads" in layer
+        else None,
     )
 
 

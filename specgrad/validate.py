@@ -321,6 +321,40 @@ def _case_issues(raw: RawSpec, names: list[str], dtypes: list[str]) -> Iterator[
             )
 
 
+def _layer_io_issues(raw: RawSpec, layer: dict[str, Any]) -> Iterator[SpecIssue]:
+    """`output` and `input_grads` paths parse, and input_grads covers every differentiable input."""
+    if "output" in layer:
+        yield from _path_issue(raw, ("layer", "output"), layer["output"])
+    if "input_grads" not in layer:
+        return
+    inputs = raw.data.get("inputs") or {}
+    for name, path in layer["input_grads"].items():
+        if name not in inputs:
+            yield raw.issue(
+                ("layer", "input_grads", name),
+                f"no input named '{name}'{_did_you_mean(name, list(inputs))}",
+                key=True,
+            )
+        yield from _path_issue(raw, ("layer", "input_grads", name), path)
+    for name, tensor in inputs.items():
+        if (
+            tensor.get("grad", tensor.get("dtype") in (None, *FLOAT_DTYPES))
+            and name not in layer["input_grads"]
+        ):
+            yield raw.issue(
+                ("layer", "input_grads"),
+                f"missing layer.input_grads.{name}: where the "
+                f"gradient of differentiable input '{name}' is read after backward",
+            )
+
+
+def _path_issue(raw: RawSpec, where: JsonPath, text: str) -> Iterator[SpecIssue]:
+    try:
+        parse_path(text)
+    except ValueError as exc:
+        yield raw.issue(where, str(exc))
+
+
 def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
     data = raw.data
     if data.get("convention", "functional") != "layer":
@@ -342,6 +376,7 @@ def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
                 f"missing layer.params.{name}: where parameter "
                 f"'{name}' lives on the object (value: path, grad: path)",
             )
+    yield from _layer_io_issues(raw, data["layer"])
     for name, where in located.items():
         if name not in params:
             yield raw.issue(
@@ -350,7 +385,4 @@ def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
                 key=True,
             )
         for part in ("value", "grad"):
-            try:
-                parse_path(where[part])
-            except ValueError as exc:
-                yield raw.issue(("layer", "params", name, part), str(exc))
+            yield from _path_issue(raw, ("layer", "params", name, part), where[part])

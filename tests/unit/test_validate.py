@@ -173,6 +173,15 @@ def test_layer_binding_errors() -> None:
     assert any("takes method names in layer.forward" in m for m in msgs), msgs
 
 
+def test_layer_output_and_input_grads_errors() -> None:
+    params = {"w": {"value": "w", "grad": "dw"}}
+    msgs = messages(layer_doc(params=params, output="out[", input_grads={"y": "dy"}))
+    assert any("layer.output: invalid access path" in m for m in msgs), msgs
+    assert any("layer.input_grads.y: no input named 'y'" in m for m in msgs), msgs
+    assert any("missing layer.input_grads.x" in m for m in msgs), msgs
+    assert messages(layer_doc(params=params, output="output", input_grads={"x": "dinputs"})) == []
+
+
 def test_layer_binding_model(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     doc = layer_doc(params={"w": {"value": "parameters['W']", "grad": "grads.W"}}, init={"n": 3})

@@ -1,0 +1,104 @@
+"""Layer code in the idioms of real from-scratch libraries, bound by specs without changing
+a line of it: nnfs-style objects that store rather than return, CS231n-style cached
+functions with a hyper-parameter dict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent / "third_party"
+
+NNFS_DENSE = """\
+specgrad: 1
+name: nnfs_dense
+description: nnfs Layer_Dense; forward stores self.output, backward stores self.d*
+convention: layer
+layer:
+  class: nnfs_style:{cls}
+  init: {{n_inputs: 6, n_neurons: 4}}
+  output: output
+  input_grads: {{inputs: dinputs}}
+  params:
+    weights: {{value: weights, grad: dweights}}
+    biases: {{value: biases, grad: dbiases}}
+inputs:
+  inputs: {{shape: [5, 6]}}
+parameters:
+  weights: {{shape: [6, 4]}}
+  biases: {{shape: [1, 4]}}
+"""
+
+NNFS_SOFTMAX = """\
+specgrad: 1
+name: nnfs_softmax
+description: nnfs Activation_Softmax with its per-sample Jacobian backward
+convention: layer
+layer:
+  class: nnfs_style:Activation_Softmax
+  output: output
+  input_grads: {inputs: dinputs}
+inputs:
+  inputs: {shape: [3, 5]}
+"""
+
+CS231N = """\
+specgrad: 1
+name: cs231n_{name}
+description: CS231n-style cached layer
+convention: cached
+forward: cs231n_style:{name}_forward{suffix}
+backward: cs231n_style:{name}_backward{suffix}
+inputs:
+  x: {{shape: {x}}}
+parameters:
+  w: {{shape: {w}}}
+  b: {{shape: {b}}}
+attrs: {attrs}
+"""
+
+
+def _run(tmp_path: Path, cli, text: str):  # type: ignore[no-untyped-def]
+    for source in HERE.glob("*.py"):
+        shutil.copy(source, tmp_path / source.name)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    report = tmp_path / "r.json"
+    result = cli("validate", spec, "--json", report)
+    checks = json.loads(report.read_text())["checks"]
+    return result, {c["target"] for c in checks if c["status"] != "PASS"}
+
+
+def test_nnfs_dense_passes(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result, failing = _run(tmp_path, cli, NNFS_DENSE.format(cls="Layer_Dense"))
+    assert result.code == 0 and not failing, result.text
+
+
+def test_nnfs_dense_bias_bug_is_caught(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result, failing = _run(tmp_path, cli, NNFS_DENSE.format(cls="Layer_Dense_Buggy"))
+    assert result.code == 1 and failing == {"biases"}, result.text
+
+
+def test_nnfs_softmax_passes(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result, failing = _run(tmp_path, cli, NNFS_SOFTMAX)
+    assert result.code == 0 and not failing, result.text
+
+
+def test_nnfs_forward_returning_none_without_output_path(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result, failing = _run(tmp_path, cli, NNFS_SOFTMAX.replace("  output: output\n", ""))
+    assert result.code == 1
+    assert "output 0 is a NoneType, not an array" in result.out
+
+
+@pytest.mark.parametrize("name, suffix, x, w, b, attrs", [
+    ("affine", "", "[4, 2, 3]", "[6, 5]", "[5]", "{}"),
+    ("conv", "_naive", "[2, 3, 5, 5]", "[4, 3, 3, 3]", "[4]", "{conv_param: {stride: 2, pad: 1}}"),
+])
+def test_cs231n_cached_layers_pass(tmp_path: Path, cli, name: str, suffix: str, x: str, w: str, b: str,  # type: ignore[no-untyped-def]
+                                   attrs: str) -> None:
+    text = CS231N.format(name=name, suffix=suffix, x=x, w=w, b=b, attrs=attrs)
+    result, failing = _run(tmp_path, cli, text)
+    assert result.code == 0 and not failing, result.text
