@@ -13,6 +13,7 @@ the array namespace `xp` of the tensor (numpy or cupy), so nothing leaves the de
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -58,49 +59,48 @@ def central_difference(
     flat = x.reshape(-1)
     if flat.size and not xp.shares_memory(flat, x):
         raise ValueError("central_difference needs a contiguous tensor it can perturb in place")
+    active = [(k, g, g * g) for k, g in enumerate(upstream) if g is not None]
     value = xp.empty(flat.size, dtype=xp.float64)
     noise = xp.empty(flat.size, dtype=xp.float64)
-    for j in range(flat.size):
-        orig = flat[j].copy()
-        try:
-            plus_x, plus = _evaluate_at(evaluate, flat, j, orig, +epsilon, xp)
-            minus_x, minus = _evaluate_at(evaluate, flat, j, orig, -epsilon, xp)
-        except Exception as exc:
-            raise PerturbationError(j, exc) from exc
-        finally:
-            flat[j] = orig
-        total, power = _contract(upstream, plus, minus, xp)
-        step = plus_x - minus_x
-        value[j] = total / step
-        noise[j] = NOISE_SIGMAS * unit_roundoff * xp.sqrt(power) / step
+    with warnings.catch_warnings():
+        # a non-finite output makes inf - inf = nan: that element's value is reported as nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for j in range(flat.size):
+            orig = flat[j].copy()
+            try:
+                plus_x, plus = _evaluate_at(evaluate, flat, j, orig, +epsilon, xp)
+                minus_x, minus = _evaluate_at(evaluate, flat, j, orig, -epsilon, xp)
+            except Exception as exc:
+                raise PerturbationError(j, exc) from exc
+            finally:
+                flat[j] = orig
+            total, power = _contract(active, plus, minus, xp)
+            step = plus_x - minus_x
+            value[j] = total / step
+            noise[j] = NOISE_SIGMAS * unit_roundoff * xp.sqrt(power) / step
     return NumericalGradient(value.reshape(x.shape), noise.reshape(x.shape))
 
 
 def _evaluate_at(
     evaluate: Callable[[], Outputs], flat: Any, j: int, orig: Any, h: float, xp: ModuleType
-) -> tuple[Any, list[Any]]:
+) -> tuple[Any, Outputs]:
     """Set flat[j] to orig + h rounded to the dtype (never equal to orig), then evaluate."""
     flat[j] = orig.astype(xp.float64) + h
     if flat[j] == orig:  # h is below half an ulp of x_j in this dtype: take one ulp
         flat[j] = xp.nextafter(orig, xp.asarray(xp.inf if h > 0 else -xp.inf, dtype=orig.dtype))
     moved = flat[j].astype(xp.float64)
-    outputs = evaluate()
-    return moved, [xp.asarray(o).astype(xp.float64) for o in outputs]
+    return moved, evaluate()
 
 
-def _contract(
-    upstream: Sequence[Any | None], plus: list[Any], minus: list[Any], xp: ModuleType
-) -> tuple[Any, Any]:
-    """sum_k <g_k, f_k(x+) - f_k(x-)>, and sum g^2 (f+^2 + f-^2) over the outputs that moved
-    (an output that did not move differs by exactly 0 and adds no rounding noise)."""
-    total = xp.zeros((), dtype=xp.float64)
-    power = xp.zeros((), dtype=xp.float64)
-    for g, fp, fm in zip(upstream, plus, minus, strict=True):
-        if g is None:
-            continue
-        finite = xp.isfinite(fp) & xp.isfinite(fm)
-        diff = xp.where(finite, fp, 0.0) - xp.where(finite, fm, 0.0)
-        total = total + xp.sum(g * diff) + xp.where(finite.all(), 0.0, xp.nan)
-        moved = diff != 0
-        power = power + xp.sum(xp.where(moved, g * g * (fp * fp + fm * fm), 0.0))
+def _contract(active: Sequence[tuple[int, Any, Any]], plus: Outputs, minus: Outputs,
+              xp: ModuleType) -> tuple[Any, Any]:
+    """sum_k <g_k, f_k(x+) - f_k(x-)> and sum g^2 (f+^2 + f-^2) over the outputs that moved
+    (an output that did not move differs by exactly 0 and adds no rounding noise), in float64."""
+    total, power = 0.0, 0.0
+    for k, g, g2 in active:
+        fp = xp.asarray(plus[k]).astype(xp.float64)
+        fm = xp.asarray(minus[k]).astype(xp.float64)
+        diff = fp - fm
+        total = total + xp.sum(g * diff)
+        power = power + xp.sum(g2 * (fp * fp + fm * fm) * (diff != 0))
     return total, power
