@@ -122,15 +122,23 @@ def _dtypes(values: list[str] | None) -> list[str] | None:
 def _load(files: list[Path], summary: RunSummary, reporter: ConsoleReporter | None) -> list[Spec]:
     from specgrad.validate import parse_spec
 
-    specs = []
+    specs: dict[str, Spec] = {}
     for file in files:
         try:
-            specs.append(parse_spec(file))
+            spec = parse_spec(file)
+            if spec.name in specs:  # check ids would collide
+                first = specs[spec.name].name_location
+                raise SpecError.at(
+                    spec.name_location,
+                    "name",
+                    f"spec name '{spec.name}' is already used by {first}; check ids must be unique",
+                )
+            specs[spec.name] = spec
         except SpecError as exc:
             summary.spec_errors.extend(exc.issues)
             if reporter is not None:
                 reporter.spec_errors(exc.issues)
-    return specs
+    return list(specs.values())
 
 
 def _plans(spec: Spec, args: argparse.Namespace, matcher: Matcher | None) -> tuple[CasePlan, ...]:

@@ -53,7 +53,7 @@ def _import_module(ref: ImportRef, name: str, folder: Path) -> Any:
                 f"(searched {folder} and installed packages)",
             ) from None
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None
-    except Exception as exc:  # noqa: BLE001 - any error in user module code is reported
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error in user module code
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None
 
 

@@ -107,6 +107,7 @@ class Spec:
     cases: tuple[Case, ...]
     seed: int
     tolerances: Mapping[str, Tolerance]
+    name_location: Location
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -244,4 +245,5 @@ def spec_from_validated(raw: RawSpec) -> Spec:
         cases=_cases(raw, tensors),
         seed=int(raw.data.get("seed", 42)),
         tolerances=_tolerances(raw),
+        name_location=raw.locate(("name",)),
     )

@@ -150,7 +150,7 @@ class CaseRun:
             raw, state = self.evaluator.forward(self.tensors)
         except ContractError as exc:
             raise _Abort(f"forward: {exc}", "contract.forward_output") from None
-        except Exception as exc:  # noqa: BLE001 - user code
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
             raise _Abort(describe_exception("forward", exc)) from None
         outputs, was_tuple = raw_outputs_of(raw)
         return outputs, was_tuple, state
@@ -172,7 +172,7 @@ class CaseRun:
             raw_grads = self.evaluator.backward(state, grad_out)
         except ContractError as exc:
             raise _Abort(f"backward: {exc}", "contract.backward_grads") from None
-        except Exception as exc:  # noqa: BLE001 - user code
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
             raise _Abort(describe_exception("backward", exc), "contract.backward_grads") from None
         self._check_mutation(forward_mutated, self._mutated())
         self.grads = self._check_grads(raw_grads)

@@ -70,7 +70,7 @@ def central_difference(
             try:
                 plus_x, plus = _evaluate_at(evaluate, flat, j, orig, +epsilon, xp)
                 minus_x, minus = _evaluate_at(evaluate, flat, j, orig, -epsilon, xp)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # user code: attributed to the element
                 raise PerturbationError(j, exc) from exc
             finally:
                 flat[j] = orig
@@ -92,8 +92,9 @@ def _evaluate_at(
     return moved, evaluate()
 
 
-def _contract(active: Sequence[tuple[int, Any, Any]], plus: Outputs, minus: Outputs,
-              xp: ModuleType) -> tuple[Any, Any]:
+def _contract(
+    active: Sequence[tuple[int, Any, Any]], plus: Outputs, minus: Outputs, xp: ModuleType
+) -> tuple[Any, Any]:
     """sum_k <g_k, f_k(x+) - f_k(x-)> and sum g^2 (f+^2 + f-^2) over the outputs that moved
     (an output that did not move differs by exactly 0 and adds no rounding noise), in float64."""
     total, power = 0.0, 0.0

@@ -127,6 +127,16 @@ def test_one_broken_spec_never_stops_the_others(tmp_path: Path, write, cli) -> N
     assert result.out.splitlines()[-1] == "14 passed, 14 failed"
 
 
+def test_duplicate_spec_names_are_an_error(write, cli) -> None:  # type: ignore[no-untyped-def]
+    write("layers.py", LAYERS)
+    a = write("a.yaml", GOOD)
+    write("sub/b.yaml", GOOD)
+    result = cli("validate", a.parent, "-q")
+    assert result.code == 2
+    assert re.search(r"sub/b\.yaml:2:7: name: spec name 'lin' is already used by .*a\.yaml:2:7", result.out)
+    assert result.out.splitlines()[-1] == "14 passed, 0 failed"
+
+
 def test_fail_fast(write, cli) -> None:  # type: ignore[no-untyped-def]
     write("layers.py", LAYERS.replace("x.T @ g", "2 * x.T @ g"))
     write("a.yaml", GOOD)
@@ -350,6 +360,7 @@ BAD_LAYERS = {
         1,
         r"contract\.deterministic\n.*\n  two forward calls on identical inputs gave different outputs",
     ),
+    "exits": ("import sys\ndef forward(x, w):\n    sys.exit(3)\n", 1, r"forward raised SystemExit: 3"),
     "output not array": ("def forward(x, w):\n    return 1.5\n", 1, r"output 0 is a float, not an array"),
     "upcasts": (
         "def forward(x, w):\n    return (x @ w).astype('float32')\n",

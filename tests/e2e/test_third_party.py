@@ -88,17 +88,28 @@ def test_nnfs_softmax_passes(tmp_path: Path, cli) -> None:  # type: ignore[no-un
 
 
 def test_nnfs_forward_returning_none_without_output_path(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    result, failing = _run(tmp_path, cli, NNFS_SOFTMAX.replace("  output: output\n", ""))
+    result, _ = _run(tmp_path, cli, NNFS_SOFTMAX.replace("  output: output\n", ""))
     assert result.code == 1
     assert "output 0 is a NoneType, not an array" in result.out
 
 
-@pytest.mark.parametrize("name, suffix, x, w, b, attrs", [
-    ("affine", "", "[4, 2, 3]", "[6, 5]", "[5]", "{}"),
-    ("conv", "_naive", "[2, 3, 5, 5]", "[4, 3, 3, 3]", "[4]", "{conv_param: {stride: 2, pad: 1}}"),
-])
-def test_cs231n_cached_layers_pass(tmp_path: Path, cli, name: str, suffix: str, x: str, w: str, b: str,  # type: ignore[no-untyped-def]
-                                   attrs: str) -> None:
+@pytest.mark.parametrize(
+    "name, suffix, x, w, b, attrs",
+    [
+        ("affine", "", "[4, 2, 3]", "[6, 5]", "[5]", "{}"),
+        ("conv", "_naive", "[2, 3, 5, 5]", "[4, 3, 3, 3]", "[4]", "{conv_param: {stride: 2, pad: 1}}"),
+    ],
+)
+def test_cs231n_cached_layers_pass(
+    tmp_path: Path,
+    cli,
+    name: str,
+    suffix: str,
+    x: str,
+    w: str,
+    b: str,  # type: ignore[no-untyped-def]
+    attrs: str,
+) -> None:
     text = CS231N.format(name=name, suffix=suffix, x=x, w=w, b=b, attrs=attrs)
     result, failing = _run(tmp_path, cli, text)
     assert result.code == 0 and not failing, result.text
