@@ -52,30 +52,26 @@ class ConsoleReporter:
         if not results:
             return
         bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
-        if self.verbosity < 0:
-            self._details(bad)
-            return
-        shown = [
-            r for r in results if self.verbosity > 0 or r.kind == "gradient" or r.status is not Status.PASS
-        ]
-        first = results[0]
-        table = Table(
-            title=Text(f"{first.spec}  ({first.file})", style="bold"),
-            title_justify="left",
-            show_edge=False,
-            pad_edge=False,
-        )
-        for col, justify in (
-            ("check", "left"),
-            ("dtype", "left"),
-            ("case", "left"),
-            ("max abs err", "right"),
-            ("max rel err", "right"),
-            ("status", "left"),
-        ):
-            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        if self.verbosity >= 0:
+            shown = [
+                r
+                for r in results
+                if self.verbosity > 0 or r.kind == "gradient" or r.status is not Status.PASS
+            ]
+            self.console.print(self._table(shown, title=f"{results[0].spec}  ({results[0].file})"))
+            if len(results) > len(shown):
+                self._line(f"  + {len(results) - len(shown)} contract checks passed (-v lists them)", "dim")
+        self._details(bad)
+        if self.verbosity >= 0:
+            self.console.print()
+
+    def _table(self, shown: list[CheckResult], title: str) -> Table:
+        table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, pad_edge=False)
+        columns = ["check", "dtype", "case", "max abs err", "max rel err", "status"]
         if self.verbosity > 0:
-            table.add_column("noise floor", justify="right")
+            columns.append("noise floor")
+        for col in columns:
+            table.add_column(col, justify="right" if col.startswith(("max", "noise")) else "left")
         for r in shown:
             c = r.comparison
             row = [
@@ -89,12 +85,7 @@ class ConsoleReporter:
             if self.verbosity > 0:
                 row.append(Text(_fmt(c.noise_floor if c else None)))
             table.add_row(*row)
-        self.console.print(table)
-        hidden = len(results) - len(shown)
-        if hidden:
-            self._line(f"  + {hidden} contract checks passed (-v lists them)", "dim")
-        self._details(bad)
-        self.console.print()
+        return table
 
     def _details(self, bad: list[CheckResult]) -> None:
         """Each failure once; checks of one case failing for the same reason share a block."""
