@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from specgrad.model import Case, Spec
-from specgrad.numerics.tolerance import Tolerance
+from specgrad.numerics.tolerance import UNIT_ROUNDOFF, Tolerance
 from specgrad.select import Matcher
 
 #: contract checks run for every case, in this order
@@ -30,6 +30,13 @@ class CasePlan:
 
     def check_id(self, target: str) -> str:
         return check_id(self.spec.name, self.dtype, self.case.name, target)
+
+    def tolerance_for(self, tensor: str) -> tuple[str, Tolerance]:
+        """(dtype, tolerance) for a tensor's check: of the coarser of its dtype and the check's,
+        so a float16 parameter in a float64 check gets a float16 step and bound."""
+        own = self.spec.tensor(tensor).dtype_in(self.dtype)
+        coarse = min(own, self.dtype, key=lambda d: UNIT_ROUNDOFF.get(d, 0.0) * -1)
+        return coarse, self.spec.tolerances.get(coarse, self.tolerance)
 
     @property
     def gradient_targets(self) -> tuple[str, ...]:

@@ -33,6 +33,8 @@ class CheckResult:
     message: str = ""
     comparison: Comparison | None = None
     tolerance: Tolerance | None = None
+    numerical_dtype: str = ""  # the dtype forward ran in for the numerical gradient
+    note: str = ""  # something the verdict depends on (e.g. no float64 oracle)
     duration: float = 0.0
 
     @property
@@ -52,6 +54,10 @@ class CheckResult:
             "message": self.message,
             "duration_s": round(self.duration, 6),
         }
+        if self.numerical_dtype:
+            out["numerical_dtype"] = self.numerical_dtype
+        if self.note:
+            out["note"] = self.note
         if self.comparison is not None:
             c = asdict(self.comparison)
             c["worst_index"] = list(self.comparison.worst_index)

@@ -30,6 +30,7 @@ class Comparison:
     numerical: float
     bound: float  # atol + rtol * |n| + noise at the worst element
     noise_floor: float  # largest estimated rounding noise of the numerical gradient
+    max_abs_numerical: float = 0.0  # the gradient's scale, to judge the noise against
 
 
 def compare(
@@ -62,4 +63,5 @@ def compare(
         numerical=float(n.reshape(-1)[worst]),
         bound=float(bound.reshape(-1)[worst]),
         noise_floor=float(xp.max(noise0)),
+        max_abs_numerical=float(xp.max(xp.abs(n0))),
     )

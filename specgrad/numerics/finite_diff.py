@@ -1,14 +1,19 @@
-"""Central differences of L(x) = sum_k <f_k(x), g_k>, one element at a time, in place.
+"""Finite differences of L(x) = sum_k <f_k(x), g_k>, one element at a time, in place.
 
 The perturbed tensor is the caller's own array: each element is moved to x_j + h, then
 x_j - h, then restored, so no per-element copy of the tensor is made. Arithmetic, all in
 the array namespace `xp` of the tensor (numpy or cupy), so nothing leaves the device:
-- forward runs in the tensor's dtype (the check's dtype);
-- the perturbed values x_j +/- h are rounded to that dtype, and the step actually taken,
-  (x_j + h) - (x_j - h), is recomputed in float64 from the stored values, so the
-  representation error of h never enters the quotient;
-- output differences f(x+) - f(x-) are taken in float64 per output element and only then
-  contracted with g (float64), so the large common part of L never cancels in low precision.
+- forward runs in the tensors' dtypes (the check's dtype);
+- the perturbed values are rounded to the tensor's dtype, and the steps actually taken,
+  a = (x_j + h) - x_j and b = x_j - (x_j - h), are recomputed in float64 from the stored
+  values, so the representation error of h never enters the quotient;
+- the derivative is the three-point formula for uneven steps,
+      D = (b/a * <g, f(x+) - f(x)> + a/b * <g, f(x) - f(x-)>) / (a + b),
+  which is the central difference when a = b and stays second-order accurate when
+  rounding makes the steps uneven (a step of one ulp at a power of two, say);
+- output differences are taken in float64 per output element, copied the moment forward
+  returns (a forward that returns a view of its input cannot alias the differences), and
+  only then contracted with g (float64): the large common part of L never cancels.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 Outputs = Sequence[Any]
+Active = Sequence[tuple[int, Any, Any]]  # (output index, g, g^2) for the differentiated outputs
 
 #: Each output f_i carries a rounding error of up to u |f_i|; independent errors make the
 #: error of sum_i g_i (f_i(x+) - f_i(x-)) about u sqrt(sum g^2 (f+^2 + f-^2)) / sqrt(3)
@@ -36,12 +42,16 @@ class NumericalGradient:
     noise: Any  # estimated rounding noise of each element (see NOISE_SIGMAS)
 
 
-class PerturbationError(Exception):
-    """forward raised at a perturbed point; carries the flat element index."""
+class InconsistentOutput(Exception):
+    """forward's outputs at a perturbed point do not match those at the case's point."""
 
-    def __init__(self, index: int, cause: BaseException) -> None:
+
+class PerturbationError(Exception):
+    """forward failed at a perturbed point; `index` is the flat element (None: unperturbed)."""
+
+    def __init__(self, index: int | None, cause: BaseException) -> None:
         self.index, self.cause = index, cause
-        super().__init__(f"forward raised at element {index}: {cause!r}")
+        super().__init__(f"forward failed at element {index}: {cause!r}")
 
 
 def central_difference(
@@ -65,43 +75,58 @@ def central_difference(
     with warnings.catch_warnings():
         # a non-finite output makes inf - inf = nan: that element's value is reported as nan
         warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            base = _outputs64(evaluate(), active, None, xp)
+        except (Exception, SystemExit) as exc:  # user code
+            raise PerturbationError(None, exc) from exc
         for j in range(flat.size):
             orig = flat[j].copy()
             try:
-                plus_x, plus = _evaluate_at(evaluate, flat, j, orig, +epsilon, xp)
-                minus_x, minus = _evaluate_at(evaluate, flat, j, orig, -epsilon, xp)
+                a, plus = _evaluate_at(evaluate, flat, j, orig, +epsilon, active, base, xp)
+                b, minus = _evaluate_at(evaluate, flat, j, orig, -epsilon, active, base, xp)
             except (Exception, SystemExit) as exc:  # user code: attributed to the element
                 raise PerturbationError(j, exc) from exc
             finally:
                 flat[j] = orig
-            total, power = _contract(active, plus, minus, xp)
-            step = plus_x - minus_x
-            value[j] = total / step
-            noise[j] = NOISE_SIGMAS * unit_roundoff * xp.sqrt(power) / step
+            total, power = _contract(active, base, plus, minus, a, b, xp)
+            value[j] = total
+            noise[j] = NOISE_SIGMAS * unit_roundoff * xp.sqrt(power) / (a + b)
     return NumericalGradient(value.reshape(x.shape), noise.reshape(x.shape))
 
 
-def _evaluate_at(
-    evaluate: Callable[[], Outputs], flat: Any, j: int, orig: Any, h: float, xp: ModuleType
-) -> tuple[Any, Outputs]:
-    """Set flat[j] to orig + h rounded to the dtype (never equal to orig), then evaluate."""
+def _evaluate_at(evaluate: Callable[[], Outputs], flat: Any, j: int, orig: Any, h: float,
+                 active: Active, base: list[Any] | None, xp: ModuleType) -> tuple[Any, list[Any]]:
+    """Set flat[j] to orig + h rounded to the dtype (never equal to orig) and evaluate;
+    returns |step taken| in float64 and the differentiated outputs as float64 copies."""
     flat[j] = orig.astype(xp.float64) + h
     if flat[j] == orig:  # h is below half an ulp of x_j in this dtype: take one ulp
         flat[j] = xp.nextafter(orig, xp.asarray(xp.inf if h > 0 else -xp.inf, dtype=orig.dtype))
-    moved = flat[j].astype(xp.float64)
-    return moved, evaluate()
+    step = xp.abs(flat[j].astype(xp.float64) - orig.astype(xp.float64))
+    return step, _outputs64(evaluate(), active, base, xp)
 
 
-def _contract(
-    active: Sequence[tuple[int, Any, Any]], plus: Outputs, minus: Outputs, xp: ModuleType
-) -> tuple[Any, Any]:
-    """sum_k <g_k, f_k(x+) - f_k(x-)> and sum g^2 (f+^2 + f-^2) over the outputs that moved
-    (an output that did not move differs by exactly 0 and adds no rounding noise), in float64."""
-    total, power = 0.0, 0.0
-    for k, g, g2 in active:
-        fp = xp.asarray(plus[k]).astype(xp.float64)
-        fm = xp.asarray(minus[k]).astype(xp.float64)
-        diff = fp - fm
-        total = total + xp.sum(g * diff)
-        power = power + xp.sum(g2 * (fp * fp + fm * fm) * (diff != 0))
-    return total, power
+def _outputs64(outputs: Outputs, active: Active, base: list[Any] | None, xp: ModuleType) -> list[Any]:
+    """float64 copies of the differentiated outputs, checked against the case's outputs."""
+    out = []
+    for k, g, _ in active:
+        if k >= len(outputs) or not hasattr(outputs[k], "shape"):
+            raise InconsistentOutput(f"forward returned {len(outputs)} output(s), output {k} "
+                                     f"{'missing' if k >= len(outputs) else 'not an array'}")
+        o = xp.asarray(outputs[k]).astype(xp.float64)  # astype copies: no aliasing
+        if tuple(o.shape) != tuple(g.shape):
+            raise InconsistentOutput(f"output {k} has shape {tuple(o.shape)} here but "
+                                     f"{tuple(g.shape)} at the case's point")
+        out.append(o)
+    return out
+
+
+def _contract(active: Active, base: list[Any], plus: list[Any], minus: list[Any], a: Any, b: Any,
+              xp: ModuleType) -> tuple[Any, Any]:
+    """The uneven-step derivative of L, and sum g^2 (f+^2 + f-^2) over the outputs that
+    moved (an output that did not move differs by exactly 0 and adds no rounding noise)."""
+    up, down, power = 0.0, 0.0, 0.0
+    for (_, g, g2), f0, fp, fm in zip(active, base, plus, minus, strict=True):
+        up = up + xp.sum(g * (fp - f0))
+        down = down + xp.sum(g * (f0 - fm))
+        power = power + xp.sum(g2 * (fp * fp + fm * fm) * (fp != fm))
+    return (up * (b / a) + down * (a / b)) / (a + b), power

@@ -32,16 +32,27 @@ class Tolerance:
     atol: float
     epsilon: float
     reason: str | None = None
+    atol_given: bool = False  # set by the spec: used as is, never scaled
 
-    def merged(
-        self, rtol: float | None, atol: float | None, epsilon: float | None, reason: str | None
-    ) -> Tolerance:
+    def merged(self, rtol: float | None, atol: float | None, epsilon: float | None,
+               reason: str | None) -> Tolerance:
         return Tolerance(
             rtol=self.rtol if rtol is None else rtol,
             atol=self.atol if atol is None else atol,
             epsilon=self.epsilon if epsilon is None else epsilon,
             reason=reason,
+            atol_given=atol is not None,
         )
+
+    def effective_atol(self, scale: float) -> float:
+        """The default atol is a floor for gradients of order one. For a tensor whose
+        gradients are all smaller it scales down with the largest of them (rtol * scale),
+        to at most 1/1000 of itself, so that multiplying a loss by a small constant does
+        not make its check blind. Used only with float64-accurate numerical gradients,
+        whose own error is negligible at that level; a spec's atol is used as given."""
+        if self.atol_given:
+            return self.atol
+        return max(min(self.atol, self.rtol * scale), self.atol * 1e-3)
 
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {

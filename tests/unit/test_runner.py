@@ -69,24 +69,58 @@ def test_wrong_gradient_fails_with_worst_element(tmp_path: Path) -> None:
 
 
 CENTER = (
-    "def forward(x):\n    return x - x.mean(axis=1, keepdims=True) + np.asarray(30, x.dtype)\n"
+    "def forward(x):\n    x = x.astype(DTYPE)\n"
+    "    return x - x.mean(axis=1, keepdims=True) + np.asarray(30, x.dtype)\n"
     "def backward(g, x):\n    return SCALE * (g - g.mean(axis=1, keepdims=True))\n"
 )
 
 
 @pytest.mark.parametrize("scale, status", [(1, Status.PASS), (2, Status.FAIL)])
-def test_float32_wide_layer_no_false_alarm_bug_still_caught(
-    tmp_path: Path, scale: int, status: Status
-) -> None:
-    """Every input moves 512 outputs of magnitude ~30: their float32 rounding makes errors
-    of ~1e-2 in the numerical gradient, ten times atol. The per-element noise estimate, not a
-    widened atol, absorbs them, and a gradient off by a factor 2 still fails."""
-    r = run(tmp_path, f"SCALE = {scale}\n" + CENTER, dtypes=["float32"], inputs={"x": {"shape": [2, 512]}})
+def test_float32_only_layer_noise_not_atol(tmp_path: Path, scale: int, status: Status) -> None:
+    """A layer that computes in float32 whatever it is given has no float64 oracle. Every
+    input moves 512 outputs of magnitude ~30: their float32 rounding makes errors of ~1e-2
+    in the numerical gradient, ten times atol. The per-element noise estimate, not a widened
+    atol, absorbs them, and a gradient off by a factor 2 still fails."""
+    source = f"SCALE = {scale}\nDTYPE = np.float32\n" + CENTER
+    r = run(tmp_path, source, dtypes=["float32"], inputs={"x": {"shape": [2, 512]}})
     assert r["x"].status is status, r["x"].message
+    assert r["x"].numerical_dtype == "float32"
+    assert "not from the float64 oracle: forward on float64 inputs returned output 0 as float32" in r["x"].note
     c = r["x"].comparison
     assert c is not None and 1e-3 < c.noise_floor < 0.5
     if status is Status.PASS:
         assert c.max_abs_err > 2e-3  # beyond atol + rtol*|n| for the smallest gradients
+
+
+@pytest.mark.parametrize("scale, status", [(1, Status.PASS), (2, Status.FAIL)])
+def test_float32_check_uses_the_float64_oracle(tmp_path: Path, scale: int, status: Status) -> None:
+    """The same layer computing in its input's dtype: the numerical gradient comes from a
+    float64 run on the same values, so its noise is negligible and the errors left are the
+    float32 backward's own."""
+    source = f"SCALE = {scale}\nDTYPE = None\n" + CENTER.replace("x.astype(DTYPE)", "x")
+    r = run(tmp_path, source, dtypes=["float32"], inputs={"x": {"shape": [2, 512]}})
+    assert r["x"].status is status, r["x"].message
+    assert r["x"].numerical_dtype == "float64" and r["x"].note == ""
+    c = r["x"].comparison
+    assert c is not None and c.noise_floor < 1e-5  # ~1e-2 when computed in float32
+    if status is Status.PASS:
+        assert c.max_abs_err < 1e-5
+
+
+def test_tiny_gradients_are_not_below_the_radar(tmp_path: Path) -> None:
+    """A mean over 16384 elements has gradients ~1e-4, all below the float32 atol of 1e-3;
+    with a float64 oracle the default atol scales down with them, so a missing factor 2
+    fails while the correct backward passes."""
+    src = ("def forward(x):\n    return (x * x).mean()\n"
+           "def backward(g, x):\n    return FACTOR * x * g / x.size\n")
+    ok = run(tmp_path, "FACTOR = 2\n" + src, dtypes=["float32"], inputs={"x": {"shape": [128, 128]}},
+             cases=["random"])
+    bad = run(tmp_path, "FACTOR = 1\n" + src, dtypes=["float32"], inputs={"x": {"shape": [128, 128]}},
+              cases=["random"])
+    assert ok["x"].status is Status.PASS, ok["x"].message
+    assert bad["x"].status is Status.FAIL, bad["x"].message
+    c = bad["x"].comparison
+    assert c is not None and c.max_abs_numerical < 1e-3 and c.violations > 0.9 * c.size
 
 
 def test_forward_raising_errors_every_check(tmp_path: Path) -> None:
