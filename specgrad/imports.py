@@ -1,8 +1,8 @@
 """Resolve `package.module:qualname` import strings, located at the spec line that named them.
 
 A spec's own folder is searched first, so a team's layer code next to its specs works
-without being installed. If a module of the same name was already imported from another
-folder (two spec folders each with a `layers.py`), the stale copy is dropped first.
+without being installed. Each spec folder gets its own modules: one with the same name
+imported from another folder (two spec folders each with a `layers.py`) is dropped first.
 """
 
 from __future__ import annotations
@@ -37,38 +37,59 @@ def resolve(ref: ImportRef, folder: Path) -> Any:
     return obj
 
 
+#: spec folders specgrad put on sys.path, and the modules each of them provided
+_FOLDERS: dict[str, set[str]] = {}
+
+
 def _import_module(ref: ImportRef, name: str, folder: Path) -> Any:
-    folder_str = str(folder)
-    if folder_str not in sys.path:
-        sys.path.insert(0, folder_str)
+    _enter(folder)
     _drop_shadowed(name.split(".")[0], folder)
+    before = set(sys.modules)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name and name.startswith(exc.name) and (exc.name == name or name.startswith(exc.name + ".")):
-            raise SpecError.at(
-                ref.location,
-                ref.field,
-                f"cannot import module '{name}': no module named '{exc.name}' "
-                f"(searched {folder} and installed packages)",
-            ) from None
+        if exc.name and (exc.name == name or name.startswith(exc.name + ".")):
+            raise SpecError.at(ref.location, ref.field,
+                               f"cannot import module '{name}': no module named '{exc.name}' "
+                               f"(searched {folder} and installed packages)") from None
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error in user module code
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None
+    finally:
+        _record(folder, before)
+
+
+def _enter(folder: Path) -> None:
+    """Make `folder` the only spec folder on sys.path, first, and forget the modules other
+    spec folders provided: two folders with their own `layers.py` (or `helpers.py` that
+    their layers import) each get their own. Callables resolved earlier keep working."""
+    key = str(folder)
+    for other, modules in _FOLDERS.items():
+        while other in sys.path:
+            sys.path.remove(other)
+        if other != key:
+            for module in modules:
+                sys.modules.pop(module, None)
+    sys.path.insert(0, key)
+    _FOLDERS.setdefault(key, set())
+    importlib.invalidate_caches()
 
 
 def _drop_shadowed(top: str, folder: Path) -> None:
-    """Forget a module imported earlier from elsewhere if this spec's folder provides it."""
-    local = folder / f"{top}.py", folder / top / "__init__.py"
-    loaded = sys.modules.get(top)
-    if loaded is None or not any(p.is_file() for p in local):
+    """Forget `top` imported from elsewhere when this spec's folder provides its own."""
+    local = [p for p in (folder / f"{top}.py", folder / top / "__init__.py") if p.is_file()]
+    origin = getattr(sys.modules.get(top), "__file__", None)
+    if not local or origin is None or Path(origin).resolve() in {p.resolve() for p in local}:
         return
-    origin = getattr(loaded, "__file__", None)
-    if origin and Path(origin).resolve() in {p.resolve() for p in local}:
-        return
-    for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
-        del sys.modules[key]
-    importlib.invalidate_caches()
+    for module in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+        del sys.modules[module]
+
+
+def _record(folder: Path, before: set[str]) -> None:
+    for module in set(sys.modules) - before:
+        origin = getattr(sys.modules.get(module), "__file__", None)
+        if origin and Path(origin).resolve().is_relative_to(folder):
+            _FOLDERS[str(folder)].add(module)
 
 
 def _import_failure(name: str, exc: BaseException) -> str:

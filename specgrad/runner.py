@@ -93,7 +93,7 @@ class CaseRun:
         out = []
         for target in self.plan.targets:
             if target.startswith("contract."):
-                status, message = self.verdicts.get(target, (Status.PASS, ""))
+                status, message = self.verdicts.get(target, (Status.ERROR, "not evaluated"))
                 out.append(self._result(target, status, message, duration=base))
             else:
                 out.append(results.get(target) or self._gradient(target))
@@ -163,8 +163,10 @@ class CaseRun:
         self.outputs = outputs
         forward_mutated = self._mutated()
         self._check_outputs(outputs)
+        self._settled("forward_output")
         again, _, state = self._call_forward()
         self._check_deterministic(outputs, again)
+        self._settled("deterministic")
         self.float_outputs = [i for i, o in enumerate(outputs) if _is_float(o)]
         upstream = make_upstream(
             {i: tuple(outputs[i].shape) for i in self.float_outputs}, self.plan.dtype, self.plan.seed
@@ -172,6 +174,11 @@ class CaseRun:
         g = [self.backend.asarray(upstream[i]) if i in upstream else None for i in range(len(outputs))]
         self.upstream64 = [None if x is None else x.astype(self.xp.float64) for x in g]
         grad_out = tuple(g) if was_tuple else g[0]
+        if forward_mutated:
+            self.blocked = (
+                f"not run: forward modifies its input(s) {', '.join(forward_mutated)}, "
+                "so perturbed evaluations would not be reproducible"
+            )
         try:
             raw_grads = self.evaluator.backward(state, grad_out)
         except ContractError as exc:
@@ -181,11 +188,12 @@ class CaseRun:
         self._check_mutation(forward_mutated, self._mutated())
         self.grads = self._check_grads(raw_grads)
         self._check_finite(outputs)
-        if forward_mutated:
-            self.blocked = (
-                f"not run: forward modifies its input(s) {', '.join(forward_mutated)}, "
-                "so perturbed evaluations would not be reproducible"
-            )
+        self._settled("no_mutation", "backward_grads", "finite")
+
+    def _settled(self, *contracts: str) -> None:
+        """These contracts ran: those that did not fail passed (an abort later keeps that)."""
+        for contract in contracts:
+            self.verdicts.setdefault(f"contract.{contract}", (Status.PASS, ""))
 
     def _mutated(self) -> list[str]:
         changed = [

@@ -208,3 +208,18 @@ def test_cached_forward_must_return_a_pair(tmp_path: Path) -> None:
     )
     with pytest.raises(ContractError, match=r"must return \(out, cache\)"):
         make_evaluator(spec).forward({"x": np.ones(2)})
+
+
+def test_each_spec_folder_gets_its_own_modules_and_helpers(tmp_path: Path) -> None:
+    """Folders a/ and b/ each have layers.py importing their own helpers.py; the root has
+    its own layers.py too. Whatever the order, each resolves to its own code."""
+    for sub, value in (("a", 1), ("b", 2), (".", 3)):
+        d = tmp_path / sub
+        d.mkdir(exist_ok=True)
+        (d / "iso_helpers.py").write_text(f"VALUE = {value}\n")
+        (d / "iso_layers.py").write_text("import iso_helpers\ndef f():\n    return iso_helpers.VALUE\n")
+    for folder, value in ((tmp_path / "a", 1), (tmp_path / "b", 2), (tmp_path, 3), (tmp_path / "a", 1)):
+        assert resolve(ref("iso_layers:f"), folder)() == value
+    fa = resolve(ref("iso_layers:f"), tmp_path / "a")
+    resolve(ref("iso_layers:f"), tmp_path / "b")
+    assert fa() == 1  # callables resolved earlier keep their own module
