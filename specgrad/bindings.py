@@ -110,8 +110,9 @@ class LayerEvaluator:
                 for n, p in self.binding.input_grads.items()
             }
         params = {
-            n: self._read(layer, w.grad, f"the gradient of parameter '{n}'")
+            n: self._read(layer, path, f"the gradient of parameter '{n}'")
             for n, w in self.binding.params.items()
+            if (path := w.grad) is not None
         }
         return input_grads, params
 

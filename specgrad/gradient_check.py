@@ -40,8 +40,9 @@ class Verdict:
     message: str  # why it failed, or why a pass says nothing (inconclusive)
 
 
-def numerical_source(plan: CasePlan, evaluator: Evaluator, tensors: dict[str, Any],
-                     reference: Sequence[Any], xp: ModuleType) -> NumericalSource:
+def numerical_source(
+    plan: CasePlan, evaluator: Evaluator, tensors: dict[str, Any], reference: Sequence[Any], xp: ModuleType
+) -> NumericalSource:
     """The float64 oracle for a low-precision check if the implementation runs in float64,
     else the check's own tensors (`reference`: the outputs of forward at the case's point)."""
     if plan.dtype == "float64":
@@ -55,13 +56,22 @@ def numerical_source(plan: CasePlan, evaluator: Evaluator, tensors: dict[str, An
         return NumericalSource(plan.dtype, tensors, _fallback(plan.dtype, why))
     for i, (out, ref) in enumerate(zip(outputs, reference, strict=False)):
         if str(getattr(ref, "dtype", "")) in FLOAT_DTYPES and str(getattr(out, "dtype", "")) != "float64":
-            return NumericalSource(plan.dtype, tensors, _fallback(
-                plan.dtype, f"forward on float64 inputs returned output {i} as "
-                            f"{getattr(out, 'dtype', type(out).__name__)}"))
+            return NumericalSource(
+                plan.dtype,
+                tensors,
+                _fallback(
+                    plan.dtype,
+                    f"forward on float64 inputs returned output {i} as "
+                    f"{getattr(out, 'dtype', type(out).__name__)}",
+                ),
+            )
     shapes = [tuple(getattr(o, "shape", ())) for o in outputs]
     if shapes != [tuple(r.shape) for r in reference]:
-        return NumericalSource(plan.dtype, tensors, _fallback(
-            plan.dtype, "forward on float64 inputs returned differently shaped outputs"))
+        return NumericalSource(
+            plan.dtype,
+            tensors,
+            _fallback(plan.dtype, "forward on float64 inputs returned differently shaped outputs"),
+        )
     return NumericalSource("float64", copies)
 
 
@@ -69,20 +79,32 @@ def _fallback(dtype: str, why: str) -> str:
     return f"numerical gradient computed in {dtype}, not from the float64 oracle: {why}"
 
 
-def numerical_gradient(name: str, plan: CasePlan, source: NumericalSource,
-                       evaluate: Callable[[Mapping[str, Any]], Sequence[Any]],
-                       upstream64: Sequence[Any | None], xp: ModuleType) -> NumericalGradient:
+def numerical_gradient(
+    name: str,
+    plan: CasePlan,
+    source: NumericalSource,
+    evaluate: Callable[[Mapping[str, Any]], Sequence[Any]],
+    upstream64: Sequence[Any | None],
+    xp: ModuleType,
+) -> NumericalGradient:
     """Perturb `name` in the source's tensors; the step is that of the perturbed tensor's
     dtype in this run, the noise that of the dtype the outputs are computed in."""
     tensor = source.tensors[name]
     step_dtype = str(tensor.dtype)
     epsilon = plan.spec.tolerances[step_dtype].epsilon
-    return central_difference(lambda: evaluate(source.tensors), tensor, upstream64, epsilon,
-                              UNIT_ROUNDOFF[source.dtype], xp)
+    return central_difference(
+        lambda: evaluate(source.tensors), tensor, upstream64, epsilon, UNIT_ROUNDOFF[source.dtype], xp
+    )
 
 
-def judge(name: str, plan: CasePlan, source: NumericalSource, analytical: Any,
-          numerical: NumericalGradient, xp: ModuleType) -> Verdict:
+def judge(
+    name: str,
+    plan: CasePlan,
+    source: NumericalSource,
+    analytical: Any,
+    numerical: NumericalGradient,
+    xp: ModuleType,
+) -> Verdict:
     """Compare under the coarser of the tensor's and the check's dtype tolerances."""
     _, tol = plan.tolerance_for(name)
     finite = xp.where(xp.isfinite(numerical.value), numerical.value, 0.0)
@@ -99,10 +121,12 @@ def _inconclusive(name: str, c: Comparison, dtype: str, atol: float) -> str:
     the gradient, so a wrong gradient of the same size would pass too."""
     if c.noise_floor <= atol or c.noise_floor < 0.5 * c.max_abs_numerical:
         return ""
-    return (f"inconclusive: the rounding noise of the numerical gradient of {name} in {dtype} "
-            f"({c.noise_floor:.3g}) is as large as the gradient itself (max |numerical| "
-            f"{c.max_abs_numerical:.3g}), so a wrong gradient could pass; check in float64, "
-            "raise epsilon, or make the layer's outputs smaller")
+    return (
+        f"inconclusive: the rounding noise of the numerical gradient of {name} in {dtype} "
+        f"({c.noise_floor:.3g}) is as large as the gradient itself (max |numerical| "
+        f"{c.max_abs_numerical:.3g}), so a wrong gradient could pass; check in float64, "
+        "raise epsilon, or make the layer's outputs smaller"
+    )
 
 
 def _failure_text(name: str, c: Comparison, rtol: float, atol: float) -> str:
@@ -114,4 +138,3 @@ def _failure_text(name: str, c: Comparison, rtol: float, atol: float) -> str:
         f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} "
         f"(atol {atol:.3g} + rtol {rtol:g} * |numerical| + estimated noise {max(noise, 0.0):.2g})"
     )
-

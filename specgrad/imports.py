@@ -49,9 +49,12 @@ def _import_module(ref: ImportRef, name: str, folder: Path) -> Any:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and (exc.name == name or name.startswith(exc.name + ".")):
-            raise SpecError.at(ref.location, ref.field,
-                               f"cannot import module '{name}': no module named '{exc.name}' "
-                               f"(searched {folder} and installed packages)") from None
+            raise SpecError.at(
+                ref.location,
+                ref.field,
+                f"cannot import module '{name}': no module named '{exc.name}' "
+                f"(searched {folder} and installed packages)",
+            ) from None
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error in user module code
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None

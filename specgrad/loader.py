@@ -98,6 +98,8 @@ def load_spec_text(text: str, path: Path) -> RawSpec:
         raise SpecError.at(loc, "", f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise SpecError.at(Location(path), "", f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise SpecError.at(Location(path, 1, 1), "", "invalid YAML: the document nests too deeply") from None
     nodes = [n for n in nodes if n is not None]
     if not nodes:
         raise SpecError.at(Location(path, 1, 1), "", "empty spec file (expected a YAML mapping)")
@@ -109,7 +111,10 @@ def load_spec_text(text: str, path: Path) -> RawSpec:
             "a spec file holds one YAML document; found a second one here",
         )
     builder = _Builder(path)
-    data = builder.build(nodes[0], ())
+    try:
+        data = builder.build(nodes[0], ())
+    except RecursionError:
+        raise SpecError.at(Location(path, 1, 1), "", "the document nests too deeply") from None
     if builder.issues:
         raise SpecError(builder.issues)
     return RawSpec(path, data, builder.locations, builder.key_locations)
@@ -176,7 +181,12 @@ class _Builder:
             if not isinstance(source, yaml.MappingNode):
                 self._fail(source, path, "'<<' merges mappings only")
                 continue
-            merged.update(_Builder(self.path).build(source, ()) or {})
+            own = self.locations.get(path)
+            built = self.build(source, path)  # same recursion guard and issue list
+            if own is not None:
+                self.locations[path] = own
+            if isinstance(built, dict):
+                merged.update(built)
         return merged
 
     def _scalar(self, node: yaml.Node, path: JsonPath) -> Any:

@@ -77,7 +77,7 @@ class FunctionBinding:
 @dataclass(frozen=True, slots=True)
 class ParamLocation:
     value: AccessPath
-    grad: AccessPath
+    grad: AccessPath | None  # None: a frozen (grad: false) parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +206,7 @@ def _binding(raw: RawSpec) -> Binding:
         )
     layer = data["layer"]
     params = {
-        name: ParamLocation(parse_path(p["value"]), parse_path(p["grad"]))
+        name: ParamLocation(parse_path(p["value"]), parse_path(p["grad"]) if "grad" in p else None)
         for name, p in (layer.get("params") or {}).items()
     }
     return LayerBinding(

@@ -121,9 +121,18 @@ class CaseRun:
         self.blocked = message
         return {t: self._result(t, Status.ERROR, message) for t in self.plan.gradient_targets}
 
-    def _result(self, target: str, status: Status, message: str = "", *, comparison: Any = None,
-                tolerance: Tolerance | None = None, numerical_dtype: str = "", note: str = "",
-                duration: float = 0.0) -> CheckResult:
+    def _result(
+        self,
+        target: str,
+        status: Status,
+        message: str = "",
+        *,
+        comparison: Any = None,
+        tolerance: Tolerance | None = None,
+        numerical_dtype: str = "",
+        note: str = "",
+        duration: float = 0.0,
+    ) -> CheckResult:
         plan = self.plan
         return CheckResult(
             check_id=plan.check_id(target),
@@ -289,16 +298,25 @@ class CaseRun:
         if self.source is None:
             self.source = numerical_source(self.plan, self.evaluator, self.tensors, self.outputs, self.xp)
         try:
-            numerical = numerical_gradient(name, self.plan, self.source, self._evaluate,
-                                           self.upstream64, self.xp)
+            numerical = numerical_gradient(
+                name, self.plan, self.source, self._evaluate, self.upstream64, self.xp
+            )
         except PerturbationError as exc:
-            return self._result(name, Status.ERROR, self._perturbation_text(name, exc),
-                                duration=time.perf_counter() - start)
+            return self._result(
+                name, Status.ERROR, self._perturbation_text(name, exc), duration=time.perf_counter() - start
+            )
         v = judge(name, self.plan, self.source, self.grads[name], numerical, self.xp)
         status = Status.FAIL if not v.passed else Status.ERROR if v.message else Status.PASS
-        return self._result(name, status, v.message, comparison=v.comparison, tolerance=v.tolerance,
-                            numerical_dtype=self.source.dtype, note=self.source.note,
-                            duration=time.perf_counter() - start)
+        return self._result(
+            name,
+            status,
+            v.message,
+            comparison=v.comparison,
+            tolerance=v.tolerance,
+            numerical_dtype=self.source.dtype,
+            note=self.source.note,
+            duration=time.perf_counter() - start,
+        )
 
     def _perturbation_text(self, name: str, exc: PerturbationError) -> str:
         if exc.index is None:

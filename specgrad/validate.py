@@ -190,6 +190,10 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
     data = raw.data
+    numbers = list(_number_issues(raw, data, ()))
+    if numbers:  # nothing below can trust these values
+        yield from numbers
+        return
     sections = {s: data.get(s) or {} for s in ("inputs", "parameters")}
     names = [*sections["inputs"], *sections["parameters"]]
     for name in sections["parameters"]:
@@ -214,6 +218,52 @@ def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
             yield raw.issue(
                 ("attrs", key), f"attribute name {key!r} is not a valid keyword argument name", key=True
             )
+        elif key in names and data.get("convention", "functional") != "layer":
+            yield raw.issue(
+                ("attrs", key), f"'{key}' is also a tensor name: forward would receive it twice", key=True
+            )
+
+
+#: numeric fields that must hold whole numbers (JSON Schema's "integer" admits 2.0)
+_INTEGER_FIELDS = {"shape", "seed"}
+
+
+def _number_issues(raw: RawSpec, value: Any, path: JsonPath) -> Iterator[SpecIssue]:
+    """Every number a spec gives (outside attrs and init, which belong to user code) is
+    finite and representable as a float64; whole-number fields hold integers."""
+    if path[:1] in (("attrs",),) or path[-1:] == ("init",) or ("layer", "init") == path[:2]:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _number_issues(raw, item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _number_issues(raw, item, (*path, i))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        whole = any(p in _INTEGER_FIELDS for p in path if isinstance(p, str)) or (
+            path[-1:] in (("low",), ("high",)) and _is_integers_fill(raw.data, path[:-1])
+        )
+        if whole and isinstance(value, float):
+            yield raw.issue(path, f"expected an integer, got number {value!r}")
+        elif not _finite(value):
+            yield raw.issue(path, f"expected a finite number, got {value!r}"[:200])
+
+
+def _finite(value: float) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except OverflowError:
+        return False
+
+
+def _is_integers_fill(data: Any, path: JsonPath) -> bool:
+    node = data
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return isinstance(node, dict) and node.get("kind") == "integers"
 
 
 def _tensor_issues(
@@ -385,4 +435,12 @@ def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
                 key=True,
             )
         for part in ("value", "grad"):
-            yield from _path_issue(raw, ("layer", "params", name, part), where[part])
+            if part in where:
+                yield from _path_issue(raw, ("layer", "params", name, part), where[part])
+        tensor = (data.get("parameters") or {}).get(name, {})
+        if "grad" not in where and tensor.get("grad", tensor.get("dtype") in (None, *FLOAT_DTYPES)):
+            yield raw.issue(
+                ("layer", "params", name),
+                f"missing grad: where the gradient of "
+                f"differentiable parameter '{name}' is read after backward",
+            )

@@ -94,8 +94,16 @@ def central_difference(
     return NumericalGradient(value.reshape(x.shape), noise.reshape(x.shape))
 
 
-def _evaluate_at(evaluate: Callable[[], Outputs], flat: Any, j: int, orig: Any, h: float,
-                 active: Active, base: list[Any] | None, xp: ModuleType) -> tuple[Any, list[Any]]:
+def _evaluate_at(
+    evaluate: Callable[[], Outputs],
+    flat: Any,
+    j: int,
+    orig: Any,
+    h: float,
+    active: Active,
+    base: list[Any] | None,
+    xp: ModuleType,
+) -> tuple[Any, list[Any]]:
     """Set flat[j] to orig + h rounded to the dtype (never equal to orig) and evaluate;
     returns |step taken| in float64 and the differentiated outputs as float64 copies."""
     flat[j] = orig.astype(xp.float64) + h
@@ -110,18 +118,22 @@ def _outputs64(outputs: Outputs, active: Active, base: list[Any] | None, xp: Mod
     out = []
     for k, g, _ in active:
         if k >= len(outputs) or not hasattr(outputs[k], "shape"):
-            raise InconsistentOutput(f"forward returned {len(outputs)} output(s), output {k} "
-                                     f"{'missing' if k >= len(outputs) else 'not an array'}")
+            raise InconsistentOutput(
+                f"forward returned {len(outputs)} output(s), output {k} "
+                f"{'missing' if k >= len(outputs) else 'not an array'}"
+            )
         o = xp.asarray(outputs[k]).astype(xp.float64)  # astype copies: no aliasing
         if tuple(o.shape) != tuple(g.shape):
-            raise InconsistentOutput(f"output {k} has shape {tuple(o.shape)} here but "
-                                     f"{tuple(g.shape)} at the case's point")
+            raise InconsistentOutput(
+                f"output {k} has shape {tuple(o.shape)} here but {tuple(g.shape)} at the case's point"
+            )
         out.append(o)
     return out
 
 
-def _contract(active: Active, base: list[Any], plus: list[Any], minus: list[Any], a: Any, b: Any,
-              xp: ModuleType) -> tuple[Any, Any]:
+def _contract(
+    active: Active, base: list[Any], plus: list[Any], minus: list[Any], a: Any, b: Any, xp: ModuleType
+) -> tuple[Any, Any]:
     """The uneven-step derivative of L, and sum g^2 (f+^2 + f-^2) over the outputs that
     moved (an output that did not move differs by exactly 0 and adds no rounding noise)."""
     up, down, power = 0.0, 0.0, 0.0

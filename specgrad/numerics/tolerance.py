@@ -34,8 +34,9 @@ class Tolerance:
     reason: str | None = None
     atol_given: bool = False  # set by the spec: used as is, never scaled
 
-    def merged(self, rtol: float | None, atol: float | None, epsilon: float | None,
-               reason: str | None) -> Tolerance:
+    def merged(
+        self, rtol: float | None, atol: float | None, epsilon: float | None, reason: str | None
+    ) -> Tolerance:
         return Tolerance(
             rtol=self.rtol if rtol is None else rtol,
             atol=self.atol if atol is None else atol,

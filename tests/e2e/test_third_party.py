@@ -113,3 +113,30 @@ def test_cs231n_cached_layers_pass(
     text = CS231N.format(name=name, suffix=suffix, x=x, w=w, b=b, attrs=attrs)
     result, failing = _run(tmp_path, cli, text)
     assert result.code == 0 and not failing, result.text
+
+
+FROZEN = """\
+specgrad: 1
+name: frozen
+description: a layer with a frozen buffer that has no gradient
+convention: layer
+layer:
+  class: nnfs_style:Layer_Dense
+  init: {n_inputs: 6, n_neurons: 4}
+  output: output
+  input_grads: {inputs: dinputs}
+  params:
+    weights: {value: weights, grad: dweights}
+    biases: {value: biases}
+inputs:
+  inputs: {shape: [5, 6]}
+parameters:
+  weights: {shape: [6, 4]}
+  biases: {shape: [1, 4], grad: false}
+"""
+
+
+def test_frozen_parameter_without_gradient_path(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    result, failing = _run(tmp_path, cli, FROZEN)
+    assert result.code == 0 and not failing, result.text
+    assert "biases" not in cli("list", tmp_path / "spec.yaml").out

@@ -37,7 +37,9 @@ def test_zoo_namespace_is_numpy_for_numpy_and_never_imports_cupy() -> None:
 def test_importing_specgrad_imports_no_numerics_or_cupy() -> None:
     import subprocess
 
-    code = ("import sys, specgrad; bad = [m for m in ('cupy', 'specgrad.runner', 'jsonschema') "
-            "if m in sys.modules]; print(bad)")
+    code = (
+        "import sys, specgrad; bad = [m for m in ('cupy', 'specgrad.runner', 'jsonschema') "
+        "if m in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

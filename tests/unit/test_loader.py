@@ -73,6 +73,8 @@ def test_syntax_error_is_located() -> None:
         ("a: !!python/object:os.system x\n", "unsupported YAML tag"),
         ("a: &x [*x]\n", "recursive alias"),
         ("? [1, 2]\n: x\n", "mapping keys must be plain strings"),
+        ("x: &a {shape: [2], <<: *a}\n", "recursive alias"),
+        ("[" * 3000 + "]" * 3000, "nests too deeply"),
     ],
 )
 def test_bad_documents(text: str, fragment: str) -> None:

@@ -85,7 +85,9 @@ def test_float32_only_layer_noise_not_atol(tmp_path: Path, scale: int, status: S
     r = run(tmp_path, source, dtypes=["float32"], inputs={"x": {"shape": [2, 512]}})
     assert r["x"].status is status, r["x"].message
     assert r["x"].numerical_dtype == "float32"
-    assert "not from the float64 oracle: forward on float64 inputs returned output 0 as float32" in r["x"].note
+    assert (
+        "not from the float64 oracle: forward on float64 inputs returned output 0 as float32" in r["x"].note
+    )
     c = r["x"].comparison
     assert c is not None and 1e-3 < c.noise_floor < 0.5
     if status is Status.PASS:
@@ -111,12 +113,24 @@ def test_tiny_gradients_are_not_below_the_radar(tmp_path: Path) -> None:
     """A mean over 16384 elements has gradients ~1e-4, all below the float32 atol of 1e-3;
     with a float64 oracle the default atol scales down with them, so a missing factor 2
     fails while the correct backward passes."""
-    src = ("def forward(x):\n    return (x * x).mean()\n"
-           "def backward(g, x):\n    return FACTOR * x * g / x.size\n")
-    ok = run(tmp_path, "FACTOR = 2\n" + src, dtypes=["float32"], inputs={"x": {"shape": [128, 128]}},
-             cases=["random"])
-    bad = run(tmp_path, "FACTOR = 1\n" + src, dtypes=["float32"], inputs={"x": {"shape": [128, 128]}},
-              cases=["random"])
+    src = (
+        "def forward(x):\n    return (x * x).mean()\n"
+        "def backward(g, x):\n    return FACTOR * x * g / x.size\n"
+    )
+    ok = run(
+        tmp_path,
+        "FACTOR = 2\n" + src,
+        dtypes=["float32"],
+        inputs={"x": {"shape": [128, 128]}},
+        cases=["random"],
+    )
+    bad = run(
+        tmp_path,
+        "FACTOR = 1\n" + src,
+        dtypes=["float32"],
+        inputs={"x": {"shape": [128, 128]}},
+        cases=["random"],
+    )
     assert ok["x"].status is Status.PASS, ok["x"].message
     assert bad["x"].status is Status.FAIL, bad["x"].message
     c = bad["x"].comparison

@@ -152,6 +152,25 @@ def test_schema_errors(doc: Any, expected: str) -> None:
         (with_(attrs={"not valid": 1}), "not a valid keyword argument name"),
         (with_(inputs={"x": {"shape": [100000, 100000]}}), "elements; the limit"),
         (with_(layer={"class": "m:C"}), "a layer: block needs convention: layer"),
+        (with_(inputs={"x": {"shape": [2.0, 3]}}), "inputs.x.shape[0]: expected an integer, got number 2.0"),
+        (with_(seed=42.0), "seed: expected an integer, got number 42.0"),
+        (
+            with_(inputs={"x": {"shape": [1], "dtype": "int64", "fill": {"kind": "integers", "high": 3.0}}}),
+            "inputs.x.fill.high: expected an integer",
+        ),
+        (
+            with_(inputs={"x": {"shape": [1], "fill": {"kind": "uniform", "high": float("inf")}}}),
+            "inputs.x.fill.high: expected a finite number, got inf",
+        ),
+        (
+            with_(inputs={"x": {"shape": [1], "fill": {"kind": "constant", "value": 10**400}}}),
+            "inputs.x.fill.value: expected a finite number",
+        ),
+        (
+            with_(tolerances={"float32": {"atol": float("inf")}}),
+            "tolerances.float32.atol: expected a finite number",
+        ),
+        (with_(attrs={"x": 2.0}), "attrs.x: 'x' is also a tensor name"),
     ],
 )
 def test_semantic_errors(doc: Any, expected: str) -> None:
@@ -171,6 +190,30 @@ def test_layer_binding_errors() -> None:
     assert any("no parameter named 'v'" in m for m in msgs), msgs
     msgs = messages({**layer_doc(params={"w": {"value": "w", "grad": "dw"}}), "forward": "m:f"})
     assert any("takes method names in layer.forward" in m for m in msgs), msgs
+
+
+def test_frozen_layer_parameter_needs_no_grad_path() -> None:
+    doc = layer_doc(params={"w": {"value": "w"}})
+    assert any("missing grad: where the gradient of differentiable parameter 'w'" in m for m in messages(doc))
+    doc["parameters"] = {"w": {"shape": [4, 3], "grad": False}}
+    assert messages(doc) == []
+
+
+def test_attrs_and_init_may_hold_any_numbers() -> None:
+    doc = layer_doc(params={"w": {"value": "w", "grad": "dw"}}, init={"big": 10**400, "f": 2.0})
+    assert messages({**doc, "attrs": {"eps": float("inf")}}) == []
+
+
+def test_frozen_layer_parameter_needs_no_grad_path() -> None:
+    doc = layer_doc(params={"w": {"value": "w"}})
+    assert any("missing grad: where the gradient of differentiable parameter 'w'" in m for m in messages(doc))
+    doc["parameters"] = {"w": {"shape": [4, 3], "grad": False}}
+    assert messages(doc) == []
+
+
+def test_attrs_and_init_may_hold_any_numbers() -> None:
+    doc = layer_doc(params={"w": {"value": "w", "grad": "dw"}}, init={"big": 10**400, "f": 2.0})
+    assert messages({**doc, "attrs": {"eps": float("inf")}}) == []
 
 
 def test_layer_output_and_input_grads_errors() -> None:
