@@ -204,18 +204,6 @@ def test_attrs_and_init_may_hold_any_numbers() -> None:
     assert messages({**doc, "attrs": {"eps": float("inf")}}) == []
 
 
-def test_frozen_layer_parameter_needs_no_grad_path() -> None:
-    doc = layer_doc(params={"w": {"value": "w"}})
-    assert any("missing grad: where the gradient of differentiable parameter 'w'" in m for m in messages(doc))
-    doc["parameters"] = {"w": {"shape": [4, 3], "grad": False}}
-    assert messages(doc) == []
-
-
-def test_attrs_and_init_may_hold_any_numbers() -> None:
-    doc = layer_doc(params={"w": {"value": "w", "grad": "dw"}}, init={"big": 10**400, "f": 2.0})
-    assert messages({**doc, "attrs": {"eps": float("inf")}}) == []
-
-
 def test_layer_output_and_input_grads_errors() -> None:
     params = {"w": {"value": "w", "grad": "dw"}}
     msgs = messages(layer_doc(params=params, output="out[", input_grads={"y": "dy"}))
