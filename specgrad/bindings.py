@@ -11,11 +11,14 @@ that real layers accumulate across calls never leak between evaluations.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from specgrad.access import AccessPath
+from specgrad.errors import SpecError
 from specgrad.imports import resolve
 from specgrad.model import FunctionBinding, LayerBinding, Spec
 
@@ -77,6 +80,36 @@ class LayerEvaluator:
         self.factory, self.binding, self.inputs, self.attrs = factory, binding, inputs, attrs
         self._warm_up: bool | None = None  # None until the first evaluation decides
 
+    def check_binding(self, tensors: Mapping[str, Any]) -> None:
+        """Located spec errors for a binding that cannot be right: a missing method, or a
+        parameter path that exists neither after construction nor after one forward (a
+        misspelled path would otherwise just add an attribute the layer never reads)."""
+        layer = self.factory(**self.binding.init)
+        for field in ("forward", "backward"):
+            method = getattr(self.binding, field)
+            if not callable(getattr(layer, method, None)):
+                names = [n for n in dir(layer) if not n.startswith("_") and callable(getattr(layer, n, None))]
+                raise self._error(
+                    f"layer.{field}",
+                    f"the layer has no method '{method}'"
+                    f"{_did_you_mean(method, names)} (it has: {', '.join(names)})",
+                )
+        try:
+            self._call(layer, tensors)
+        except Exception:  # noqa: BLE001 - a layer that needs its parameters set to run
+            return
+        for name, where in self.binding.params.items():
+            try:
+                where.value.get(layer)
+            except LookupError as exc:
+                raise self._error(
+                    f"layer.params.{name}.value",
+                    f"{exc}, neither after construction nor after a forward call: is the path misspelled?",
+                ) from None
+
+    def _error(self, field: str, message: str) -> SpecError:
+        return SpecError.at(self.binding.locations.get(field, self.binding.factory.location), field, message)
+
     def forward(self, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
         """A fresh layer holding our parameter arrays by reference, then its forward.
 
@@ -84,6 +117,8 @@ class LayerEvaluator:
         on its first forward and overwrote ours is, from then on, warmed up with one forward
         on a fresh instance before the parameters are set.
         """
+        if self._warm_up is None:
+            self.check_binding(tensors)
         layer = self.factory(**self.binding.init)
         if self._warm_up:
             self._call(layer, tensors)
@@ -171,12 +206,32 @@ def make_evaluator(spec: Spec) -> Evaluator:
             order=tuple(t.name for t in spec.tensors),
             attrs=spec.attrs,
         )
+    factory = resolve(binding.factory, folder)
+    _check_signature(factory, binding)
     return LayerEvaluator(
-        factory=resolve(binding.factory, folder),
+        factory=factory,
         binding=binding,
         inputs=tuple(t.name for t in spec.inputs),
         attrs=spec.attrs,
     )
+
+
+def _check_signature(factory: Callable[..., Any], binding: LayerBinding) -> None:
+    """`init` must fit the constructor: a located error now, not an ERROR per check later."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # builtins and some extension types have none
+        return
+    try:
+        signature.bind(**binding.init)
+    except TypeError as exc:
+        where = binding.locations.get("layer.init", binding.factory.location)
+        raise SpecError.at(where, "layer.init", f"{binding.factory.target}{signature}: {exc}") from None
+
+
+def _did_you_mean(word: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(names), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def grads_by_name(raw: Any, spec: Spec) -> dict[str, Any]:

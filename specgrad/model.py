@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -89,6 +89,8 @@ class LayerBinding:
     params: Mapping[str, ParamLocation]
     output: AccessPath | None = None  # read the output here instead of forward's return value
     input_grads: Mapping[str, AccessPath] | None = None  # instead of backward's return value
+    #: where each field was written ("layer.init", "layer.params.W.value", ...), for errors
+    locations: Mapping[str, Location] = field(default_factory=lambda: MappingProxyType({}))
     convention: Literal["layer"] = "layer"
 
 
@@ -219,7 +221,14 @@ def _binding(raw: RawSpec) -> Binding:
         input_grads=_frozen({k: parse_path(v) for k, v in layer["input_grads"].items()})
         if "input_grads" in layer
         else None,
+        locations=_frozen(_layer_locations(raw)),
     )
+
+
+def _layer_locations(raw: RawSpec) -> dict[str, Location]:
+    fields: list[tuple[str | int, ...]] = [("layer", f) for f in ("init", "forward", "backward")]
+    fields += [("layer", "params", n, "value") for n in raw.data["layer"].get("params") or {}]
+    return {".".join(map(str, f)): raw.locate(f, key=f[-1] in ("forward", "backward")) for f in fields}
 
 
 def _tolerances(raw: RawSpec) -> Mapping[str, Tolerance]:

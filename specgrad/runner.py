@@ -26,6 +26,7 @@ from specgrad.bindings import (
     raw_outputs_of,
 )
 from specgrad.compile import CasePlan
+from specgrad.errors import SpecError
 from specgrad.gradient_check import NumericalSource, judge, numerical_gradient, numerical_source
 from specgrad.model import Spec
 from specgrad.numerics.finite_diff import InconsistentOutput, PerturbationError
@@ -160,6 +161,8 @@ class CaseRun:
     def _call_forward(self) -> tuple[tuple[Any, ...], bool, Any]:
         try:
             raw, state = self.evaluator.forward(self.tensors)
+        except SpecError:
+            raise  # the binding itself is wrong: a located spec error, not a check verdict
         except ContractError as exc:
             raise _Abort(f"forward: {exc}", "contract.forward_output") from None
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code

@@ -140,3 +140,40 @@ def test_frozen_parameter_without_gradient_path(tmp_path: Path, cli) -> None:  #
     result, failing = _run(tmp_path, cli, FROZEN)
     assert result.code == 0 and not failing, result.text
     assert "biases" not in cli("list", tmp_path / "spec.yaml").out
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (
+            ("backward: backward", "backward: backwards"),
+            r"spec\.yaml:\d+:\d+: layer\.backward: the layer has no method 'backwards' \(did you mean 'backward'\?\)",
+        ),
+        (
+            ("init: {n_inputs: 6, n_neurons: 4}", "init: {n_input: 6, n_neurons: 4}"),
+            r"spec\.yaml:7:9: layer\.init: nnfs_style:Layer_Dense\(n_inputs, n_neurons\): .*n_input",
+        ),
+        (
+            ("weights: {value: weights, grad: dweights}", "weights: {value: weight, grad: dweights}"),
+            r"spec\.yaml:\d+:\d+: layer\.params\.weights\.value: cannot read 'weight'.*is the path misspelled\?",
+        ),
+    ],
+)
+def test_layer_binding_mistakes_are_located_spec_errors(
+    tmp_path: Path,
+    cli,
+    edit: tuple[str, str],  # type: ignore[no-untyped-def]
+    pattern: str,
+) -> None:
+    import re
+
+    text = NNFS_DENSE.format(cls="Layer_Dense").replace(
+        "  output: output\n", "  output: output\n  backward: backward\n"
+    )
+    assert edit[0] in text
+    for source in HERE.glob("*.py"):
+        shutil.copy(source, tmp_path / source.name)
+    (tmp_path / "spec.yaml").write_text(text.replace(*edit))
+    result = cli("validate", tmp_path / "spec.yaml")
+    assert result.code == 2, result.text
+    assert re.search(pattern, result.out), result.out
