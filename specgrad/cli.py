@@ -21,11 +21,10 @@ from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES
 from specgrad.reporting.console import ConsoleReporter
 from specgrad.reporting.json_report import JsonReporter
-from specgrad.results import CheckResult, RunSummary, Status
+from specgrad.results import EXIT_INTERNAL, CheckResult, RunSummary, Status
 from specgrad.select import Matcher, compile_expression
 
-EXIT_INTERNAL = 3
-EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a killed pipe writer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if exc.code == 0 else 2
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `specgrad list ... | head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except UsageError as exc:
         print(f"specgrad: error: {exc}", file=sys.stderr)
         return 2
@@ -69,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DTYPE",
         help="only these of each spec's dtypes (repeat or comma-separate)",
     )
-    select.add_argument("--seed", type=int, help="override every spec's seed")
+    select.add_argument("--seed", type=_seed, help="override every spec's seed (0 to 2**32-1)")
 
     p = sub.add_parser("validate", parents=[common, select], help="run the gradient checks")
     p.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report")
@@ -86,27 +88,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def discover(paths: Sequence[Path]) -> list[Path]:
-    """Spec files under `paths`: *.yaml / *.yml, recursively, skipping hidden folders."""
-    found: list[Path] = []
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0 to 2**32-1")
+    return value
+
+
+def discover(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
+    """(file, named explicitly) for the spec files under `paths`: *.yaml / *.yml,
+    recursively, skipping hidden folders."""
+    found: list[tuple[Path, bool]] = []
     for path in paths:
         if path.is_file():
-            found.append(path)
+            found.append((path, True))
         elif path.is_dir():
             found.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.suffix in (".yaml", ".yml")
-                    and p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                )
+                (p, False)
+                for p in sorted(path.rglob("*"))
+                if p.suffix in (".yaml", ".yml")
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
         else:
             raise UsageError(f"{path}: no such file or folder")
     if not found:
         raise UsageError(f"no spec files (*.yaml, *.yml) under {', '.join(map(str, paths))}")
-    return list(dict.fromkeys(found))
+    explicit: dict[Path, bool] = {}
+    for p, named in found:
+        explicit[p] = explicit.get(p, False) or named
+    return list(explicit.items())
 
 
 def _dtypes(values: list[str] | None) -> list[str] | None:
@@ -119,12 +133,19 @@ def _dtypes(values: list[str] | None) -> list[str] | None:
     return out
 
 
-def _load(files: list[Path], summary: RunSummary, reporter: ConsoleReporter | None) -> list[Spec]:
+def _load(
+    files: list[tuple[Path, bool]], summary: RunSummary, reporter: ConsoleReporter | None
+) -> list[Spec]:
+    """Parse every file; errors are collected, never raised. A YAML file found by walking a
+    folder that has no top-level `specgrad:` key is not a spec and is skipped with a note."""
     from specgrad.validate import parse_spec
 
     specs: dict[str, Spec] = {}
-    for file in files:
+    for file, named in files:
         try:
+            if not named and not _looks_like_spec(file):
+                summary.notes.append(f"skipped {file}: no top-level 'specgrad:' key, not a spec")
+                continue
             spec = parse_spec(file)
             if spec.name in specs:  # check ids would collide
                 first = specs[spec.name].name_location
@@ -138,7 +159,36 @@ def _load(files: list[Path], summary: RunSummary, reporter: ConsoleReporter | No
             summary.spec_errors.extend(exc.issues)
             if reporter is not None:
                 reporter.spec_errors(exc.issues)
+        except Exception as exc:  # noqa: BLE001 - a bug must not stop the other specs
+            _internal(summary, reporter, file, "reading", exc)
     return list(specs.values())
+
+
+def _looks_like_spec(file: Path) -> bool:
+    from specgrad.loader import load_spec
+
+    try:
+        raw = load_spec(file)
+    except SpecError:
+        return True  # unreadable: let parse_spec report it, located
+    return not isinstance(raw.data, dict) or "specgrad" in raw.data
+
+
+def _internal(
+    summary: RunSummary, reporter: ConsoleReporter | None, file: Path, doing: str, exc: BaseException
+) -> None:
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    issue = SpecIssue(
+        Location(file),
+        "",
+        f"internal error while {doing} this spec (please report "
+        f"it; SPECGRAD_DEBUG=1 shows the traceback): {detail}",
+    )
+    summary.internal_errors.append(issue)
+    if reporter is not None:
+        reporter.spec_errors([issue])
+    if os.environ.get("SPECGRAD_DEBUG"):
+        traceback.print_exception(exc)
 
 
 def _plans(spec: Spec, args: argparse.Namespace, matcher: Matcher | None) -> tuple[CasePlan, ...]:
@@ -149,6 +199,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     files = discover(args.paths)
     matcher = compile_expression(args.keyword) if args.keyword else None
     _dtypes(args.dtype)
+    _check_report_path(args.json)
     reporter = ConsoleReporter(verbosity=args.verbose - args.quiet)
     summary = RunSummary()
     results: list[CheckResult] = []
@@ -167,8 +218,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
         reporter.spec_results(results)
     reporter.closing(summary)
     if args.json:
-        JsonReporter(args.json).write(summary)
-    return EXIT_INTERRUPTED if summary.interrupted else summary.exit_code
+        try:
+            JsonReporter(args.json).write(summary)
+        except OSError as exc:
+            raise UsageError(f"--json {args.json}: cannot write the report: {exc}") from None
+    return summary.exit_code
+
+
+def _check_report_path(path: Path | None) -> None:
+    """Refuse an unwritable report path before running anything, not after."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"--json {path}: is a folder, expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--json {path}: cannot create its folder: {exc}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--json {path}: folder {path.parent} is not writable")
 
 
 def _run_one(
@@ -195,10 +263,7 @@ def _run_one(
         summary.spec_errors.extend(exc.issues)
         reporter.spec_errors(exc.issues)
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other specs
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        issue = SpecIssue(Location(spec.path), "", f"internal error while checking: {detail}")
-        summary.spec_errors.append(issue)
-        reporter.spec_errors([issue])
+        _internal(summary, reporter, spec.path, "checking", exc)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -212,9 +277,11 @@ def cmd_lint(args: argparse.Namespace) -> int:
             f"ok {spec.path} ({spec.name}: {len(spec.dtypes)} dtype(s) x {len(spec.cases)} "
             f"case(s), {n} checks)"
         )
-    bad = len(files) - len(specs)
+    for note in summary.notes:
+        print(f"note: {note}")
+    bad = len({i.location.file for i in summary.spec_errors + summary.internal_errors})
     print(f"{len(specs)} spec(s) ok, {bad} invalid")
-    return 2 if summary.spec_errors else 0
+    return _static_exit(summary)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -226,7 +293,12 @@ def cmd_list(args: argparse.Namespace) -> int:
         for plan in _plans(spec, args, matcher):
             for target in plan.targets:
                 print(plan.check_id(target))
-    return 2 if summary.spec_errors else 0
+    return _static_exit(summary)
+
+
+def _static_exit(summary: RunSummary) -> int:
+    """lint and list: 3 internal error, 2 an invalid spec, else 0."""
+    return EXIT_INTERNAL if summary.internal_errors else 2 if summary.spec_errors else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,10 @@ from specgrad.errors import SpecIssue
 from specgrad.numerics.compare import Comparison
 from specgrad.numerics.tolerance import Tolerance
 
+EXIT_INTERNAL = 3
+EXIT_NOTHING_SELECTED = 5
+EXIT_INTERRUPTED = 130
+
 
 class Status(str, Enum):
     PASS = "PASS"
@@ -71,6 +75,8 @@ class CheckResult:
 class RunSummary:
     results: list[CheckResult] = field(default_factory=list)
     spec_errors: list[SpecIssue] = field(default_factory=list)
+    internal_errors: list[SpecIssue] = field(default_factory=list)  # bugs in specgrad itself
+    notes: list[str] = field(default_factory=list)
     specs_checked: int = 0
     interrupted: bool = False
 
@@ -79,11 +85,17 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
+        """130 interrupted, 3 internal error, 2 invalid spec, 1 a check failed or errored,
+        5 nothing was selected, 0 every selected check passed."""
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if self.internal_errors:
+            return EXIT_INTERNAL
         if self.spec_errors:
             return 2
         if any(r.status in (Status.FAIL, Status.ERROR) for r in self.results):
             return 1
-        return 0
+        return 0 if self.results else EXIT_NOTHING_SELECTED
 
     def closing_line(self) -> str:
         passed = self.count(Status.PASS)

@@ -99,12 +99,12 @@ class ConsoleReporter:
                 self._line(f"  {line}")
 
     def closing(self, summary: RunSummary) -> None:
+        for note in summary.notes:
+            self._line(f"note: {note}", "dim")
+        if not summary.results and not summary.spec_errors and not summary.internal_errors:
+            self._line("no checks selected (see -k, --dtype and each spec's dtypes and cases)", "yellow")
         if summary.interrupted:
             self._line("interrupted: the results above are the checks that finished", "yellow")
         if summary.spec_errors:
             self._line(f"{len(summary.spec_errors)} spec error(s)", "red")
         self.console.print(Text(summary.closing_line()), soft_wrap=True)
-
-
-def group_by_spec(results: list[CheckResult]) -> list[list[CheckResult]]:
-    return [list(g) for _, g in groupby(results, key=lambda r: (r.file, r.spec))]

@@ -45,6 +45,10 @@ class JsonReporter:
                 "skipped": summary.count(Status.SKIP),
                 "spec_errors": len(summary.spec_errors),
             },
+            "notes": summary.notes,
+            "internal_errors": [
+                {"file": str(i.location.file), "message": i.message} for i in summary.internal_errors
+            ],
             "spec_errors": [
                 {
                     "file": str(i.location.file),

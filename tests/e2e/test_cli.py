@@ -137,6 +137,39 @@ def test_duplicate_spec_names_are_an_error(write, cli) -> None:  # type: ignore[
     assert result.out.splitlines()[-1] == "14 passed, 0 failed"
 
 
+def test_nothing_selected_is_exit_5(write, cli) -> None:  # type: ignore[no-untyped-def]
+    write("layers.py", LAYERS)
+    spec = write("s.yaml", GOOD)
+    for argv in (["-k", "flaot32"], ["--dtype", "float16"]):
+        result = cli("validate", spec, *argv)
+        assert result.code == 5, result.text
+        assert "no checks selected" in result.out and result.out.splitlines()[-1] == "0 passed, 0 failed"
+
+
+def test_non_spec_yaml_in_a_folder_is_skipped_with_a_note(write, cli) -> None:  # type: ignore[no-untyped-def]
+    write("layers.py", LAYERS)
+    write("s.yaml", GOOD)
+    env = write("environment.yml", "name: myenv\ndependencies: [numpy]\n")
+    result = cli("validate", env.parent, "-q")
+    assert result.code == 0, result.text
+    assert "note: skipped" in result.out and "environment.yml: no top-level 'specgrad:' key" in result.out
+    named = cli("validate", env)  # named on the command line: it must be a spec
+    assert named.code == 2 and "missing required field 'specgrad'" in named.out
+
+
+def test_report_file_is_readable_like_any_file(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    write("layers.py", LAYERS)
+    spec = write("s.yaml", GOOD)
+    old = os.umask(0o022)
+    try:
+        cli("validate", spec, "--json", tmp_path / "r.json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_fail_fast(write, cli) -> None:  # type: ignore[no-untyped-def]
     write("layers.py", LAYERS.replace("x.T @ g", "2 * x.T @ g"))
     write("a.yaml", GOOD)
@@ -161,7 +194,7 @@ def test_interrupt_reports_what_finished(tmp_path: Path, write, cli) -> None:  #
     assert result.code == 130
     assert "interrupted" in result.out and result.out.splitlines()[-1].endswith("passed, 0 failed")
     doc = json.loads(report.read_text())
-    assert doc["interrupted"] is True
+    assert doc["interrupted"] is True and doc["exit_code"] == 130
     slow = [c for c in doc["checks"] if c["spec"] == "slow"]
     assert doc["summary"]["passed"] == 14 + len(slow) and 0 < len(slow) < 14
 
@@ -398,7 +431,10 @@ def test_bad_callable(write, cli, name: str) -> None:  # type: ignore[no-untyped
         (["validate", "does/not/exist"], r"does/not/exist: no such file or folder"),
         (["validate", "{dir}", "--dtype", "float8"], r"--dtype 'float8': expected one of"),
         (["validate", "{dir}", "-k", "a and"], r"-k 'a and': expression ends too early"),
-        (["validate", "{dir}", "--seed", "x"], r"invalid int value"),
+        (["validate", "{dir}", "--seed", "x"], r"argument --seed: expected an integer, got 'x'"),
+        (["validate", "{dir}", "--seed", "-1"], r"argument --seed: -1 is outside 0 to 2\*\*32-1"),
+        (["validate", "{dir}", "--json", "{dir}"], r"--json .*: is a folder, expected a file path"),
+        (["validate", "{dir}", "--json", "{dir}/s.yaml/r.json"], r"--json .*: cannot create its folder"),
         (["frobnicate"], r"invalid choice"),
         (["validate", "{empty}"], r"no spec files"),
     ],
@@ -431,6 +467,29 @@ def test_lint_reports_all_invalid_files(write, cli) -> None:  # type: ignore[no-
 
 
 # --- subprocess: the real entry point ------------------------------------------------------
+
+
+def test_list_into_a_closed_pipe(tmp_path: Path) -> None:
+    """More ids than a pipe buffer holds, read by `head -1`: specgrad stops quietly."""
+    import os
+    import subprocess
+    import sys
+
+    for k in range(8):
+        for spec in SPECS.glob("*.yaml"):
+            text = spec.read_text().replace("\nname: ", f"\nname: copy{k}_", 1)
+            (tmp_path / f"{k}_{spec.name}").write_text(text)
+    cmd = f"'{sys.executable}' -m specgrad list '{tmp_path}' | head -1"
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SPECS.parent)},
+        timeout=120,
+    )
+    assert proc.stdout.strip() == "copy0_attention[float32,random]::q"
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
 
 
 def test_module_entry_point_in_a_fresh_interpreter(tmp_path: Path) -> None:
