@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -264,7 +264,7 @@ def _match(raw: Any, names: Sequence[str], diff: Sequence[str], allow_ignore: bo
         if missing or extra:
             raise ContractError(_mismatch_text(list(raw), diff, missing, extra))
         return {n: raw[n] for n in diff}
-    items = list(raw) if isinstance(raw, (tuple, list)) else [raw]
+    items = list(raw) if isinstance(raw, (tuple, list, Iterator)) else [raw]
     if raw is None:
         raise ContractError(f"backward returned None; expected gradients for {_names(diff)}")
     if len(items) == len(diff):

@@ -102,6 +102,10 @@ def test_grads_by_name_rejects(tmp_path: Path, raw: Any, fragment: str) -> None:
         grads_by_name(raw, _spec(tmp_path, FUNCTIONAL))
 
 
+def test_gradients_from_a_generator(tmp_path: Path) -> None:
+    assert grads_by_name((g for g in (1, 2)), _spec(tmp_path, FUNCTIONAL)) == {"x": 1, "w": 2}
+
+
 def test_single_gradient_may_be_bare(tmp_path: Path) -> None:
     spec = _spec(tmp_path, {"forward": "m:f", "backward": "m:b", "inputs": {"x": {"shape": [2]}}})
     assert grads_by_name("g", spec) == {"x": "g"}

@@ -97,6 +97,16 @@ def test_same_values_across_dtypes_up_to_rounding() -> None:
     assert np.array_equal(x32, x64.astype(np.float32))
 
 
+def test_special_values_differ_between_tensors() -> None:
+    from specgrad.numerics.inputs import make_inputs
+
+    loc = Location(Path("s.yaml"))
+    case = Case("special", {"a": Fill("special"), "b": Fill("special")}, loc)
+    arrays = make_inputs(_spec_with({"a": (2, 3), "b": (2, 3)}), case, "float32", 0)  # type: ignore[arg-type]
+    assert arrays["a"].reshape(-1).tolist() == [0.0, 0.5, 1.0, 1.5, -1.0, -0.5]
+    assert arrays["b"].reshape(-1).tolist() == [0.5, 1.0, 1.5, -1.0, -0.5, 0.0]
+
+
 def test_upstream_is_seeded_per_output() -> None:
     a = make_upstream({0: (3,), 2: (2, 2)}, "float32", 1)
     b = make_upstream({0: (3,), 2: (2, 2)}, "float32", 1)
