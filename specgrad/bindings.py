@@ -55,16 +55,22 @@ class FunctionEvaluator:
         result = self.forward_fn(*args, **self.attrs)
         if not self.cached:
             return result, args
-        if not isinstance(result, (tuple, list)) or len(result) != 2:
+        if not isinstance(result, (tuple, list)) or len(result) < 2:
             raise ContractError(
-                f"cached-convention forward must return (out, cache), got {_describe(result)}"
+                f"cached-convention forward must return (out, cache) or (out1, ..., outK, cache), "
+                f"got {_describe(result)}"
             )
-        return result[0], result[1]
+        if len(result) == 2:
+            return result[0], (result[1], False)
+        return tuple(result[:-1]), (result[-1], True)  # CS231n's (next_h, next_c, cache)
 
     def backward(self, state: Any, grad_out: Any) -> Any:
-        if self.cached:
-            return self.backward_fn(grad_out, state)
-        return self.backward_fn(grad_out, *state, **self.attrs)
+        if not self.cached:
+            return self.backward_fn(grad_out, *state, **self.attrs)
+        cache, flat = state
+        if flat:  # backward(dnext_h, dnext_c, cache), as its forward returned them
+            return self.backward_fn(*grad_out, cache)
+        return self.backward_fn(grad_out, cache)
 
 
 class LayerEvaluator:

@@ -177,3 +177,30 @@ def test_layer_binding_mistakes_are_located_spec_errors(
     result = cli("validate", tmp_path / "spec.yaml")
     assert result.code == 2, result.text
     assert re.search(pattern, result.out), result.out
+
+
+LSTM = """\
+specgrad: 1
+name: cs231n_lstm_step
+description: CS231n LSTM step; forward returns (next_h, next_c, cache), backward(dnext_h, dnext_c, cache)
+convention: cached
+forward: cs231n_style:lstm_step_forward
+backward: cs231n_style:{backward}
+inputs:
+  x: {{shape: [3, 4]}}
+  prev_h: {{shape: [3, 5]}}
+  prev_c: {{shape: [3, 5]}}
+parameters:
+  Wx: {{shape: [4, 20]}}
+  Wh: {{shape: [5, 20]}}
+  b: {{shape: [20]}}
+"""
+
+
+@pytest.mark.parametrize("backward, wrong", [("lstm_step_backward", set()),
+                                             ("lstm_step_backward_buggy", {"prev_c"})])
+def test_cs231n_lstm_with_two_outputs_and_a_cache(tmp_path: Path, cli, backward: str,  # type: ignore[no-untyped-def]
+                                                   wrong: set[str]) -> None:
+    result, failing = _run(tmp_path, cli, LSTM.format(backward=backward))
+    assert failing == wrong, result.text
+    assert result.code == (1 if wrong else 0)

@@ -55,3 +55,48 @@ def conv_backward_naive(dout, cache):
                     dx_pad[n, :, hs:hs + HH, ws:ws + WW] += w[f] * dout[n, f, i, j]
     dx = dx_pad[:, :, pad:pad + H, pad:pad + W]
     return dx, dw, db
+
+
+def sigmoid(x):
+    pos = x >= 0
+    z = np.exp(np.where(pos, -x, x))
+    return np.where(pos, 1 / (1 + z), z / (1 + z))
+
+
+def lstm_step_forward(x, prev_h, prev_c, Wx, Wh, b):
+    N, H = prev_h.shape
+    a = x.dot(Wx) + prev_h.dot(Wh) + b
+    i = sigmoid(a[:, :H])
+    f = sigmoid(a[:, H:2 * H])
+    o = sigmoid(a[:, 2 * H:3 * H])
+    g = np.tanh(a[:, 3 * H:])
+    next_c = f * prev_c + i * g
+    next_h = o * np.tanh(next_c)
+    cache = (x, prev_h, prev_c, Wx, Wh, i, f, o, g, next_c)
+    return next_h, next_c, cache
+
+
+def lstm_step_backward(dnext_h, dnext_c, cache):
+    x, prev_h, prev_c, Wx, Wh, i, f, o, g, next_c = cache
+    tc = np.tanh(next_c)
+    do = dnext_h * tc
+    dc = dnext_c + dnext_h * o * (1 - tc ** 2)
+    df = dc * prev_c
+    dprev_c = dc * f
+    di = dc * g
+    dg = dc * i
+    da = np.hstack([di * i * (1 - i), df * f * (1 - f), do * o * (1 - o), dg * (1 - g ** 2)])
+    dx = da.dot(Wx.T)
+    dprev_h = da.dot(Wh.T)
+    dWx = x.T.dot(da)
+    dWh = prev_h.T.dot(da)
+    db = da.sum(axis=0)
+    return dx, dprev_h, dprev_c, dWx, dWh, db
+
+
+def lstm_step_backward_buggy(dnext_h, dnext_c, cache):
+    """Forgets that next_h also flows into the cell gradient."""
+    x, prev_h, prev_c, Wx, Wh, i, f, o, g, next_c = cache
+    grads = lstm_step_backward(dnext_h, dnext_c, cache)
+    dprev_c = dnext_c * f
+    return grads[0], grads[1], dprev_c, grads[3], grads[4], grads[5]
