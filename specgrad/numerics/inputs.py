@@ -20,8 +20,9 @@ def _rng(seed: int, *keys: str | int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
-def fill_array(fill: Fill, shape: tuple[int, ...], dtype: str, rng: np.random.Generator,
-               start: int = 0) -> np.ndarray:
+def fill_array(
+    fill: Fill, shape: tuple[int, ...], dtype: str, rng: np.random.Generator, start: int = 0
+) -> np.ndarray:
     """One tensor's host values; float64 draws are rounded once to `dtype`. Special values
     are cycled from position `start` of their list."""
     size = int(np.prod(shape, dtype=np.int64))

@@ -61,6 +61,8 @@ class ConsoleReporter:
             self.console.print(self._table(shown, title=f"{results[0].spec}  ({results[0].file})"))
             if len(results) > len(shown):
                 self._line(f"  + {len(results) - len(shown)} contract checks passed (-v lists them)", "dim")
+            for note in dict.fromkeys(r.note for r in results if r.note):
+                self._line(f"  note: {note}", "yellow")
         self._details(bad)
         if self.verbosity >= 0:
             self.console.print()
@@ -69,7 +71,7 @@ class ConsoleReporter:
         table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, pad_edge=False)
         columns = ["check", "dtype", "case", "max abs err", "max rel err", "status"]
         if self.verbosity > 0:
-            columns.append("noise floor")
+            columns += ["noise floor", "numerical in"]
         for col in columns:
             table.add_column(col, justify="right" if col.startswith(("max", "noise")) else "left")
         for r in shown:
@@ -83,7 +85,7 @@ class ConsoleReporter:
                 Text(str(r.status), style=_STYLE[r.status]),
             ]
             if self.verbosity > 0:
-                row.append(Text(_fmt(c.noise_floor if c else None)))
+                row += [Text(_fmt(c.noise_floor if c else None)), Text(r.numerical_dtype or "-")]
             table.add_row(*row)
         return table
 
