@@ -1,7 +1,8 @@
 """Side by side, in one run: the seed recipe's numerical gradient (a copy of the tensor per
 element, L = sum(f * g) in the check's dtype) against specgrad's in-place loop (float64
-differences, step actually taken, noise estimate), on zoo layers. Prints seconds and the
-ratio, plus how far each estimate is from the float64 analytical gradient.
+differences, steps actually taken, noise estimate) in the same dtype, and, for float32, the
+float64 oracle specgrad uses by default. Prints seconds, the ratio to the seed recipe, and
+how far each estimate is from the float64 analytical gradient.
 
     python benchmarks/per_element_loop.py [--repeat 3]
 
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     print(f"{'layer':24} {'dtype':8} {'seed s':>8} {'specgrad s':>10} {'ratio':>6} "
-          f"{'seed max err':>13} {'specgrad max err':>16}")
+          f"{'seed max err':>13} {'specgrad max err':>16} {'oracle s':>9} {'oracle max err':>15}")
     for dtype, eps in (("float32", 1e-3), ("float64", 1e-6)):
         for name, f, backward, shape in cases(dtype):
             rng = np.random.default_rng(1)
@@ -84,8 +85,17 @@ def main() -> None:
                 args.repeat)
             err_seed = float(np.max(np.abs(n_seed.astype(np.float64) - exact)))
             err_ours = float(np.max(np.abs(n_ours - exact)))
+            oracle = ""
+            if dtype != "float64":  # the same values in float64, float64 step: what specgrad runs
+                x64, g64 = x.astype(np.float64), g.astype(np.float64)
+                forward64 = next(c[1] for c in cases("float64") if c[0] == name)
+                t_or, n_or = timed(lambda: central_difference(
+                    lambda: (forward64(x64),), x64, [g64], 1e-6, UNIT_ROUNDOFF["float64"], np).value,
+                    args.repeat)
+                exact64 = next(c[2] for c in cases("float64") if c[0] == name)(g64, x64)
+                oracle = f" {t_or:9.3f} {float(np.max(np.abs(n_or - exact64))):15.2e}"
             print(f"{name:24} {dtype:8} {t_seed:8.3f} {t_ours:10.3f} {t_ours / t_seed:6.2f} "
-                  f"{err_seed:13.2e} {err_ours:16.2e}")
+                  f"{err_seed:13.2e} {err_ours:16.2e}{oracle}")
 
 
 if __name__ == "__main__":
