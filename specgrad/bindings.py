@@ -66,11 +66,11 @@ class FunctionEvaluator:
 
     def backward(self, state: Any, grad_out: Any) -> Any:
         if not self.cached:
-            return self.backward_fn(grad_out, *state, **self.attrs)
+            return _materialized(self.backward_fn(grad_out, *state, **self.attrs))
         cache, flat = state
         if flat:  # backward(dnext_h, dnext_c, cache), as its forward returned them
-            return self.backward_fn(*grad_out, cache)
-        return self.backward_fn(grad_out, cache)
+            return _materialized(self.backward_fn(*grad_out, cache))
+        return _materialized(self.backward_fn(grad_out, cache))
 
 
 class LayerEvaluator:
@@ -144,7 +144,7 @@ class LayerEvaluator:
 
     def backward(self, state: Any, grad_out: Any) -> Any:
         layer = state
-        input_grads = getattr(layer, self.binding.backward)(grad_out)
+        input_grads = _materialized(getattr(layer, self.binding.backward)(grad_out))
         if self.binding.input_grads is not None:
             input_grads = {
                 n: self._read(layer, p, f"the gradient of input '{n}'")
@@ -185,6 +185,12 @@ def _same_shape(name: str, existing: Any, ours: Any) -> None:
             f"the layer made parameter '{name}' with shape {tuple(shape)}, "
             f"the spec declares {tuple(ours.shape)}"
         )
+
+
+def _materialized(result: Any) -> Any:
+    """A backward written as a generator runs its body here, inside the user-code call,
+    not later while its gradients are read (after the mutation check)."""
+    return tuple(result) if isinstance(result, Iterator) else result
 
 
 def _holds(layer: Any, path: Any, array: Any) -> bool:

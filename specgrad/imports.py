@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -37,14 +38,15 @@ def resolve(ref: ImportRef, folder: Path) -> Any:
     return obj
 
 
-#: spec folders specgrad put on sys.path, and the modules each of them provided
-_FOLDERS: dict[str, set[str]] = {}
+#: every spec folder seen, and the one specgrad put first on sys.path (only that entry is
+#: ever removed again: the user's own sys.path and PYTHONPATH entries are left alone)
+_SPEC_FOLDERS: set[str] = set()
+_INSERTED: list[str] = []
 
 
 def _import_module(ref: ImportRef, name: str, folder: Path) -> Any:
     _enter(folder)
     _drop_shadowed(name.split(".")[0], folder)
-    before = set(sys.modules)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -58,24 +60,35 @@ def _import_module(ref: ImportRef, name: str, folder: Path) -> Any:
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any error in user module code
         raise SpecError.at(ref.location, ref.field, _import_failure(name, exc)) from None
-    finally:
-        _record(folder, before)
 
 
 def _enter(folder: Path) -> None:
-    """Make `folder` the only spec folder on sys.path, first, and forget the modules other
-    spec folders provided: two folders with their own `layers.py` (or `helpers.py` that
-    their layers import) each get their own. Callables resolved earlier keep working."""
+    """Put `folder` first on sys.path (instead of the spec folder before it) and forget every
+    module loaded from another spec folder that this one would not load itself: two folders
+    with their own `layers.py`, or `helpers.py` their layers import (at import time or when
+    called), each get their own. Callables resolved earlier keep their modules."""
     key = str(folder)
-    for other, modules in _FOLDERS.items():
-        while other in sys.path:
-            sys.path.remove(other)
-        if other != key:
-            for module in modules:
-                sys.modules.pop(module, None)
+    while _INSERTED:
+        entry = _INSERTED.pop()
+        if entry in sys.path:
+            sys.path.remove(entry)  # the first occurrence: the one specgrad put in front
     sys.path.insert(0, key)
-    _FOLDERS.setdefault(key, set())
+    _INSERTED.append(key)
+    _SPEC_FOLDERS.add(key)
+    prefixes = tuple(f + os.sep for f in _SPEC_FOLDERS)
+    for module_name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if origin and origin.startswith(prefixes) and not _provided_by(key, module_name, origin):
+            del sys.modules[module_name]
     importlib.invalidate_caches()
+
+
+def _provided_by(folder: str, module_name: str, origin: str) -> bool:
+    """Whether importing `module_name` with `folder` first on sys.path loads `origin`."""
+    top = module_name.split(".")[0]
+    return origin == os.path.join(folder, f"{top}.py") or origin.startswith(
+        os.path.join(folder, top) + os.sep
+    )
 
 
 def _drop_shadowed(top: str, folder: Path) -> None:
@@ -86,13 +99,6 @@ def _drop_shadowed(top: str, folder: Path) -> None:
         return
     for module in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
         del sys.modules[module]
-
-
-def _record(folder: Path, before: set[str]) -> None:
-    for module in set(sys.modules) - before:
-        origin = getattr(sys.modules.get(module), "__file__", None)
-        if origin and Path(origin).resolve().is_relative_to(folder):
-            _FOLDERS[str(folder)].add(module)
 
 
 def _import_failure(name: str, exc: BaseException) -> str:

@@ -84,6 +84,7 @@ class CaseRun:
         self.verdicts: dict[str, tuple[Status, str]] = {}
         self.blocked: str | None = None  # why gradient checks cannot run
         self.source: NumericalSource | None = None  # float64 oracle or own dtype, chosen once
+        self.scale: float | None = None
 
     # -- orchestration --------------------------------------------------------------
 
@@ -299,16 +300,16 @@ class CaseRun:
             return self._result(name, Status.FAIL, self.grad_problems[name])
         start = time.perf_counter()
         if self.source is None:
-            self.source = numerical_source(self.plan, self.evaluator, self.tensors, self.outputs, self.xp)
+            self.source = numerical_source(self.plan, self._evaluate, self.tensors, self.outputs, self.xp)
         try:
-            numerical = numerical_gradient(
-                name, self.plan, self.source, self._evaluate, self.upstream64, self.xp
+            numerical, dtype, note = numerical_gradient(
+                name, self.source, self.plan, self._evaluate, self.upstream64, self.xp
             )
         except PerturbationError as exc:
             return self._result(
                 name, Status.ERROR, self._perturbation_text(name, exc), duration=time.perf_counter() - start
             )
-        v = judge(name, self.plan, self.source, self.grads[name], numerical, self.xp)
+        v = judge(name, self.plan, dtype, self.grads[name], numerical, self._case_scale(), self.xp)
         status = Status.FAIL if not v.passed else Status.ERROR if v.message else Status.PASS
         return self._result(
             name,
@@ -316,10 +317,20 @@ class CaseRun:
             v.message,
             comparison=v.comparison,
             tolerance=v.tolerance,
-            numerical_dtype=self.source.dtype,
-            note=self.source.note,
+            numerical_dtype=dtype,
+            note=note,
             duration=time.perf_counter() - start,
         )
+
+    def _case_scale(self) -> float:
+        """The largest finite analytical gradient over every tensor of the case."""
+        if self.scale is None:
+            xp = self.xp
+            sizes = [
+                float(xp.max(xp.abs(xp.where(xp.isfinite(g), g, 0)))) for g in self.grads.values() if g.size
+            ]
+            self.scale = max(sizes, default=0.0)
+        return self.scale
 
     def _perturbation_text(self, name: str, exc: PerturbationError) -> str:
         if exc.index is None:
