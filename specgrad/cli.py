@@ -199,7 +199,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     files = discover(args.paths)
     matcher = compile_expression(args.keyword) if args.keyword else None
     _dtypes(args.dtype)
-    _check_report_path(args.json)
+    _check_report_path(args.json, [f for f, _ in files])
     reporter = ConsoleReporter(verbosity=args.verbose - args.quiet)
     summary = RunSummary()
     results: list[CheckResult] = []
@@ -225,10 +225,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _check_report_path(path: Path | None) -> None:
-    """Refuse an unwritable report path before running anything, not after."""
+def _check_report_path(path: Path | None, specs: list[Path]) -> None:
+    """Refuse an unwritable report path before running anything, not after, and never
+    overwrite a spec (`--json a.yaml b.yaml` is an easy slip)."""
     if path is None:
         return
+    if path.suffix in (".yaml", ".yml") or any(path.resolve() == s.resolve() for s in specs):
+        raise UsageError(
+            f"--json {path}: refusing to write the report over a spec file "
+            "(the option takes the report's path: --json report.json)"
+        )
     if path.is_dir():
         raise UsageError(f"--json {path}: is a folder, expected a file path")
     try:

@@ -184,10 +184,12 @@ def _cases(raw: RawSpec, tensors: tuple[TensorSpec, ...]) -> tuple[Case, ...]:
             out.append(Case("random", _frozen({}), loc))
         elif case == "special":
             # only default-style random fills: bounded uniform fills encode a domain, and
-            # npy / constant / integers fills are data the author chose on purpose
+            # npy / constant / integers fills are data the author chose on purpose. The k-th
+            # tensor starts k places into the list, so two tensors of one shape (a loss's
+            # prediction and target) never hold identical values.
             fills = {
-                t.name: Fill("special")
-                for t in tensors
+                t.name: Fill("special", values=SPECIAL_VALUES[k % 6 :] + SPECIAL_VALUES[: k % 6])
+                for k, t in enumerate(tensors)
                 if t.grad and t.dtype is None and t.fill.kind == "normal"
             }
             out.append(Case("special", _frozen(fills), loc))

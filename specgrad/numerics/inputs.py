@@ -20,11 +20,8 @@ def _rng(seed: int, *keys: str | int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
-def fill_array(
-    fill: Fill, shape: tuple[int, ...], dtype: str, rng: np.random.Generator, start: int = 0
-) -> np.ndarray:
-    """One tensor's host values; float64 draws are rounded once to `dtype`. Special values
-    are cycled from position `start` of their list."""
+def fill_array(fill: Fill, shape: tuple[int, ...], dtype: str, rng: np.random.Generator) -> np.ndarray:
+    """One tensor's host values; float64 draws are rounded once to `dtype`."""
     size = int(np.prod(shape, dtype=np.int64))
     values: np.ndarray
     if fill.kind == "normal":
@@ -34,8 +31,7 @@ def fill_array(
     elif fill.kind == "integers":
         values = rng.integers(int(fill.low), int(fill.high), size)
     elif fill.kind in ("special", "constant"):
-        cycle = np.roll(np.asarray(fill.values, dtype=np.float64), -start)
-        values = np.resize(cycle, size)
+        values = np.resize(np.asarray(fill.values, dtype=np.float64), size)
     elif fill.kind == "npy":
         assert fill.path is not None
         loaded = np.load(fill.path, allow_pickle=False)
@@ -52,12 +48,10 @@ def tensor_fill(tensor: TensorSpec, case: Case) -> Fill:
 
 
 def make_inputs(spec: Spec, case: Case, dtype: str, seed: int) -> dict[str, np.ndarray]:
-    """Host arrays for every tensor of `spec` in `case`, in spec order. The k-th tensor's
-    special values start k places into their list, so two tensors of one shape (a loss's
-    prediction and target, say) never hold identical values."""
+    """Host arrays for every tensor of `spec` in `case`, in spec order."""
     return {
-        t.name: fill_array(tensor_fill(t, case), t.shape, t.dtype_in(dtype), _rng(seed, t.name), start=k)
-        for k, t in enumerate(spec.tensors)
+        t.name: fill_array(tensor_fill(t, case), t.shape, t.dtype_in(dtype), _rng(seed, t.name))
+        for t in spec.tensors
     }
 
 

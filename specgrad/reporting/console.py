@@ -7,6 +7,7 @@ plain text with a fixed width so logs stay greppable. The last line is always ex
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from itertools import groupby
@@ -26,11 +27,19 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2e}"
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader of stdout left (`| head`): print nothing more, but let the run finish
+        and its reports be written; rich's default exits with 1, a failure code."""
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())
+
+
 class ConsoleReporter:
     def __init__(self, stream: IO[str] | None = None, verbosity: int = 0) -> None:
         stream = stream or sys.stdout
         tty = stream.isatty()
-        self.console = Console(
+        self.console = _Console(
             file=stream,
             width=None if tty else 160,
             no_color=not tty,
@@ -103,7 +112,7 @@ class ConsoleReporter:
     def closing(self, summary: RunSummary) -> None:
         for note in summary.notes:
             self._line(f"note: {note}", "dim")
-        if not summary.results and not summary.spec_errors and not summary.internal_errors:
+        if not (summary.results or summary.spec_errors or summary.internal_errors or summary.interrupted):
             self._line("no checks selected (see -k, --dtype and each spec's dtypes and cases)", "yellow")
         if summary.interrupted:
             self._line("interrupted: the results above are the checks that finished", "yellow")

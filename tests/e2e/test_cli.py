@@ -434,6 +434,7 @@ def test_bad_callable(write, cli, name: str) -> None:  # type: ignore[no-untyped
         (["validate", "{dir}", "--seed", "x"], r"argument --seed: expected an integer, got 'x'"),
         (["validate", "{dir}", "--seed", "-1"], r"argument --seed: -1 is outside 0 to 2\*\*32-1"),
         (["validate", "{dir}", "--json", "{dir}"], r"--json .*: is a folder, expected a file path"),
+        (["validate", "--json", "{dir}/s.yaml", "{dir}"], r"refusing to write the report over a spec file"),
         (["validate", "{dir}", "--json", "{dir}/s.yaml/r.json"], r"--json .*: cannot create its folder"),
         (["frobnicate"], r"invalid choice"),
         (["validate", "{empty}"], r"no spec files"),
@@ -490,6 +491,28 @@ def test_list_into_a_closed_pipe(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "copy0_attention[float32,random]::q"
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
+
+
+def test_validate_into_a_closed_pipe_still_writes_its_report(tmp_path: Path) -> None:
+    """`validate ... | head -1`: the rest of the output goes nowhere, the run finishes, the
+    JSON report is complete and the exit code is the verdict's."""
+    import os
+    import subprocess
+    import sys
+
+    report = tmp_path / "r.json"
+    cmd = f"'{sys.executable}' -m specgrad validate '{SPECS}' --json '{report}' | head -1"
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(SPECS.parent)},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    doc = json.loads(report.read_text())
+    assert doc["summary"]["passed"] > 500 and doc["exit_code"] == 0
 
 
 def test_module_entry_point_in_a_fresh_interpreter(tmp_path: Path) -> None:

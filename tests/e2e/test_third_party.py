@@ -197,10 +197,15 @@ parameters:
 """
 
 
-@pytest.mark.parametrize("backward, wrong", [("lstm_step_backward", set()),
-                                             ("lstm_step_backward_buggy", {"prev_c"})])
-def test_cs231n_lstm_with_two_outputs_and_a_cache(tmp_path: Path, cli, backward: str,  # type: ignore[no-untyped-def]
-                                                   wrong: set[str]) -> None:
+@pytest.mark.parametrize(
+    "backward, wrong", [("lstm_step_backward", set()), ("lstm_step_backward_buggy", {"prev_c"})]
+)
+def test_cs231n_lstm_with_two_outputs_and_a_cache(
+    tmp_path: Path,
+    cli,
+    backward: str,  # type: ignore[no-untyped-def]
+    wrong: set[str],
+) -> None:
     result, failing = _run(tmp_path, cli, LSTM.format(backward=backward))
     assert failing == wrong, result.text
     assert result.code == (1 if wrong else 0)

@@ -97,14 +97,33 @@ def test_same_values_across_dtypes_up_to_rounding() -> None:
     assert np.array_equal(x32, x64.astype(np.float32))
 
 
-def test_special_values_differ_between_tensors() -> None:
-    from specgrad.numerics.inputs import make_inputs
+def test_special_case_values_differ_between_tensors(tmp_path: Path) -> None:
+    """The built-in special case starts each tensor at a different place in the list; an
+    explicit special fill is cycled exactly as written."""
+    import yaml
 
-    loc = Location(Path("s.yaml"))
-    case = Case("special", {"a": Fill("special"), "b": Fill("special")}, loc)
-    arrays = make_inputs(_spec_with({"a": (2, 3), "b": (2, 3)}), case, "float32", 0)  # type: ignore[arg-type]
-    assert arrays["a"].reshape(-1).tolist() == [0.0, 0.5, 1.0, 1.5, -1.0, -0.5]
-    assert arrays["b"].reshape(-1).tolist() == [0.5, 1.0, 1.5, -1.0, -0.5, 0.0]
+    from specgrad.numerics.inputs import make_inputs
+    from specgrad.validate import parse_spec
+
+    doc = {
+        "specgrad": 1,
+        "name": "t",
+        "description": "d",
+        "forward": "m:f",
+        "backward": "m:b",
+        "inputs": {
+            "a": {"shape": [2, 3]},
+            "b": {"shape": [2, 3]},
+            "m": {"shape": [4], "fill": {"kind": "special", "values": [1.0, 0.0, 0.0, 1.0]}},
+        },
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    spec = parse_spec(tmp_path / "s.yaml")
+    special = make_inputs(spec, spec.cases[1], "float32", 0)
+    assert special["a"].reshape(-1).tolist() == [0.0, 0.5, 1.0, 1.5, -1.0, -0.5]
+    assert special["b"].reshape(-1).tolist() == [0.5, 1.0, 1.5, -1.0, -0.5, 0.0]
+    assert special["m"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert make_inputs(spec, spec.cases[0], "float32", 0)["m"].tolist() == [1.0, 0.0, 0.0, 1.0]
 
 
 def test_upstream_is_seeded_per_output() -> None:
