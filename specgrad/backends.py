@@ -44,7 +44,9 @@ class NumpyBackend:
         return np.asarray(array)
 
     def is_array(self, value: object) -> bool:
-        return isinstance(value, np.ndarray)
+        """An array of this backend with a numeric dtype (a numpy scalar counts: reductions
+        return them)."""
+        return isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "biufc"
 
 
 BACKENDS: dict[str, Backend] = {"numpy": NumpyBackend()}

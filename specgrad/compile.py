@@ -31,11 +31,12 @@ class CasePlan:
     def check_id(self, target: str) -> str:
         return check_id(self.spec.name, self.dtype, self.case.name, target)
 
-    def tolerance_for(self, tensor: str) -> tuple[str, Tolerance]:
-        """(dtype, tolerance) for a tensor's check: of the coarser of its dtype and the check's,
-        so a float16 parameter in a float64 check gets a float16 step and bound."""
-        own = self.spec.tensor(tensor).dtype_in(self.dtype)
-        coarse = min(own, self.dtype, key=lambda d: UNIT_ROUNDOFF.get(d, 0.0) * -1)
+    def tolerance_for(self, tensor: str, *also: str) -> tuple[str, Tolerance]:
+        """(dtype, tolerance) for a tensor's check: of the coarsest of its dtype, the check's
+        and `also` (e.g. the precision forward resolves the tensor at), so a float16
+        parameter in a float64 check gets a float16 bound."""
+        dtypes = (self.spec.tensor(tensor).dtype_in(self.dtype), self.dtype, *also)
+        coarse = max(dtypes, key=lambda d: UNIT_ROUNDOFF.get(d, 0.0))
         return coarse, self.spec.tolerances.get(coarse, self.tolerance)
 
     @property

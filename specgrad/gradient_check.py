@@ -3,45 +3,44 @@
 For float16 and float32 checks the numerical gradient comes from a float64 **oracle**: the
 same implementation run on float64 copies of the same (exactly representable) input
 values. Its differences are then far below the analytical gradient's own rounding, so the
-verdict measures the backward, not the finite-difference noise of the low precision.
+verdict measures the backward, not the finite-difference noise of the low precision. The
+oracle is refused (and the check's own dtype used, with a note) when forward rejects
+float64, returns another dtype, or computes a visibly different function in float64 (a
+layer that branches on the dtype).
 
-The oracle is only as good as the arithmetic it actually runs: a layer may reject float64,
-return another dtype, or cast a tensor down to float32 inside and cast the result back.
-Each tensor is therefore probed: moved by one part in 10^10 (far below a float32 ulp), its
-outputs must move too. Where they do not, that tensor's numerical gradient is taken in the
-check's own dtype, and the result says why.
+Whatever the dtype, a layer may compute in less precision than its arrays carry: it may
+cast a tensor down to float32 inside and the result back up. A finite difference whose
+step is below that precision measures rounding, not slope. So each tensor is probed: moved
+by one part in 1e10, 1e5 and 3e2 (what float64, float32 and float16 resolve), the finest
+change that moves the outputs is the precision forward resolves that tensor at, and its
+step, noise and bounds are those of that precision (see `_resolved`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from specgrad.compile import CasePlan
 from specgrad.numerics.compare import Comparison, compare
-from specgrad.numerics.finite_diff import NumericalGradient, central_difference
+from specgrad.numerics.finite_diff import NumericalGradient, central_difference, richardson
 from specgrad.numerics.tolerance import FLOAT_DTYPES, UNIT_ROUNDOFF, Tolerance
 
-#: relative size of the probe that tells a float64 computation from a low-precision one
-_PROBE = 1e-10
+#: relative probe each precision resolves and the next coarser one rounds away
+_PROBES = (("float64", 1e-10), ("float32", 1e-5), ("float16", 3e-3))
+
+Forward = Callable[[Mapping[str, Any]], Sequence[Any]]
 
 
 @dataclass(frozen=True, slots=True)
-class NumericalSource:
-    """Where the numerical gradients of one case come from; tensors are perturbed in place."""
+class Route:
+    """How one tensor's numerical gradient is taken."""
 
-    native: dict[str, Any]  # the check's own tensors
-    oracle: dict[str, Any] | None  # float64 copies, or None where the oracle is unusable
-    dtype: str  # the check's dtype
-    notes: Mapping[str, str] = field(default_factory=dict)  # tensor -> why not the oracle
-
-    def for_tensor(self, name: str) -> tuple[str, dict[str, Any], str]:
-        """(dtype forward runs in, tensors to perturb, note) for `name`'s numerical gradient."""
-        if self.oracle is None or name in self.notes:
-            return self.dtype, self.native, self.notes.get(name, "")
-        return "float64", self.oracle, ""
+    dtype: str  # the precision forward resolves the tensor at: step, noise and bounds
+    tensors: dict[str, Any]  # the tensors to perturb (float64 oracle copies or the check's own)
+    note: str = ""  # what the verdict depends on, when it is not the plain float64 oracle
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,16 +52,39 @@ class Verdict:
     message: str  # why it failed, or why a pass says nothing (inconclusive)
 
 
-Forward = Callable[[Mapping[str, Any]], Sequence[Any]]
-
-
-def numerical_source(
+def routes(
     plan: CasePlan, forward: Forward, tensors: dict[str, Any], reference: Sequence[Any], xp: ModuleType
-) -> NumericalSource:
-    """Probe the float64 oracle for a low-precision check (`reference`: the outputs of
-    forward at the case's point in the check's dtype)."""
-    if plan.dtype == "float64":
-        return NumericalSource(tensors, None, "float64")
+) -> dict[str, Route]:
+    """A route for every differentiable tensor of the case (`reference`: forward's outputs at
+    the case's point in the check's dtype)."""
+    run, note = tensors, ""
+    if plan.dtype != "float64":
+        run, note = _oracle(plan, forward, tensors, reference, xp)
+    try:
+        base = _float_outputs(forward(run), reference, xp)
+    except (Exception, SystemExit):  # noqa: BLE001 - user code: the gradient check reports it
+        base = None
+    out = {}
+    for t in plan.spec.tensors:
+        if not t.grad:
+            continue
+        own = str(run[t.name].dtype)
+        level = _resolved(t.name, own, run, base, forward, reference, xp) if base is not None else own
+        why = note
+        if UNIT_ROUNDOFF[level] > UNIT_ROUNDOFF[own]:
+            why = (
+                f"forward resolves changes of {t.name} only to {level} precision (it computes in "
+                f"lower precision inside), so its numerical gradient takes the {level} step and bounds"
+            )
+        out[t.name] = Route(level, run, why)
+    return out
+
+
+def _oracle(
+    plan: CasePlan, forward: Forward, tensors: dict[str, Any], reference: Sequence[Any], xp: ModuleType
+) -> tuple[dict[str, Any], str]:
+    """(float64 copies, "") if the implementation runs in float64 as itself, else the check's
+    own tensors and why not."""
     upcast = {t.name for t in plan.spec.tensors if t.dtype is None and t.name in tensors}
     copies = {n: a.astype(xp.float64) if n in upcast else a for n, a in tensors.items()}
     try:
@@ -73,64 +95,102 @@ def numerical_source(
             if isinstance(exc, _Refused)
             else (f"forward on float64 inputs raised {type(exc).__name__}: {exc}")
         )
-        note = _fallback(plan.dtype, why)
-        return NumericalSource(tensors, None, plan.dtype, {n: note for n in tensors})
-    notes = {}
-    for t in plan.spec.tensors:
-        if (
-            t.grad
-            and t.name in upcast
-            and not _moves_in_float64(t.name, copies, base, forward, reference, xp)
-        ):
-            notes[t.name] = _fallback(
-                plan.dtype,
-                f"forward on float64 inputs does not resolve a change "
-                f"of {t.name} by one part in 1e10 (it computes in lower precision inside)",
-            )
-    return NumericalSource(tensors, copies, plan.dtype, notes)
+        return tensors, _fallback(plan.dtype, why)
+    differ = _disagreement(base, reference, plan, xp)
+    if differ:
+        return tensors, _fallback(plan.dtype, differ)
+    return copies, ""
 
 
 class _Refused(Exception):
-    """forward on float64 copies raised or returned something unusable."""
+    """forward on float64 copies returned something unusable."""
 
 
 def _float_outputs(outputs: Sequence[Any], reference: Sequence[Any], xp: ModuleType) -> list[Any]:
-    """float64 copies of the floating outputs of one oracle forward, checked against the
-    case's outputs."""
+    """float64 copies of the floating outputs of one forward, checked against the case's."""
     if len(outputs) != len(reference):
         raise _Refused(f"forward on float64 inputs returned {len(outputs)} outputs, not {len(reference)}")
     out = []
     for i, (o, ref) in enumerate(zip(outputs, reference, strict=True)):
         if str(getattr(ref, "dtype", "")) not in FLOAT_DTYPES:
             continue
-        if str(getattr(o, "dtype", "")) != "float64":
-            raise _Refused(
-                f"forward on float64 inputs returned output {i} as {getattr(o, 'dtype', type(o).__name__)}"
-            )
+        if str(getattr(o, "dtype", "")) not in FLOAT_DTYPES:
+            raise _Refused(f"forward returned output {i} as {getattr(o, 'dtype', type(o).__name__)}")
         if tuple(o.shape) != tuple(ref.shape):
-            raise _Refused(f"forward on float64 inputs returned output {i} with shape {tuple(o.shape)}")
-        out.append(o.astype(xp.float64))
+            raise _Refused(f"forward returned output {i} with shape {tuple(o.shape)}")
+        out.append(xp.asarray(o).astype(xp.float64))
     return out
 
 
-def _moves_in_float64(
+def _disagreement(base: list[Any], reference: Sequence[Any], plan: CasePlan, xp: ModuleType) -> str:
+    """Why the float64 forward is not the same function as the check's, if it is not: a
+    layer that branches on dtype would otherwise be checked against code it never runs.
+    Outputs may differ by the low precision's rounding, so only differences ten times the
+    check's comparison bound count; non-finite low-precision outputs are left to the
+    finite contract."""
+    tol = plan.tolerance
+    floats = [r for r in reference if str(getattr(r, "dtype", "")) in FLOAT_DTYPES]
+    for k, (hi, lo) in enumerate(zip(base, floats, strict=True)):
+        if str(hi.dtype) != "float64":
+            continue
+        lo64 = xp.asarray(lo).astype(xp.float64)
+        both = xp.isfinite(hi) & xp.isfinite(lo64)
+        gap = xp.where(both, xp.abs(hi - lo64) - 10 * (tol.atol + tol.rtol * xp.abs(hi)), 0.0)
+        if bool(xp.any(gap > 0)):
+            worst = float(xp.max(xp.where(both, xp.abs(hi - lo64), 0.0)))
+            return (
+                f"forward in float64 and in {plan.dtype} give different results (output {k} "
+                f"differs by up to {worst:.3g}): does the layer branch on the dtype?"
+            )
+    return ""
+
+
+def _resolved(
     name: str,
-    copies: dict[str, Any],
+    own: str,
+    run: dict[str, Any],
     base: list[Any],
     forward: Forward,
     reference: Sequence[Any],
     xp: ModuleType,
+) -> str:
+    """The finest precision at which single-element changes of tensor `name` move the
+    outputs, for most of (up to) 8 probed elements that move them at all; `own` when none
+    does (a tensor that moves nothing says nothing about precision). One element at a
+    time: moving many at once, some would sit on a rounding boundary of the lower
+    precision and move the outputs by chance."""
+    flat = run[name].reshape(-1)
+    picks = sorted({int(i) for i in xp.linspace(0, flat.size - 1, min(8, flat.size)).tolist()})
+    levels = [(lv, size) for lv, size in _PROBES if UNIT_ROUNDOFF[lv] >= UNIT_ROUNDOFF[own]]
+    moving = [e for e in picks if _moves(flat, e, levels[-1][1], base, forward, run, reference, xp)]
+    if not moving:
+        return own
+    for level, size in levels[:-1]:
+        hits = sum(_moves(flat, e, size, base, forward, run, reference, xp) for e in moving)
+        if 2 * hits > len(moving):
+            return level
+    return levels[-1][0]
+
+
+def _moves(
+    flat: Any,
+    e: int,
+    size: float,
+    base: list[Any],
+    forward: Forward,
+    run: dict[str, Any],
+    reference: Sequence[Any],
+    xp: ModuleType,
 ) -> bool:
-    """Whether moving tensor `name` by one part in 1e10 moves any output: a float32 cast
-    inside the layer rounds such a change away."""
-    original = copies[name]
-    copies[name] = original + _PROBE * (xp.abs(original) + 1.0)
+    """Whether moving element `e` by `size` relative (in place, then restored) moves an output."""
+    orig = flat[e].copy()
+    flat[e] = orig + size * (abs(float(orig)) + 1.0)
     try:
-        moved = _float_outputs(forward(copies), reference, xp)
-    except (Exception, SystemExit):  # noqa: BLE001 - user code; the real run will report it
+        moved = _float_outputs(forward(run), reference, xp)
+    except (Exception, SystemExit):  # noqa: BLE001 - user code; the real run reports it
         return True
     finally:
-        copies[name] = original
+        flat[e] = orig
     return any(bool(xp.any(a != b)) for a, b in zip(base, moved, strict=True))
 
 
@@ -140,50 +200,113 @@ def _fallback(dtype: str, why: str) -> str:
 
 def numerical_gradient(
     name: str,
-    source: NumericalSource,
+    route: Route,
     plan: CasePlan,
     forward: Forward,
     upstream64: Sequence[Any | None],
     xp: ModuleType,
-) -> tuple[NumericalGradient, str, str]:
-    """(gradient, dtype forward ran in, note). The step is that of the perturbed tensor's dtype
-    in this run, the noise that of the dtype the outputs are computed in."""
-    dtype, tensors, note = source.for_tensor(name)
-    tensor = tensors[name]
-    epsilon = plan.spec.tolerances[str(tensor.dtype)].epsilon
-    gradient = central_difference(
-        lambda: forward(tensors), tensor, upstream64, epsilon, UNIT_ROUNDOFF[dtype], xp
+) -> NumericalGradient:
+    """Perturb `name` along its route: the step and the noise are those of the precision
+    forward resolves it at."""
+    tensors = route.tensors
+    epsilon = plan.spec.tolerances[route.dtype].epsilon
+    return central_difference(
+        lambda: forward(tensors), tensors[name], upstream64, epsilon, UNIT_ROUNDOFF[route.dtype], xp
     )
-    return gradient, dtype, note
+
+
+#: at most this many out-of-bound elements are re-estimated by Richardson extrapolation
+#: before a FAIL; a wrong backward is wrong in many more places
+REFINE_MAX = 64
+
+
+def refined(
+    name: str,
+    route: Route,
+    plan: CasePlan,
+    forward: Forward,
+    upstream64: Sequence[Any | None],
+    numerical: NumericalGradient,
+    indices: Sequence[int],
+    xp: ModuleType,
+) -> NumericalGradient:
+    """`numerical` with the elements at the flat `indices` re-estimated by Richardson
+    extrapolation (steps h and h/2): what looked like a failure may be the plain
+    difference's truncation error where the curvature is large (log near 0)."""
+    tensors = route.tensors
+    values, noise = richardson(
+        lambda: forward(tensors),
+        tensors[name],
+        indices,
+        upstream64,
+        plan.spec.tolerances[route.dtype].epsilon,
+        UNIT_ROUNDOFF[route.dtype],
+        xp,
+    )
+    value, spread = numerical.value.copy(), numerical.noise.copy()
+    flat_value, flat_noise = value.reshape(-1), spread.reshape(-1)
+    for i, v, n in zip(indices, values, noise, strict=True):
+        flat_value[i], flat_noise[i] = v, n
+    return NumericalGradient(value, spread)
 
 
 def judge(
     name: str,
     plan: CasePlan,
-    numerical_dtype: str,
+    route: Route,
     analytical: Any,
     numerical: NumericalGradient,
     case_scale: float,
+    upstream_scale: float,
     xp: ModuleType,
 ) -> Verdict:
-    """Compare under the coarser of the tensor's and the check's dtype tolerances.
+    """Compare under the coarsest of the tensor's, the check's and the route's tolerances.
 
     `case_scale` is the largest analytical gradient over every tensor of the case: the size
     of the terms any one gradient is summed from, so the scale-relative atol never drops
-    below the rounding of a gradient that is truly zero (a bias before a batch norm)."""
-    _, tol = plan.tolerance_for(name)
+    below the rounding of a gradient that is truly zero (a bias before a batch norm).
+    `upstream_scale` (max |g|) bounds what cancellation leaves in a low-precision backward:
+    about its unit roundoff times |g|."""
+    analytical_dtype, _ = plan.tolerance_for(name)
+    _, tol = plan.tolerance_for(name, route.dtype)
     finite = xp.where(xp.isfinite(numerical.value), numerical.value, 0.0)
     scale = max(float(xp.max(xp.abs(finite))) if finite.size else 0.0, case_scale)
-    atol = tol.effective_atol(scale) if numerical_dtype == "float64" else tol.atol
+    atol, floor = tol.atol, 0.0
+    if route.dtype == "float64" and not tol.atol_given:
+        atol = tol.effective_atol(scale)
+        floor = 4 * UNIT_ROUNDOFF[analytical_dtype] * upstream_scale
     c = compare(analytical, numerical.value, numerical.noise, tol.rtol, atol, xp)
-    if not c.passed:
-        return Verdict(False, c, tol, atol, _failure_text(name, c, tol.rtol, atol))
-    return Verdict(True, c, tol, atol, _inconclusive(name, c, numerical_dtype, tol.atol))
+    if c.passed:
+        return Verdict(True, c, tol, atol, _inconclusive(name, c, route.dtype, tol.atol, atol, scale))
+    if (
+        floor > atol
+        and (within := compare(analytical, numerical.value, numerical.noise, tol.rtol, floor, xp)).passed
+    ):
+        # a low-precision backward that cancels O(|g|) terms keeps ~u |g| of rounding in
+        # every element: differences below that are no evidence either way
+        blind = (
+            ""
+            if scale > floor
+            else (
+                f"inconclusive: {name}'s differences ({c.max_abs_err:.3g}) are within the {analytical_dtype} "
+                f"rounding of the upstream gradient (4 u |g| = {floor:.3g}), and so is every gradient of "
+                f"this case (the largest is {scale:.3g}); check in float32 or float64"
+            )
+        )
+        return Verdict(True, within, tol, floor, blind)
+    return Verdict(False, c, tol, atol, _failure_text(name, c, tol.rtol, atol))
 
 
-def _inconclusive(name: str, c: Comparison, dtype: str, atol: float) -> str:
-    """A pass that says nothing: the numerical gradient's own rounding noise is above the
-    dtype's atol and as large as the gradient, so a wrong gradient of that size would pass."""
+def _inconclusive(name: str, c: Comparison, dtype: str, atol: float, bound_atol: float, scale: float) -> str:
+    """A pass that says nothing, so a wrong gradient of that size would pass too: every
+    gradient of the case is inside atol, or the numerical gradient's own rounding noise is
+    above the dtype's atol and as large as the gradient."""
+    if 0 < scale <= bound_atol:
+        return (
+            f"inconclusive: every gradient of this case is below atol ({bound_atol:.3g}; the "
+            f"largest is {scale:.3g}), so a wrong gradient of that size would pass; make the "
+            "layer run in float64 or give this dtype an atol well below the gradients (with a reason)"
+        )
     if c.noise_floor <= atol or c.noise_floor < 0.5 * c.max_abs_numerical:
         return ""
     advice = "raise epsilon" if dtype == "float64" else "make the layer run in float64, raise epsilon"
@@ -198,9 +321,15 @@ def _inconclusive(name: str, c: Comparison, dtype: str, atol: float) -> str:
 def _failure_text(name: str, c: Comparison, rtol: float, atol: float) -> str:
     index = ", ".join(map(str, c.worst_index))
     noise = c.bound - atol - rtol * abs(c.numerical)
-    return (
+    text = (
         f"gradient of {name} is wrong at {c.violations} of {c.size} elements; worst "
         f"{name}[{index}]: analytical {c.analytical:.6g}, numerical {c.numerical:.6g}, "
         f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} "
         f"(atol {atol:.3g} + rtol {rtol:g} * |numerical| + estimated noise {max(noise, 0.0):.2g})"
     )
+    if c.max_abs_numerical == 0:
+        text += (
+            f"; the numerical gradient is zero everywhere: forward does not depend on {name} "
+            "as bound (for a layer object: is its parameter path the one forward reads?)"
+        )
+    return text

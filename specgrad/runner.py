@@ -27,8 +27,8 @@ from specgrad.bindings import (
 )
 from specgrad.compile import CasePlan
 from specgrad.errors import SpecError
-from specgrad.gradient_check import NumericalSource, judge, numerical_gradient, numerical_source
-from specgrad.model import Spec
+from specgrad.gradient_check import REFINE_MAX, Route, judge, numerical_gradient, refined, routes
+from specgrad.model import LayerBinding, Spec
 from specgrad.numerics.finite_diff import InconsistentOutput, PerturbationError
 from specgrad.numerics.inputs import make_inputs, make_upstream
 from specgrad.numerics.tolerance import FLOAT_DTYPES, Tolerance
@@ -59,7 +59,7 @@ def describe_exception(what: str, exc: BaseException, frames: int = 3) -> str:
     return "\n".join(lines)
 
 
-def _is_array(value: Any) -> bool:
+def _looks_like_array(value: Any) -> bool:
     return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (str, bytes))
 
 
@@ -83,7 +83,7 @@ class CaseRun:
         self.spec = plan.spec
         self.verdicts: dict[str, tuple[Status, str]] = {}
         self.blocked: str | None = None  # why gradient checks cannot run
-        self.source: NumericalSource | None = None  # float64 oracle or own dtype, chosen once
+        self.routes: dict[str, Route] | None = None  # how each tensor's numerical gradient is taken
         self.scale: float | None = None
 
     # -- orchestration --------------------------------------------------------------
@@ -187,6 +187,7 @@ class CaseRun:
         g = [self.backend.asarray(upstream[i]) if i in upstream else None for i in range(len(outputs))]
         self.upstream64 = [None if x is None else x.astype(self.xp.float64) for x in g]
         grad_out = tuple(g) if was_tuple else g[0]
+        upstream_copies = [None if x is None else x.copy() for x in g]
         if forward_mutated:
             self.blocked = (
                 f"not run: forward modifies its input(s) {', '.join(forward_mutated)}, "
@@ -199,6 +200,8 @@ class CaseRun:
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
             raise _Abort(describe_exception("backward", exc), "contract.backward_grads") from None
         self._check_mutation(forward_mutated, self._mutated())
+        if any(x is not None and not _same(x, y, self.xp) for x, y in zip(g, upstream_copies, strict=True)):
+            self._fail("no_mutation", "backward modified its upstream gradient (grad_out) in place")
         self.grads = self._check_grads(raw_grads)
         self._check_finite(outputs)
         self._settled("no_mutation", "backward_grads", "finite")
@@ -224,9 +227,9 @@ class CaseRun:
 
     def _check_outputs(self, outputs: tuple[Any, ...]) -> None:
         bad = [
-            f"output {i} is a {type(o).__name__}, not an array"
+            self._not_an_array(f"output {i}", o)
             for i, o in enumerate(outputs)
-            if not _is_array(o)
+            if not self.backend.is_array(o)
         ]
         if bad:
             raise _Abort("forward: " + "; ".join(bad), "contract.forward_output")
@@ -236,12 +239,25 @@ class CaseRun:
                     "forward_output",
                     f"output {i} has dtype {o.dtype}, expected {self.plan.dtype} (the check's dtype)",
                 )
-            elif not _is_float(o) and o.dtype.kind == "f":
-                self._fail("forward_output", f"output {i} has unsupported dtype {o.dtype}")
+            elif not _is_float(o) and o.dtype.kind in "fc":
+                self._fail(
+                    "forward_output",
+                    f"output {i} has dtype {o.dtype}: specgrad checks real "
+                    "float16/32/64 outputs (integer outputs are passed over)",
+                )
+
+    def _not_an_array(self, what: str, value: Any) -> str:
+        kind = "None" if value is None else f"a {type(value).__name__}"
+        text = f"{what} is {kind}, not a {self.backend.name} array"
+        if value is None and what.startswith("output") and isinstance(self.spec.binding, LayerBinding):
+            text += " (if forward stores its result instead of returning it, set layer.output)"
+        elif _looks_like_array(value):
+            text += " (convert it in the layer or a small wrapper, e.g. with numpy.asarray)"
+        return text
 
     def _check_deterministic(self, first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
         same = len(first) == len(second) and all(
-            _is_array(b) and _same(self.xp.asarray(a), self.xp.asarray(b), self.xp)
+            self.backend.is_array(b) and _same(self.xp.asarray(a), self.xp.asarray(b), self.xp)
             for a, b in zip(first, second, strict=True)
         )
         if not same:
@@ -263,9 +279,8 @@ class CaseRun:
         usable = {}
         for name, grad in named.items():
             tensor = self.tensors[name]
-            if not _is_array(grad):
-                kind = "None" if grad is None else type(grad).__name__
-                problem = f"gradient of {name} is {kind}, not an array"
+            if not self.backend.is_array(grad):
+                problem = self._not_an_array(f"gradient of {name}", grad)
             elif tuple(grad.shape) != tuple(tensor.shape):
                 problem = (
                     f"gradient of {name} has shape {tuple(grad.shape)}, "
@@ -299,17 +314,31 @@ class CaseRun:
         if name in self.grad_problems:
             return self._result(name, Status.FAIL, self.grad_problems[name])
         start = time.perf_counter()
-        if self.source is None:
-            self.source = numerical_source(self.plan, self._evaluate, self.tensors, self.outputs, self.xp)
+        if self.routes is None:
+            self.routes = routes(self.plan, self._evaluate, self.tensors, self.outputs, self.xp)
+        route = self.routes[name]
         try:
-            numerical, dtype, note = numerical_gradient(
-                name, self.source, self.plan, self._evaluate, self.upstream64, self.xp
-            )
+            numerical = numerical_gradient(name, route, self.plan, self._evaluate, self.upstream64, self.xp)
         except PerturbationError as exc:
             return self._result(
                 name, Status.ERROR, self._perturbation_text(name, exc), duration=time.perf_counter() - start
             )
-        v = judge(name, self.plan, dtype, self.grads[name], numerical, self._case_scale(), self.xp)
+        v = self._judge(name, route, numerical)
+        if not v.passed and 0 < v.comparison.violations <= REFINE_MAX:
+            try:
+                numerical = refined(
+                    name,
+                    route,
+                    self.plan,
+                    self._evaluate,
+                    self.upstream64,
+                    numerical,
+                    v.comparison.violating,
+                    self.xp,
+                )
+                v = self._judge(name, route, numerical)
+            except PerturbationError:
+                pass  # the plain estimate's verdict stands
         status = Status.FAIL if not v.passed else Status.ERROR if v.message else Status.PASS
         return self._result(
             name,
@@ -317,9 +346,27 @@ class CaseRun:
             v.message,
             comparison=v.comparison,
             tolerance=v.tolerance,
-            numerical_dtype=dtype,
-            note=note,
+            numerical_dtype=route.dtype,
+            note=route.note,
             duration=time.perf_counter() - start,
+        )
+
+    def _judge(self, name: str, route: Route, numerical: Any) -> Any:
+        return judge(
+            name,
+            self.plan,
+            route,
+            self.grads[name],
+            numerical,
+            self._case_scale(),
+            self._upstream_scale(),
+            self.xp,
+        )
+
+    def _upstream_scale(self) -> float:
+        xp = self.xp
+        return max(
+            (float(xp.max(xp.abs(g))) for g in self.upstream64 if g is not None and g.size), default=0.0
         )
 
     def _case_scale(self) -> float:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+#: how many out-of-bound elements a comparison names (enough to refine a few stragglers)
+VIOLATING_KEPT = 65
+
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
@@ -31,6 +34,7 @@ class Comparison:
     bound: float  # atol + rtol * |n| + noise at the worst element
     noise_floor: float  # largest estimated rounding noise of the numerical gradient
     max_abs_numerical: float = 0.0  # the gradient's scale, to judge the noise against
+    violating: tuple[int, ...] = ()  # flat indices of out-of-bound elements (the first REFINE_MAX + 1)
 
 
 def compare(
@@ -64,4 +68,5 @@ def compare(
         bound=float(bound.reshape(-1)[worst]),
         noise_floor=float(xp.max(noise0)),
         max_abs_numerical=float(xp.max(xp.abs(n0))),
+        violating=tuple(int(i) for i in xp.nonzero(~ok.reshape(-1))[0][:VIOLATING_KEPT].tolist()),
     )

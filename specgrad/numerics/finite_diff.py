@@ -66,32 +66,92 @@ def central_difference(
 
     `evaluate()` runs forward on the current contents of `x` (and the other, fixed tensors).
     """
-    flat = x.reshape(-1)
-    if flat.size and not xp.shares_memory(flat, x):
-        raise ValueError("central_difference needs a contiguous tensor it can perturb in place")
-    active = [(k, g, g * g) for k, g in enumerate(upstream) if g is not None]
-    value = xp.empty(flat.size, dtype=xp.float64)
-    noise = xp.empty(flat.size, dtype=xp.float64)
     with warnings.catch_warnings():
         # a non-finite output makes inf - inf = nan: that element's value is reported as nan
         warnings.simplefilter("ignore", RuntimeWarning)
+        stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp)
+        parts = [stencil.at(j, epsilon) for j in range(stencil.flat.size)]
+        return stencil.gradient(parts)
+
+
+def richardson(
+    evaluate: Callable[[], Outputs],
+    x: Any,
+    indices: Sequence[int],
+    upstream: Sequence[Any | None],
+    epsilon: float,
+    unit_roundoff: float,
+    xp: ModuleType,
+) -> tuple[list[float], list[float]]:
+    """(values, noise) at the flat `indices`, Richardson-extrapolated from steps h and h/2:
+    (4 D(h/2) - D(h)) / 3 cancels the h^2 truncation term. For elements whose curvature
+    makes the plain difference too coarse (log or 1/x near 0, steep saturations); costs four
+    more forward calls per element, so it is spent only where a check would fail."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp)
+        values, noise = [], []
+        for j in indices:
+            (d1, p1, s1), (d2, p2, s2) = stencil.at(j, epsilon), stencil.at(j, epsilon / 2)
+            values.append(float((4 * d2 - d1) / 3))
+            n1, n2 = stencil.noise(p1, s1), stencil.noise(p2, s2)
+            noise.append(float((4 * n2 + n1) / 3))
+        return values, noise
+
+
+class _Stencil:
+    """The fixed part of one tensor's differences: its flat view, the differentiated
+    outputs' g, and the outputs at the case's point."""
+
+    def __init__(
+        self,
+        evaluate: Callable[[], Outputs],
+        x: Any,
+        upstream: Sequence[Any | None],
+        unit_roundoff: float,
+        xp: ModuleType,
+    ) -> None:
+        self.evaluate, self.x, self.u, self.xp = evaluate, x, unit_roundoff, xp
+        self.flat = x.reshape(-1)
+        if self.flat.size and not xp.shares_memory(self.flat, x):
+            raise ValueError("central_difference needs a contiguous tensor it can perturb in place")
+        self.active = [(k, g, g * g) for k, g in enumerate(upstream) if g is not None]
         try:
-            base = _outputs64(evaluate(), active, None, xp)
+            self.base = _outputs64(evaluate(), self.active, None, xp)
         except (Exception, SystemExit) as exc:  # user code
             raise PerturbationError(None, exc) from exc
-        for j in range(flat.size):
-            orig = flat[j].copy()
-            try:
-                a, plus = _evaluate_at(evaluate, flat, j, orig, +epsilon, active, base, xp)
-                b, minus = _evaluate_at(evaluate, flat, j, orig, -epsilon, active, base, xp)
-            except (Exception, SystemExit) as exc:  # user code: attributed to the element
-                raise PerturbationError(j, exc) from exc
-            finally:
-                flat[j] = orig
-            total, power = _contract(active, base, plus, minus, a, b, xp)
-            value[j] = total
-            noise[j] = NOISE_SIGMAS * unit_roundoff * xp.sqrt(power) / (a + b)
-    return NumericalGradient(value.reshape(x.shape), noise.reshape(x.shape))
+        # an element that moved no output at all may still have moved them by less than
+        # their resolution: its noise is that of every output
+        self.resolution = sum(
+            (xp.sum(g2 * 2 * f0 * f0) for (_, _, g2), f0 in zip(self.active, self.base, strict=True)), 0.0
+        )
+
+    def at(self, j: int, h: float) -> tuple[Any, Any, Any]:
+        """(derivative, noise power, a + b) at flat element j with nominal step h."""
+        orig = self.flat[j].copy()
+        try:
+            a, plus = _evaluate_at(self.evaluate, self.flat, j, orig, +h, self.active, self.base, self.xp)
+            b, minus = _evaluate_at(self.evaluate, self.flat, j, orig, -h, self.active, self.base, self.xp)
+        except (Exception, SystemExit) as exc:  # user code: attributed to the element
+            raise PerturbationError(j, exc) from exc
+        finally:
+            self.flat[j] = orig
+        value, power = _contract(self.active, self.base, plus, minus, a, b, self.xp)
+        return value, power, a + b
+
+    def noise(self, power: Any, steps: Any) -> Any:
+        xp = self.xp
+        return NOISE_SIGMAS * self.u * xp.sqrt(xp.where(power > 0, power, self.resolution)) / steps
+
+    def gradient(self, parts: list[tuple[Any, Any, Any]]) -> NumericalGradient:
+        xp = self.xp
+        value, power, steps = (
+            xp.stack([xp.asarray(p[i], dtype=xp.float64) for p in parts]).reshape(self.x.shape)
+            if parts
+            else xp.zeros(self.x.shape)
+            for i in range(3)
+        )
+        return NumericalGradient(value, self.noise(power, steps) if parts else value)
 
 
 def _evaluate_at(

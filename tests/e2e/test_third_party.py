@@ -90,7 +90,10 @@ def test_nnfs_softmax_passes(tmp_path: Path, cli) -> None:  # type: ignore[no-un
 def test_nnfs_forward_returning_none_without_output_path(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     result, _ = _run(tmp_path, cli, NNFS_SOFTMAX.replace("  output: output\n", ""))
     assert result.code == 1
-    assert "output 0 is a NoneType, not an array" in result.out
+    assert (
+        "output 0 is None, not a numpy array (if forward stores its result instead of returning it, set layer.output)"
+        in result.out
+    )
 
 
 @pytest.mark.parametrize(
