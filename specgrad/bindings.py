@@ -101,17 +101,42 @@ class LayerEvaluator:
                     f"{_did_you_mean(method, names)} (it has: {', '.join(names)})",
                 )
         try:
-            self._call(layer, tensors)
+            out = self._call(layer, tensors)
         except Exception:  # noqa: BLE001 - a layer that needs its parameters set to run
             return
         for name, where in self.binding.params.items():
+            field = f"layer.params.{name}.value"
             try:
-                where.value.get(layer)
+                where.value.set(layer, where.value.get(layer))
             except LookupError as exc:
-                raise self._error(
-                    f"layer.params.{name}.value",
-                    f"{exc}, neither after construction nor after a forward call: is the path misspelled?",
-                ) from None
+                hint = "is the path misspelled?" if "cannot read" in str(exc) else "it must be settable"
+                raise self._error(field, f"{exc}, after construction and a forward call: {hint}") from None
+        if self.binding.output is not None:
+            out = self._probe_read(layer, self.binding.output, "layer.output")
+        self._check_gradient_paths(layer, out)
+
+    def _check_gradient_paths(self, layer: Any, out: Any) -> None:
+        """After one backward (upstream ones, shaped like the output), every gradient path
+        must resolve; a backward that raises is left to the checks to report."""
+        outputs, was_tuple = raw_outputs_of(out)
+        if not all(hasattr(o, "shape") for o in outputs):
+            return
+        ones = [_ones_like(o) for o in outputs]
+        try:
+            getattr(layer, self.binding.backward)(tuple(ones) if was_tuple else ones[0])
+        except Exception:  # noqa: BLE001 - user code: the gradient checks report it
+            return
+        for name, where in self.binding.params.items():
+            if where.grad is not None:
+                self._probe_read(layer, where.grad, f"layer.params.{name}.grad")
+        for name, path in (self.binding.input_grads or {}).items():
+            self._probe_read(layer, path, f"layer.input_grads.{name}")
+
+    def _probe_read(self, layer: Any, path: AccessPath, field: str) -> Any:
+        try:
+            return path.get(layer)
+        except LookupError as exc:
+            raise self._error(field, f"{exc}: is the path misspelled?") from None
 
     def _error(self, field: str, message: str) -> SpecError:
         return SpecError.at(self.binding.locations.get(field, self.binding.factory.location), field, message)
@@ -185,6 +210,10 @@ def _same_shape(name: str, existing: Any, ours: Any) -> None:
             f"the layer made parameter '{name}' with shape {tuple(shape)}, "
             f"the spec declares {tuple(ours.shape)}"
         )
+
+
+def _ones_like(array: Any) -> Any:
+    return array * 0 + 1 if array.dtype.kind in "fc" else None
 
 
 def _materialized(result: Any) -> Any:

@@ -228,8 +228,10 @@ def _binding(raw: RawSpec) -> Binding:
 
 
 def _layer_locations(raw: RawSpec) -> dict[str, Location]:
-    fields: list[tuple[str | int, ...]] = [("layer", f) for f in ("init", "forward", "backward")]
-    fields += [("layer", "params", n, "value") for n in raw.data["layer"].get("params") or {}]
+    layer = raw.data["layer"]
+    fields: list[tuple[str | int, ...]] = [("layer", f) for f in ("init", "forward", "backward", "output")]
+    fields += [("layer", "params", n, part) for n, p in (layer.get("params") or {}).items() for part in p]
+    fields += [("layer", "input_grads", n) for n in layer.get("input_grads") or {}]
     return {".".join(map(str, f)): raw.locate(f, key=f[-1] in ("forward", "backward")) for f in fields}
 
 

@@ -261,10 +261,14 @@ class CaseRun:
             for a, b in zip(first, second, strict=True)
         )
         if not same:
+            hint = "unseeded randomness or hidden state?"
+            if isinstance(self.spec.binding, LayerBinding):
+                hint = (
+                    "every evaluation builds a fresh layer: does its constructor draw random values "
+                    "that forward uses instead of the parameters specgrad sets at layer.params?"
+                )
             self._fail(
-                "deterministic",
-                "two forward calls on identical inputs gave different "
-                "outputs (unseeded randomness or hidden state?)",
+                "deterministic", f"two forward calls on identical inputs gave different outputs ({hint})"
             )
             self.blocked = "not run: forward is not deterministic, so finite differences are meaningless"
 

@@ -190,13 +190,17 @@ def test_layer_shape_mismatch_is_a_contract_error(tmp_path: Path) -> None:
         ev.forward({"x": np.ones((2, 4)), "W": np.ones((3, 3))})
 
 
-def test_missing_gradient_path_is_a_contract_error(tmp_path: Path) -> None:
+def test_missing_gradient_path_is_a_located_spec_error(tmp_path: Path) -> None:
+    """The first evaluation probes the binding: one forward and one backward on a spare
+    layer, after which every gradient path must resolve."""
     sys.modules.pop("binding_layers", None)
     spec = _layer_spec(tmp_path, "Eager", "W", "grads.nope", {"n": 3})
     ev = make_evaluator(spec)
-    _, layer = ev.forward({"x": np.ones((2, 3)), "W": np.ones((3, 3))})
-    with pytest.raises(ContractError, match="gradient of parameter 'W'"):
-        ev.backward(layer, np.ones((2, 3)))
+    with pytest.raises(SpecError) as info:
+        ev.forward({"x": np.ones((2, 3)), "W": np.ones((3, 3))})
+    (issue,) = info.value.issues
+    assert issue.field == "layer.params.W.grad" and issue.location.line > 1
+    assert "cannot read 'grads.nope'" in issue.message and "is the path misspelled?" in issue.message
 
 
 def test_cached_forward_must_return_a_pair(tmp_path: Path) -> None:
