@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -164,14 +165,16 @@ def _load(
     return list(specs.values())
 
 
-def _looks_like_spec(file: Path) -> bool:
-    from specgrad.loader import load_spec
+_SPEC_KEY = re.compile(r"^specgrad[ \t]*:", re.MULTILINE)
 
+
+def _looks_like_spec(file: Path) -> bool:
+    """A top-level `specgrad:` key, read off the text: a YAML file of another tool (custom
+    tags, a list at the top, invalid YAML) is skipped without being parsed."""
     try:
-        raw = load_spec(file)
-    except SpecError:
+        return _SPEC_KEY.search(file.read_text(encoding="utf-8", errors="replace")) is not None
+    except OSError:
         return True  # unreadable: let parse_spec report it, located
-    return not isinstance(raw.data, dict) or "specgrad" in raw.data
 
 
 def _internal(

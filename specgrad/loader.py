@@ -154,9 +154,12 @@ class _Builder:
     def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         out: dict[str, Any] = {}
         merged: dict[str, Any] = {}
+        # merge sources first: the mapping's own keys then record their locations over them
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 merged.update(self._merge_source(value_node, path))
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 self._fail(key_node, path, "mapping keys must be plain strings")

@@ -231,7 +231,7 @@ _INTEGER_FIELDS = {"shape", "seed"}
 def _number_issues(raw: RawSpec, value: Any, path: JsonPath) -> Iterator[SpecIssue]:
     """Every number a spec gives (outside attrs and init, which belong to user code) is
     finite and representable as a float64; whole-number fields hold integers."""
-    if path[:1] in (("attrs",),) or path[-1:] == ("init",) or ("layer", "init") == path[:2]:
+    if path[:1] == ("attrs",) or path[:2] == ("layer", "init"):
         return
     if isinstance(value, dict):
         for key, item in value.items():
