@@ -70,13 +70,14 @@ def routes(
             continue
         own = str(run[t.name].dtype)
         level = _resolved(t.name, own, run, base, forward, reference, xp) if base is not None else own
-        why = note
+        why = [note] if note else []
         if UNIT_ROUNDOFF[level] > UNIT_ROUNDOFF[own]:
-            why = (
-                f"forward resolves changes of {t.name} only to {level} precision (it computes in "
-                f"lower precision inside), so its numerical gradient takes the {level} step and bounds"
+            why.append(
+                f"forward resolves changes of {t.name} only to {level} precision (it computes in lower "
+                f"precision inside, or its outputs are too large for a smaller change to show), so its "
+                f"numerical gradient takes the {level} step and bounds"
             )
-        out[t.name] = Route(level, run, why)
+        out[t.name] = Route(level, run, "; ".join(why))
     return out
 
 

@@ -150,9 +150,13 @@ def test_non_spec_yaml_in_a_folder_is_skipped_with_a_note(write, cli) -> None:  
     write("layers.py", LAYERS)
     write("s.yaml", GOOD)
     env = write("environment.yml", "name: myenv\ndependencies: [numpy]\n")
+    write("mkdocs.yml", "theme: !!python/name:material.Theme\n")  # another tool's tags
+    write("playbook.yml", "- hosts: all\n")
+    write("ci.yml", "jobs: [\n")  # not even valid YAML
     result = cli("validate", env.parent, "-q")
     assert result.code == 0, result.text
     assert "note: skipped" in result.out and "environment.yml: no top-level 'specgrad:' key" in result.out
+    assert result.out.count("note: skipped") == 4
     named = cli("validate", env)  # named on the command line: it must be a spec
     assert named.code == 2 and "missing required field 'specgrad'" in named.out
 

@@ -160,6 +160,22 @@ def test_frozen_parameter_without_gradient_path(tmp_path: Path, cli) -> None:  #
             ("weights: {value: weights, grad: dweights}", "weights: {value: weight, grad: dweights}"),
             r"spec\.yaml:\d+:\d+: layer\.params\.weights\.value: cannot read 'weight'.*is the path misspelled\?",
         ),
+        (
+            ("weights: {value: weights, grad: dweights}", "weights: {value: weights, grad: dweight}"),
+            r"spec\.yaml:12:37: layer\.params\.weights\.grad: cannot read 'dweight'.*is the path misspelled\?",
+        ),
+        (
+            ("output: output", "output: outptu"),
+            r"spec\.yaml:8:11: layer\.output: cannot read 'outptu'.*is the path misspelled\?",
+        ),
+        (
+            ("input_grads: {inputs: dinputs}", "input_grads: {inputs: dinput}"),
+            r"spec\.yaml:\d+:\d+: layer\.input_grads\.inputs: cannot read 'dinput'",
+        ),
+        (
+            ("weights: {value: weights, grad: dweights}", "weights: {value: frozen, grad: dweights}"),
+            r"layer\.params\.weights\.value: cannot set 'frozen'.*it must be settable",
+        ),
     ],
 )
 def test_layer_binding_mistakes_are_located_spec_errors(

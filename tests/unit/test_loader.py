@@ -81,6 +81,12 @@ def test_bad_documents(text: str, fragment: str) -> None:
     assert any(fragment in m for m in issues(text))
 
 
+def test_merge_key_after_own_keys_keeps_their_locations() -> None:
+    raw = load_spec_text("base: &b {shape: [2, 3], grad: true}\nx:\n  shape: [2, -3]\n  <<: *b\n", P)
+    assert raw.data["x"] == {"shape": [2, -3], "grad": True}
+    assert raw.locate(("x", "shape", 1)).line == 3
+
+
 def test_merge_key() -> None:
     raw = load_spec_text("base: &b {p: 1, q: 2}\nm:\n  <<: *b\n  q: 3\n", P)
     assert raw.data["m"] == {"p": 1, "q": 3}

@@ -199,6 +199,11 @@ def test_frozen_layer_parameter_needs_no_grad_path() -> None:
     assert messages(doc) == []
 
 
+def test_a_tensor_named_init_is_checked_like_any_other() -> None:
+    doc = with_(inputs={"init": {"shape": [2, 3.0]}})
+    assert any("inputs.init.shape[1]: expected an integer" in m for m in messages(doc))
+
+
 def test_attrs_and_init_may_hold_any_numbers() -> None:
     doc = layer_doc(params={"w": {"value": "w", "grad": "dw"}}, init={"big": 10**400, "f": 2.0})
     assert messages({**doc, "attrs": {"eps": float("inf")}}) == []

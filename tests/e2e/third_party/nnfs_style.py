@@ -10,6 +10,10 @@ class Layer_Dense:
         self.weights = 0.01 * np.random.randn(n_inputs, n_neurons)
         self.biases = np.zeros((1, n_neurons))
 
+    @property
+    def frozen(self):  # read-only: a binding that points here cannot set the parameter
+        return self.weights
+
     def forward(self, inputs):
         self.inputs = inputs
         self.output = np.dot(inputs, self.weights) + self.biases

@@ -1,0 +1,184 @@
+"""What the verdict depends on in low precision and at awkward points: the float64 oracle
+and its refusals, layers computing in less precision than their arrays, gradients that are
+truly zero or tiny, curvature near a domain edge, and what the contracts see."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from specgrad.results import Status
+from tests.unit.test_runner import run
+
+LINEAR_BN = """
+def _bn(y):
+    mu = y.mean(axis=0)
+    var = ((y - mu) ** 2).mean(axis=0)
+    return (y - mu) / np.sqrt(var + 1e-5), var
+def forward(x, w, b):
+    return _bn(x @ w.T + b)[0]
+def backward(g, x, w, b):
+    y = x @ w.T + b
+    yh, var = _bn(y)
+    n = y.shape[0]
+    dy = (g - g.mean(axis=0) - yh * (g * yh).mean(axis=0)) / np.sqrt(var + 1e-5)
+    return dy @ w, dy.T @ x, dy.sum(axis=0)
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_a_truly_zero_gradient_passes(tmp_path: Path, dtype: str) -> None:
+    """A bias before a batch norm has a gradient of exactly zero; the low-precision backward
+    leaves rounding in it, which the bound must allow for (the case's scale, not b's)."""
+    r = run(
+        tmp_path,
+        LINEAR_BN,
+        dtypes=[dtype],
+        cases=["random"],
+        inputs={"x": {"shape": [16, 6]}},
+        parameters={"w": {"shape": [5, 6]}, "b": {"shape": [5]}},
+    )
+    assert {t: v.status for t, v in r.items() if not t.startswith("contract")} == {
+        "x": Status.PASS,
+        "w": Status.PASS,
+        "b": Status.PASS,
+    }, [v.message for v in r.values()]
+
+
+MIXED = """
+def forward(x, w):
+    return (x.astype(np.float32) @ w.astype(np.float32).T).astype(x.dtype)
+def backward(g, x, w):
+    return (g @ w).astype(x.dtype) * SCALE, (g.T @ x).astype(w.dtype)
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("scale, status", [(1, Status.PASS), (2, Status.FAIL)])
+def test_layer_computing_in_float32_inside(tmp_path: Path, dtype: str, scale: int, status: Status) -> None:
+    """Its arrays say float64 (or the oracle's float64), its arithmetic is float32: a 1e-6
+    step would measure rounding. The probes find float32 resolution and use its step."""
+    r = run(
+        tmp_path,
+        f"SCALE = {scale}\n" + MIXED,
+        dtypes=[dtype],
+        cases=["random"],
+        inputs={"x": {"shape": [4, 64]}},
+        parameters={"w": {"shape": [8, 64]}},
+    )
+    assert r["x"].status is status, r["x"].message
+    assert r["w"].status is Status.PASS, r["w"].message
+    assert r["x"].numerical_dtype == "float32"
+    assert "forward resolves changes of x only to float32 precision" in r["x"].note
+
+
+def test_layer_branching_on_dtype_gets_no_oracle(tmp_path: Path) -> None:
+    """float64 runs a different slope than float32: checking the float32 backward against
+    the float64 function would pass a backward that is wrong for the code that runs."""
+    src = (
+        "def forward(x):\n    a = 0.01 if x.dtype == np.float64 else 0.2\n    return np.where(x > 0, x, a * x)\n"
+        "def backward(g, x):\n    return np.where(x > 0, g, 0.01 * g)\n"
+    )
+    r = run(tmp_path, src, dtypes=["float32"], cases=["random"], inputs={"x": {"shape": [64]}})
+    assert r["x"].status is Status.FAIL
+    assert "give different results" in r["x"].note and r["x"].numerical_dtype == "float32"
+
+
+@pytest.mark.parametrize("seed", [0, 4, 6])
+def test_log_near_zero_is_not_a_false_alarm(tmp_path: Path, seed: int) -> None:
+    """log on (0, 1): where x is ~1e-4 the plain difference's truncation (h^2 / 3x^2) exceeds
+    rtol; those few elements are re-estimated by Richardson extrapolation. A wrong backward
+    still fails everywhere."""
+    ok = run(
+        tmp_path,
+        "def forward(x):\n    return np.log(x)\ndef backward(g, x):\n    return g / x\n",
+        dtypes=["float64"],
+        cases=["random"],
+        seed=seed,
+        inputs={"x": {"shape": [4096], "fill": {"kind": "uniform", "low": 0.0, "high": 1.0}}},
+    )
+    assert ok["x"].status is Status.PASS, ok["x"].message
+    bad = run(
+        tmp_path,
+        "def forward(x):\n    return np.log(x)\ndef backward(g, x):\n    return g / (x + 1e-3)\n",
+        dtypes=["float64"],
+        cases=["random"],
+        seed=seed,
+        inputs={"x": {"shape": [4096], "fill": {"kind": "uniform", "low": 0.0, "high": 1.0}}},
+    )
+    assert bad["x"].status is Status.FAIL
+
+
+REFUSE = """
+def forward(x):
+    if x.dtype == np.float64:
+        raise TypeError("no float64 kernel")
+    return (x * x).mean().reshape(1)
+def backward(g, x):
+    return (FACTOR * x * g / x.size).astype(x.dtype)
+"""
+
+
+@pytest.mark.parametrize("factor", [2, 6])
+def test_tiny_gradients_without_oracle_are_inconclusive_not_passed(tmp_path: Path, factor: int) -> None:
+    """No float64 oracle, gradients ~1e-4 under the float32 atol of 1e-3: right or 3x wrong,
+    the check cannot tell, so it says so (ERROR) instead of passing."""
+    r = run(
+        tmp_path,
+        f"FACTOR = {factor}\n" + REFUSE,
+        dtypes=["float32"],
+        cases=["random"],
+        inputs={"x": {"shape": [4096]}},
+    )
+    assert r["x"].status is Status.ERROR and r["x"].message.startswith("inconclusive: every gradient")
+    assert "not from the float64 oracle: forward on float64 inputs raised TypeError" in r["x"].note
+
+
+def test_float16_cancellation_is_inconclusive_not_failed(tmp_path: Path) -> None:
+    """A saturated float16 softmax: the backward's rounding (~u |g|) is larger than the true
+    gradients themselves; that is float16, not a bug, and not evidence either way."""
+    src = (
+        "def forward(x):\n    e = np.exp(x - x.max(axis=1, keepdims=True))\n    return e / e.sum(axis=1, keepdims=True)\n"
+        "def backward(g, x):\n    s = forward(x)\n    return s * (g - (g * s).sum(axis=1, keepdims=True))\n"
+    )
+    r = run(
+        tmp_path,
+        src,
+        dtypes=["float16"],
+        cases=["random"],
+        inputs={"x": {"shape": [64, 2], "fill": {"kind": "special", "values": [8.0, 0.0]}}},
+    )
+    assert r["x"].status in (Status.ERROR, Status.PASS), r["x"].message
+    if r["x"].status is Status.ERROR:
+        assert "within the float16 rounding of the upstream gradient" in r["x"].message
+
+
+def test_backward_mutating_grad_out_is_a_contract_failure(tmp_path: Path) -> None:
+    src = "def forward(x):\n    return x * 1\ndef backward(g, x):\n    g[x <= 0] = 0\n    return g\n"
+    r = run(tmp_path, src, cases=["random"])
+    assert r["contract.no_mutation"].status is Status.FAIL
+    assert "upstream gradient (grad_out) in place" in r["contract.no_mutation"].message
+
+
+def test_complex_output_is_a_contract_failure(tmp_path: Path) -> None:
+    src = "def forward(x):\n    return x * 1j\ndef backward(g, x):\n    return g\n"
+    r = run(tmp_path, src, cases=["random"])
+    assert r["contract.forward_output"].status is Status.FAIL
+    assert "complex128" in r["contract.forward_output"].message
+
+
+def test_generator_backward_runs_inside_the_user_call(tmp_path: Path) -> None:
+    src = "def forward(x):\n    return x * 1\ndef backward(g, x):\n    yield g.reshape(99)\n"
+    r = run(tmp_path, src, cases=["random"])
+    assert r["x"].status is Status.ERROR and "backward raised ValueError" in r["x"].message
+
+
+def test_framework_tensor_output_is_named_not_a_crash(tmp_path: Path) -> None:
+    src = (
+        "class T:\n    def __init__(self, a):\n        self.a, self.shape, self.dtype = a, a.shape, a.dtype\n"
+        "def forward(x):\n    return T(x)\ndef backward(g, x):\n    return g\n"
+    )
+    r = run(tmp_path, src, cases=["random"])
+    assert r["contract.forward_output"].status is Status.FAIL
+    assert "output 0 is a T, not a numpy array (convert it" in r["contract.forward_output"].message
