@@ -4,8 +4,11 @@ and a table of bad inputs, each with its exit code and located message."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -479,24 +482,23 @@ def test_lint_reports_all_invalid_files(write, cli) -> None:  # type: ignore[no-
 # --- subprocess: the real entry point ------------------------------------------------------
 
 
+def _into_head(args: str) -> subprocess.CompletedProcess[str]:
+    """`specgrad ARGS | head -1` under pipefail, the source tree on PYTHONPATH."""
+    cmd = f"'{sys.executable}' -m specgrad {args} | head -1"
+    env = {**os.environ, "PYTHONPATH": str(SPECS.parent)}
+    return subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
 def test_list_into_a_closed_pipe(tmp_path: Path) -> None:
     """More ids than a pipe buffer holds, read by `head -1`: specgrad stops quietly."""
-    import os
-    import subprocess
-    import sys
 
     for k in range(8):
         for spec in SPECS.glob("*.yaml"):
             text = spec.read_text().replace("\nname: ", f"\nname: copy{k}_", 1)
             (tmp_path / f"{k}_{spec.name}").write_text(text)
-    cmd = f"'{sys.executable}' -m specgrad list '{tmp_path}' | head -1"
-    proc = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", cmd],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SPECS.parent)},
-        timeout=120,
-    )
+    proc = _into_head(f"list '{tmp_path}'")
     assert proc.stdout.strip() == "copy0_attention[float32,random]::q"
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
@@ -505,19 +507,9 @@ def test_list_into_a_closed_pipe(tmp_path: Path) -> None:
 def test_validate_into_a_closed_pipe_still_writes_its_report(tmp_path: Path) -> None:
     """`validate ... | head -1`: the rest of the output goes nowhere, the run finishes, the
     JSON report is complete and the exit code is the verdict's."""
-    import os
-    import subprocess
-    import sys
 
     report = tmp_path / "r.json"
-    cmd = f"'{sys.executable}' -m specgrad validate '{SPECS}' --json '{report}' | head -1"
-    proc = subprocess.run(
-        ["bash", "-o", "pipefail", "-c", cmd],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(SPECS.parent)},
-        timeout=300,
-    )
+    proc = _into_head(f"validate '{SPECS}' --json '{report}'")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     doc = json.loads(report.read_text())
