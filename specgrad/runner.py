@@ -291,7 +291,9 @@ class CaseRun:
                     f"{name} has shape {tuple(tensor.shape)}"
                 )
             else:
-                usable[name] = self.xp.asarray(grad)
+                # a copy: a gradient that views a buffer forward reuses must not change under
+                # the perturbed evaluations that follow
+                usable[name] = self.xp.asarray(grad).copy()
                 if str(grad.dtype) != str(tensor.dtype):
                     self._fail(
                         "backward_grads",

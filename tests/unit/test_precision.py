@@ -176,3 +176,13 @@ def test_framework_tensor_output_is_named_not_a_crash(tmp_path: Path) -> None:
     r = run(tmp_path, src, cases=["random"])
     assert r["contract.forward_output"].status is Status.FAIL
     assert "output 0 is a T, not a numpy array (convert it" in r["contract.forward_output"].message
+
+
+def test_gradient_viewing_a_reused_buffer_is_kept_as_returned(tmp_path: Path) -> None:
+    """A backward returning a view of a workspace that every forward overwrites: the
+    analytical gradient is the one backward returned, not what the buffer holds later."""
+    src = ("_ws = {}\n"
+           "def forward(x):\n    _ws['y'] = x * x\n    return _ws['y'].copy()\n"
+           "def backward(g, x):\n    _ws['y'][...] = 2 * x * g\n    return _ws['y']\n")
+    r = run(tmp_path, src, cases=["random"])
+    assert r["x"].status is Status.PASS, r["x"].message
