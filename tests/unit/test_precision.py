@@ -182,7 +182,8 @@ def test_gradient_viewing_a_reused_buffer_is_kept_as_returned(tmp_path: Path) ->
     """A backward returning a view of a workspace that every forward overwrites: the
     analytical gradient is the one backward returned, not what the buffer holds later."""
     src = ("_ws = {}\n"
-           "def forward(x):\n    _ws['y'] = x * x\n    return _ws['y'].copy()\n"
-           "def backward(g, x):\n    _ws['y'][...] = 2 * x * g\n    return _ws['y']\n")
+           "def forward(x):\n    buf = _ws.setdefault(x.dtype.str, np.empty_like(x))\n"
+           "    buf[...] = x * x\n    return buf.copy()\n"
+           "def backward(g, x):\n    buf = _ws[x.dtype.str]\n    buf[...] = 2 * x * g\n    return buf\n")
     r = run(tmp_path, src, cases=["random"])
     assert r["x"].status is Status.PASS, r["x"].message
