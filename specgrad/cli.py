@@ -54,7 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specgrad", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="specgrad",
+        description="Gradient checks for hand-written layer backward passes, from YAML specs.",
+        epilog="exit codes: 0 all selected checks passed, 1 a check failed or errored, 2 invalid "
+        "spec or command line, 3 internal error, 5 nothing selected, 130 interrupted, "
+        "141 output pipe closed",
+    )
     parser.add_argument("--version", action="version", version=f"specgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
