@@ -146,53 +146,51 @@ def _disagreement(base: list[Any], reference: Sequence[Any], plan: CasePlan, xp:
     return ""
 
 
-def _resolved(
-    name: str,
-    own: str,
-    run: dict[str, Any],
-    base: list[Any],
-    forward: Forward,
-    reference: Sequence[Any],
-    xp: ModuleType,
-) -> str:
-    """The finest precision at which single-element changes of tensor `name` move the
-    outputs, for most of (up to) 8 probed elements that move them at all; `own` when none
-    does (a tensor that moves nothing says nothing about precision). One element at a
-    time: moving many at once, some would sit on a rounding boundary of the lower
-    precision and move the outputs by chance."""
+def _resolved(name: str, own: str, run: dict[str, Any], base: list[Any], forward: Forward,
+              reference: Sequence[Any], xp: ModuleType) -> str:
+    """The finest precision whose changes of tensor `name` the outputs show, judged on (up
+    to) 8 single elements that the coarsest probe moves; `own` when it moves none (a tensor
+    that moves nothing says nothing about precision).
+
+    One element at a time: moving many at once, some would sit on a rounding boundary of a
+    lower precision and move the outputs by chance. And an element only counts against a
+    precision when the outputs should have shown its change: the coarse probe's change,
+    scaled down to the finer probe, is well above the outputs' rounding. A saturated tanh
+    is insensitive, not imprecise."""
     flat = run[name].reshape(-1)
     picks = sorted({int(i) for i in xp.linspace(0, flat.size - 1, min(8, flat.size)).tolist()})
     levels = [(lv, size) for lv, size in _PROBES if UNIT_ROUNDOFF[lv] >= UNIT_ROUNDOFF[own]]
-    moving = [e for e in picks if _moves(flat, e, levels[-1][1], base, forward, run, reference, xp)]
+    coarse_level, coarse_size = levels[-1]
+    changes = {e: _change(flat, e, coarse_size, base, forward, run, reference, xp) for e in picks}
+    moving = {e: d for e, d in changes.items() if d is None or any(bool(xp.any(c != 0)) for c in d)}
     if not moving:
         return own
+    resolution = [8 * UNIT_ROUNDOFF[own] * xp.abs(b) for b in base]
     for level, size in levels[:-1]:
-        hits = sum(_moves(flat, e, size, base, forward, run, reference, xp) for e in moving)
-        if 2 * hits > len(moving):
+        shown = 0
+        for e, coarse in moving.items():
+            visible = coarse is not None and any(
+                bool(xp.any(xp.abs(c) * (size / coarse_size) > r)) for c, r in zip(coarse, resolution, strict=True))
+            fine = _change(flat, e, size, base, forward, run, reference, xp) if visible else None
+            shown += not visible or fine is None or any(bool(xp.any(c != 0)) for c in fine)
+        if 2 * shown > len(moving):
             return level
-    return levels[-1][0]
+    return coarse_level
 
 
-def _moves(
-    flat: Any,
-    e: int,
-    size: float,
-    base: list[Any],
-    forward: Forward,
-    run: dict[str, Any],
-    reference: Sequence[Any],
-    xp: ModuleType,
-) -> bool:
-    """Whether moving element `e` by `size` relative (in place, then restored) moves an output."""
+def _change(flat: Any, e: int, size: float, base: list[Any], forward: Forward, run: dict[str, Any],
+            reference: Sequence[Any], xp: ModuleType) -> list[Any] | None:
+    """How the outputs change when element `e` moves by `size` relative (in place, then
+    restored); None when forward raises there (the real run reports it)."""
     orig = flat[e].copy()
     flat[e] = orig + size * (abs(float(orig)) + 1.0)
     try:
         moved = _float_outputs(forward(run), reference, xp)
-    except (Exception, SystemExit):  # noqa: BLE001 - user code; the real run reports it
-        return True
+    except (Exception, SystemExit):  # noqa: BLE001 - user code
+        return None
     finally:
         flat[e] = orig
-    return any(bool(xp.any(a != b)) for a, b in zip(base, moved, strict=True))
+    return [m - b for m, b in zip(moved, base, strict=True)]
 
 
 def _fallback(dtype: str, why: str) -> str:
