@@ -146,8 +146,15 @@ def _disagreement(base: list[Any], reference: Sequence[Any], plan: CasePlan, xp:
     return ""
 
 
-def _resolved(name: str, own: str, run: dict[str, Any], base: list[Any], forward: Forward,
-              reference: Sequence[Any], xp: ModuleType) -> str:
+def _resolved(
+    name: str,
+    own: str,
+    run: dict[str, Any],
+    base: list[Any],
+    forward: Forward,
+    reference: Sequence[Any],
+    xp: ModuleType,
+) -> str:
     """The finest precision whose changes of tensor `name` the outputs show, judged on (up
     to) 8 single elements that the coarsest probe moves; `own` when it moves none (a tensor
     that moves nothing says nothing about precision).
@@ -169,8 +176,10 @@ def _resolved(name: str, own: str, run: dict[str, Any], base: list[Any], forward
     for level, size in levels[:-1]:
         shown = 0
         for e, coarse in moving.items():
+            scaled = size / coarse_size
             visible = coarse is not None and any(
-                bool(xp.any(xp.abs(c) * (size / coarse_size) > r)) for c, r in zip(coarse, resolution, strict=True))
+                bool(xp.any(xp.abs(c) * scaled > r)) for c, r in zip(coarse, resolution, strict=True)
+            )
             fine = _change(flat, e, size, base, forward, run, reference, xp) if visible else None
             shown += not visible or fine is None or any(bool(xp.any(c != 0)) for c in fine)
         if 2 * shown > len(moving):
@@ -178,8 +187,16 @@ def _resolved(name: str, own: str, run: dict[str, Any], base: list[Any], forward
     return coarse_level
 
 
-def _change(flat: Any, e: int, size: float, base: list[Any], forward: Forward, run: dict[str, Any],
-            reference: Sequence[Any], xp: ModuleType) -> list[Any] | None:
+def _change(
+    flat: Any,
+    e: int,
+    size: float,
+    base: list[Any],
+    forward: Forward,
+    run: dict[str, Any],
+    reference: Sequence[Any],
+    xp: ModuleType,
+) -> list[Any] | None:
     """How the outputs change when element `e` moves by `size` relative (in place, then
     restored); None when forward raises there (the real run reports it)."""
     orig = flat[e].copy()
