@@ -11,14 +11,13 @@ that real layers accumulate across calls never leak between evaluations.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from specgrad.access import AccessPath
-from specgrad.errors import SpecError
+from specgrad.errors import SpecError, did_you_mean
 from specgrad.imports import resolve
 from specgrad.model import FunctionBinding, LayerBinding, Spec
 
@@ -98,7 +97,7 @@ class LayerEvaluator:
                 raise self._error(
                     f"layer.{field}",
                     f"the layer has no method '{method}'"
-                    f"{_did_you_mean(method, names)} (it has: {', '.join(names)})",
+                    f"{did_you_mean(method, names)} (it has: {', '.join(names)})",
                 )
         try:
             out = self._call(layer, tensors)
@@ -268,11 +267,6 @@ def _check_signature(factory: Callable[..., Any], binding: LayerBinding) -> None
     except TypeError as exc:
         where = binding.locations.get("layer.init", binding.factory.location)
         raise SpecError.at(where, "layer.init", f"{binding.factory.target}{signature}: {exc}") from None
-
-
-def _did_you_mean(word: str, names: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(names), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def grads_by_name(raw: Any, spec: Spec) -> dict[str, Any]:

@@ -7,7 +7,6 @@ imported from another folder (two spec folders each with a `layers.py`) is dropp
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -15,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from specgrad.errors import SpecError
+from specgrad.errors import SpecError, did_you_mean
 from specgrad.model import ImportRef
 
 
@@ -26,9 +25,7 @@ def resolve(ref: ImportRef, folder: Path) -> Any:
     for i, part in enumerate(qualname.split(".")):
         if not hasattr(obj, part):
             owner = module_name if i == 0 else ".".join([module_name, *qualname.split(".")[:i]])
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(part, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = did_you_mean(part, [n for n in dir(obj) if not n.startswith("_")])
             raise SpecError.at(ref.location, ref.field, f"'{owner}' has no attribute '{part}'{hint}")
         obj = getattr(obj, part)
     if not callable(obj):

@@ -7,25 +7,21 @@ values exact in a dtype, files that must exist).
 
 from __future__ import annotations
 
-import difflib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import numpy as np
 
-from specgrad.access import parse_path
-from specgrad.errors import SpecError, SpecIssue
+from specgrad.errors import SpecError, SpecIssue, did_you_mean
 from specgrad.loader import JsonPath, RawSpec, load_spec
-from specgrad.model import SPECIAL_VALUES, Spec, spec_from_validated
-from specgrad.numerics.tolerance import FLOAT_DTYPES
+from specgrad.model import Spec, spec_from_validated
+from specgrad.semantics import semantic_issues
 
 _SOURCE_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "spec.schema.json"
-MAX_ELEMENTS = 10**8
 _OBJECT_ONLY_FILLS = ("constant", "npy", "integers")
 
 
@@ -99,7 +95,7 @@ def _from_schema_error(raw: RawSpec, error: jsonschema.ValidationError) -> Itera
             if key not in known:
                 yield raw.issue(
                     (*path, key),
-                    f"unknown field '{key}'{_did_you_mean(key, known)} (expected one of: {', '.join(known)})",
+                    f"unknown field '{key}'{did_you_mean(key, known)} (expected one of: {', '.join(known)})",
                     key=True,
                 )
         return
@@ -127,7 +123,7 @@ def _message(kw: str, inst: Any, want: Any, error: jsonschema.ValidationError, p
         return f"expected {_type_name(want)}, {got}"
     if kw == "enum":
         choices = [str(c) for c in want]
-        hint = _did_you_mean(str(inst), choices) if isinstance(inst, str) else ""
+        hint = did_you_mean(str(inst), choices) if isinstance(inst, str) else ""
         if "fill" in path and inst in _OBJECT_ONLY_FILLS:
             hint = f" ('{inst}' needs the mapping form: {{kind: {inst}, ...}})"
         return f"expected one of {', '.join(choices)}; {got}{hint}"
@@ -178,269 +174,3 @@ def _type_name(want: Any) -> str:
         "boolean": "true or false",
     }
     return " or ".join(words.get(str(n), str(n)) for n in names)
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-# --- semantics ----------------------------------------------------------------------
-
-
-def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
-    data = raw.data
-    numbers = list(_number_issues(raw, data, ()))
-    if numbers:  # nothing below can trust these values
-        yield from numbers
-        return
-    sections = {s: data.get(s) or {} for s in ("inputs", "parameters")}
-    names = [*sections["inputs"], *sections["parameters"]]
-    for name in sections["parameters"]:
-        if name in sections["inputs"]:
-            yield raw.issue(("parameters", name), f"'{name}' is already an input", key=True)
-    dtypes = data.get("dtypes", ["float32", "float64"])
-    for section, tensors in sections.items():
-        for name, tensor in tensors.items():
-            yield from _tensor_issues(raw, (section, name), tensor, dtypes)
-    if not any(
-        t.get("grad", t.get("dtype") in (None, *FLOAT_DTYPES)) for s in sections.values() for t in s.values()
-    ):
-        yield raw.issue(
-            ("inputs",),
-            "nothing to check: no tensor is differentiable "
-            "(every tensor has grad: false or an integer dtype)",
-        )
-    yield from _case_issues(raw, names, dtypes)
-    yield from _binding_issues(raw, list(sections["parameters"]))
-    for key in data.get("attrs") or {}:
-        if not str(key).isidentifier():
-            yield raw.issue(
-                ("attrs", key), f"attribute name {key!r} is not a valid keyword argument name", key=True
-            )
-        elif key in names and data.get("convention", "functional") != "layer":
-            yield raw.issue(
-                ("attrs", key), f"'{key}' is also a tensor name: forward would receive it twice", key=True
-            )
-
-
-#: numeric fields that must hold whole numbers (JSON Schema's "integer" admits 2.0)
-_INTEGER_FIELDS = {"shape", "seed"}
-
-
-def _number_issues(raw: RawSpec, value: Any, path: JsonPath) -> Iterator[SpecIssue]:
-    """Every number a spec gives (outside attrs and init, which belong to user code) is
-    finite and representable as a float64; whole-number fields hold integers."""
-    if path[:1] == ("attrs",) or path[:2] == ("layer", "init"):
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _number_issues(raw, item, (*path, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _number_issues(raw, item, (*path, i))
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        whole = any(p in _INTEGER_FIELDS for p in path if isinstance(p, str)) or (
-            path[-1:] in (("low",), ("high",)) and _is_integers_fill(raw.data, path[:-1])
-        )
-        if whole and isinstance(value, float):
-            yield raw.issue(path, f"expected an integer, got number {value!r}")
-        elif not _finite(value):
-            yield raw.issue(path, f"expected a finite number, got {value!r}"[:200])
-
-
-def _finite(value: float) -> bool:
-    try:
-        return bool(np.isfinite(float(value)))
-    except OverflowError:
-        return False
-
-
-def _is_integers_fill(data: Any, path: JsonPath) -> bool:
-    node = data
-    for part in path:
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            return False
-    return isinstance(node, dict) and node.get("kind") == "integers"
-
-
-def _tensor_issues(
-    raw: RawSpec, path: JsonPath, tensor: dict[str, Any], dtypes: list[str]
-) -> Iterator[SpecIssue]:
-    dtype = tensor.get("dtype")
-    size = int(np.prod(tensor["shape"], dtype=np.float64))
-    if size > MAX_ELEMENTS:
-        yield raw.issue(
-            (*path, "shape"),
-            f"shape {tensor['shape']} has {size:.3g} elements; the limit is {MAX_ELEMENTS:.0e} per tensor",
-        )
-    if tensor.get("grad") and dtype not in (None, *FLOAT_DTYPES):
-        yield raw.issue(
-            (*path, "grad"), f"a {dtype} tensor cannot be differentiated (set grad: false or a float dtype)"
-        )
-    if dtype not in (None, *FLOAT_DTYPES) and "fill" not in tensor:
-        yield raw.issue(
-            path,
-            f"a {dtype} tensor needs a fill, e.g. {{kind: integers, low: 0, "
-            "high: 10}} (the default normal fill makes non-integer values)",
-            key=True,
-        )
-    if "fill" in tensor:
-        yield from _fill_issues(
-            raw, (*path, "fill"), tensor["fill"], [dtype] if dtype else dtypes, tensor["shape"]
-        )
-
-
-def _fill_issues(
-    raw: RawSpec, path: JsonPath, fill: Any, dtypes: list[str], shape: list[int]
-) -> Iterator[SpecIssue]:
-    kind = fill if isinstance(fill, str) else fill["kind"]
-    data = {} if isinstance(fill, str) else fill
-    int_dtypes = [d for d in dtypes if d not in FLOAT_DTYPES]
-    if int_dtypes and kind not in ("integers", "constant", "npy", "special"):
-        yield raw.issue(
-            path,
-            f"a {kind} fill makes non-integer values; a {int_dtypes[0]} "
-            "tensor needs {kind: integers, low: ..., high: ...}",
-        )
-    if kind in ("uniform", "integers"):
-        low, high = data.get("low", 0 if kind == "integers" else -1.0), data.get("high", 1.0)
-        if not low < high:
-            yield raw.issue(path, f"empty range: low ({low}) must be below high ({high})")
-        if "bool" in dtypes and (low < 0 or high > 2):
-            yield raw.issue(path, f"a bool tensor takes integers in [0, 2), got [{low}, {high})")
-    if kind == "special" or kind == "constant":
-        values = data.get("values", SPECIAL_VALUES) if kind == "special" else [data["value"]]
-        for dtype in dtypes:
-            yield from _representable(raw, path, values, dtype)
-    if kind == "npy":
-        yield from _npy_issues(raw, path, raw.path.parent / data["path"], shape)
-
-
-def _representable(raw: RawSpec, path: JsonPath, values: list[float], dtype: str) -> Iterator[SpecIssue]:
-    for i, v in enumerate(values):
-        with np.errstate(over="ignore", invalid="ignore"):
-            stored = np.asarray(v).astype(dtype).astype(np.float64)
-        if not (stored == v or (np.isnan(v) and dtype in FLOAT_DTYPES)):
-            where = (*path, "values", i) if raw.locations.get((*path, "values", i)) else path
-            yield raw.issue(
-                where, f"{v!r} is not exactly representable in {dtype} (it would become {float(stored)!r})"
-            )
-
-
-def _npy_issues(raw: RawSpec, path: JsonPath, file: Path, shape: list[int]) -> Iterator[SpecIssue]:
-    if not file.is_file():
-        yield raw.issue((*path, "path"), f"no such file: {file}")
-        return
-    try:
-        array = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        yield raw.issue((*path, "path"), f"cannot read {file} as .npy: {exc}")
-        return
-    if tuple(array.shape) != tuple(shape):
-        yield raw.issue(
-            (*path, "path"), f"{file.name} has shape {list(array.shape)}, the tensor declares {shape}"
-        )
-
-
-def _case_issues(raw: RawSpec, names: list[str], dtypes: list[str]) -> Iterator[SpecIssue]:
-    seen: dict[str, int] = {}
-    tensors = {**(raw.data.get("inputs") or {}), **(raw.data.get("parameters") or {})}
-    for i, case in enumerate(raw.data.get("cases", [])):
-        name = case if isinstance(case, str) else case["name"]
-        if name in seen:
-            yield raw.issue(("cases", i), f"duplicate case name '{name}' (also case {seen[name]})")
-        seen[name] = i
-        for tname, fill in ({} if isinstance(case, str) else case.get("fills") or {}).items():
-            if tname not in names:
-                yield raw.issue(
-                    ("cases", i, "fills", tname),
-                    f"no tensor named '{tname}'{_did_you_mean(tname, names)}",
-                    key=True,
-                )
-                continue
-            t = tensors[tname]
-            yield from _fill_issues(
-                raw,
-                ("cases", i, "fills", tname),
-                fill,
-                [t["dtype"]] if t.get("dtype") else dtypes,
-                t["shape"],
-            )
-
-
-def _layer_io_issues(raw: RawSpec, layer: dict[str, Any]) -> Iterator[SpecIssue]:
-    """`output` and `input_grads` paths parse, and input_grads covers every differentiable input."""
-    if "output" in layer:
-        yield from _path_issue(raw, ("layer", "output"), layer["output"])
-    if "input_grads" not in layer:
-        return
-    inputs = raw.data.get("inputs") or {}
-    for name, path in layer["input_grads"].items():
-        if name not in inputs:
-            yield raw.issue(
-                ("layer", "input_grads", name),
-                f"no input named '{name}'{_did_you_mean(name, list(inputs))}",
-                key=True,
-            )
-        yield from _path_issue(raw, ("layer", "input_grads", name), path)
-    for name, tensor in inputs.items():
-        if (
-            tensor.get("grad", tensor.get("dtype") in (None, *FLOAT_DTYPES))
-            and name not in layer["input_grads"]
-        ):
-            yield raw.issue(
-                ("layer", "input_grads"),
-                f"missing layer.input_grads.{name}: where the "
-                f"gradient of differentiable input '{name}' is read after backward",
-            )
-
-
-def _path_issue(raw: RawSpec, where: JsonPath, text: str) -> Iterator[SpecIssue]:
-    try:
-        parse_path(text)
-    except ValueError as exc:
-        yield raw.issue(where, str(exc))
-
-
-def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
-    data = raw.data
-    if data.get("convention", "functional") != "layer":
-        if "layer" in data:
-            yield raw.issue(("layer",), "a layer: block needs convention: layer", key=True)
-        return
-    for key in ("forward", "backward"):
-        if key in data:
-            yield raw.issue(
-                (key,),
-                f"convention: layer takes method names in layer.{key}, not a top-level {key} import string",
-                key=True,
-            )
-    located = data["layer"].get("params") or {}
-    for name in params:
-        if name not in located:
-            yield raw.issue(
-                ("layer",),
-                f"missing layer.params.{name}: where parameter "
-                f"'{name}' lives on the object (value: path, grad: path)",
-            )
-    yield from _layer_io_issues(raw, data["layer"])
-    for name, where in located.items():
-        if name not in params:
-            yield raw.issue(
-                ("layer", "params", name),
-                f"no parameter named '{name}'{_did_you_mean(name, params)}",
-                key=True,
-            )
-        for part in ("value", "grad"):
-            if part in where:
-                yield from _path_issue(raw, ("layer", "params", name, part), where[part])
-        tensor = (data.get("parameters") or {}).get(name, {})
-        if "grad" not in where and tensor.get("grad", tensor.get("dtype") in (None, *FLOAT_DTYPES)):
-            yield raw.issue(
-                ("layer", "params", name),
-                f"missing grad: where the gradient of "
-                f"differentiable parameter '{name}' is read after backward",
-            )
