@@ -277,20 +277,13 @@ def grads_by_name(raw: Any, spec: Spec) -> dict[str, Any]:
     """
     if isinstance(spec.binding, LayerBinding):
         input_raw, params = raw
-        named = _match(
-            input_raw,
-            [t.name for t in spec.inputs],
-            [t.name for t in spec.inputs if t.grad],
-            allow_ignore=True,
-        )
+        named = _match(input_raw, [t.name for t in spec.inputs], [t.name for t in spec.inputs if t.grad])
         named.update({n: params[n] for n in params if spec.tensor(n).grad})
         return named
-    return _match(
-        raw, [t.name for t in spec.tensors], [t.name for t in spec.tensors if t.grad], allow_ignore=False
-    )
+    return _match(raw, [t.name for t in spec.tensors], [t.name for t in spec.tensors if t.grad])
 
 
-def _match(raw: Any, names: Sequence[str], diff: Sequence[str], allow_ignore: bool) -> dict[str, Any]:
+def _match(raw: Any, names: Sequence[str], diff: Sequence[str]) -> dict[str, Any]:
     if not diff:
         return {}
     if isinstance(raw, Mapping):
@@ -306,8 +299,6 @@ def _match(raw: Any, names: Sequence[str], diff: Sequence[str], allow_ignore: bo
         return dict(zip(diff, items, strict=True))
     if len(items) == len(names) and all(items[i] is None for i, n in enumerate(names) if n not in diff):
         return {n: items[i] for i, n in enumerate(names) if n in diff}
-    if allow_ignore and len(diff) == 0:
-        return {}
     raise ContractError(
         f"backward returned {len(items)} gradient(s); expected {len(diff)} "
         f"(one per differentiable tensor: {_names(diff)})"

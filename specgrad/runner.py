@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -67,6 +67,14 @@ def _is_float(array: Any) -> bool:
     return str(array.dtype) in FLOAT_DTYPES
 
 
+def _largest(arrays: Iterable[Any | None], xp: ModuleType) -> float:
+    """The largest finite magnitude over `arrays` (None and empty ones skipped)."""
+    sizes = [
+        float(xp.max(xp.abs(xp.where(xp.isfinite(a), a, 0)))) for a in arrays if a is not None and a.size
+    ]
+    return max(sizes, default=0.0)
+
+
 def _same(a: Any, b: Any, xp: ModuleType) -> bool:
     """Bitwise-equal values, NaN equal to NaN, any dtype."""
     if tuple(a.shape) != tuple(b.shape):
@@ -84,7 +92,6 @@ class CaseRun:
         self.verdicts: dict[str, tuple[Status, str]] = {}
         self.blocked: str | None = None  # why gradient checks cannot run
         self.routes: dict[str, Route] | None = None  # how each tensor's numerical gradient is taken
-        self.scale: float | None = None
 
     # -- orchestration --------------------------------------------------------------
 
@@ -180,9 +187,10 @@ class CaseRun:
         again, _, state = self._call_forward()
         self._check_deterministic(outputs, again)
         self._settled("deterministic")
-        self.float_outputs = [i for i, o in enumerate(outputs) if _is_float(o)]
         upstream = make_upstream(
-            {i: tuple(outputs[i].shape) for i in self.float_outputs}, self.plan.dtype, self.plan.seed
+            {i: tuple(o.shape) for i, o in enumerate(outputs) if _is_float(o)},
+            self.plan.dtype,
+            self.plan.seed,
         )
         g = [self.backend.asarray(upstream[i]) if i in upstream else None for i in range(len(outputs))]
         self.upstream64 = [None if x is None else x.astype(self.xp.float64) for x in g]
@@ -364,26 +372,10 @@ class CaseRun:
             route,
             self.grads[name],
             numerical,
-            self._case_scale(),
-            self._upstream_scale(),
+            _largest(self.grads.values(), self.xp),  # the case's scale
+            _largest(self.upstream64, self.xp),
             self.xp,
         )
-
-    def _upstream_scale(self) -> float:
-        xp = self.xp
-        return max(
-            (float(xp.max(xp.abs(g))) for g in self.upstream64 if g is not None and g.size), default=0.0
-        )
-
-    def _case_scale(self) -> float:
-        """The largest finite analytical gradient over every tensor of the case."""
-        if self.scale is None:
-            xp = self.xp
-            sizes = [
-                float(xp.max(xp.abs(xp.where(xp.isfinite(g), g, 0)))) for g in self.grads.values() if g.size
-            ]
-            self.scale = max(sizes, default=0.0)
-        return self.scale
 
     def _perturbation_text(self, name: str, exc: PerturbationError) -> str:
         if exc.index is None:

@@ -117,7 +117,7 @@ class _Stencil:
             raise ValueError("central_difference needs a contiguous tensor it can perturb in place")
         self.active = [(k, g, g * g) for k, g in enumerate(upstream) if g is not None]
         try:
-            self.base = _outputs64(evaluate(), self.active, None, xp)
+            self.base = _outputs64(evaluate(), self.active, xp)
         except (Exception, SystemExit) as exc:  # user code
             raise PerturbationError(None, exc) from exc
         # an element that moved no output at all may still have moved them by less than
@@ -147,11 +147,9 @@ class _Stencil:
         xp = self.xp
         value, power, steps = (
             xp.stack([xp.asarray(p[i], dtype=xp.float64) for p in parts]).reshape(self.x.shape)
-            if parts
-            else xp.zeros(self.x.shape)
             for i in range(3)
         )
-        return NumericalGradient(value, self.noise(power, steps) if parts else value)
+        return NumericalGradient(value, self.noise(power, steps))
 
 
 def _evaluate_at(
@@ -170,10 +168,10 @@ def _evaluate_at(
     if flat[j] == orig:  # h is below half an ulp of x_j in this dtype: take one ulp
         flat[j] = xp.nextafter(orig, xp.asarray(xp.inf if h > 0 else -xp.inf, dtype=orig.dtype))
     step = xp.abs(flat[j].astype(xp.float64) - orig.astype(xp.float64))
-    return step, _outputs64(evaluate(), active, base, xp)
+    return step, _outputs64(evaluate(), active, xp)
 
 
-def _outputs64(outputs: Outputs, active: Active, base: list[Any] | None, xp: ModuleType) -> list[Any]:
+def _outputs64(outputs: Outputs, active: Active, xp: ModuleType) -> list[Any]:
     """float64 copies of the differentiated outputs, checked against the case's outputs."""
     out = []
     for k, g, _ in active:
