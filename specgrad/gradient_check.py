@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 from specgrad.compile import CasePlan
 from specgrad.numerics.compare import Comparison, compare
-from specgrad.numerics.finite_diff import NumericalGradient, central_difference, richardson
-from specgrad.numerics.tolerance import FLOAT_DTYPES, UNIT_ROUNDOFF, Tolerance
+from specgrad.numerics.finite_diff import NumericalGradient, central_difference, joint_sides
+from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, FLOAT_DTYPES, UNIT_ROUNDOFF, Tolerance
 
 #: relative probe each precision resolves and the next coarser one rounds away
 _PROBES = (("float64", 1e-10), ("float32", 1e-5), ("float16", 3e-3))
@@ -41,15 +43,6 @@ class Route:
     dtype: str  # the precision forward resolves the tensor at: step, noise and bounds
     tensors: dict[str, Any]  # the tensors to perturb (float64 oracle copies or the check's own)
     note: str = ""  # what the verdict depends on, when it is not the plain float64 oracle
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    passed: bool
-    comparison: Comparison
-    tolerance: Tolerance
-    atol: float  # the atol the bound used
-    message: str  # why it failed, or why a pass says nothing (inconclusive)
 
 
 def routes(
@@ -225,123 +218,259 @@ def numerical_gradient(
     """Perturb `name` along its route: the step and the noise are those of the precision
     forward resolves it at."""
     tensors = route.tensors
-    epsilon = plan.spec.tolerances[route.dtype].epsilon
     return central_difference(
-        lambda: forward(tensors), tensors[name], upstream64, epsilon, UNIT_ROUNDOFF[route.dtype], xp
-    )
-
-
-#: at most this many out-of-bound elements are re-estimated by Richardson extrapolation
-#: before a FAIL; a wrong backward is wrong in many more places
-REFINE_MAX = 64
-
-
-def refined(
-    name: str,
-    route: Route,
-    plan: CasePlan,
-    forward: Forward,
-    upstream64: Sequence[Any | None],
-    numerical: NumericalGradient,
-    indices: Sequence[int],
-    xp: ModuleType,
-) -> NumericalGradient:
-    """`numerical` with the elements at the flat `indices` re-estimated by Richardson
-    extrapolation (steps h and h/2): what looked like a failure may be the plain
-    difference's truncation error where the curvature is large (log near 0)."""
-    tensors = route.tensors
-    values, noise = richardson(
         lambda: forward(tensors),
         tensors[name],
-        indices,
         upstream64,
         plan.spec.tolerances[route.dtype].epsilon,
         UNIT_ROUNDOFF[route.dtype],
         xp,
     )
-    value, spread = numerical.value.copy(), numerical.noise.copy()
-    flat_value, flat_noise = value.reshape(-1), spread.reshape(-1)
-    for i, v, n in zip(indices, values, noise, strict=True):
-        flat_value[i], flat_noise[i] = v, n
-    return NumericalGradient(value, spread)
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The numerical side of a verdict: the differences, and where elements were looked at
+    again, their refined values and the kinks found among them (flat indices)."""
+
+    numerical: NumericalGradient
+    lo: Any  # admissible interval per element: lo == hi == value except at kinks
+    hi: Any
+    kinks: tuple[int, ...] = ()
+    refined: int = 0  # how many elements were re-estimated at a finer step
+
+
+def plain(numerical: NumericalGradient) -> Estimate:
+    return Estimate(numerical, numerical.value, numerical.value)
+
+
+#: elements are re-examined in chunks of this size; a chunk in which not one element turns
+#: out to be curvature or a kink stops the search (a wrong backward is wrong everywhere)
+REFINE_CHUNK = 256
+
+#: one-sided derivatives at h/4 that still differ by more than this share of their
+#: difference at h do not converge: the element sits on a kink (smooth: 1/4)
+KINK_RATIO = 0.5
+
+
+def refine(
+    name: str,
+    route: Route,
+    plan: CasePlan,
+    forward: Forward,
+    upstream64: Sequence[Any | None],
+    estimate: Estimate,
+    violating: Sequence[int],
+    b: Bound,
+    xp: ModuleType,
+) -> Estimate:
+    """Re-examine out-of-bound elements at the step h/4.
+
+    Smooth elements get a better value: Richardson's (16 D(h/4) - D(h)) / 15, which cancels
+    the h^2 truncation term (log or 1/x near 0, steep saturations), or D(h/4) alone where
+    the step h straddled a kink nearby (its one-sided differences did not shrink fourfold).
+    Elements whose one-sided derivatives still differ at h/4, by as much as at h and by more
+    than their noise and the numerical part of the bound `b`, are kinks:
+    their admissible values become the interval between the one-sided derivatives."""
+    tensors = route.tensors
+    epsilon = plan.spec.tolerances[route.dtype].epsilon / 4
+    num = estimate.numerical
+    value, noise = num.value.copy(), num.noise.copy()
+    lo, hi = estimate.lo.copy(), estimate.hi.copy()
+    flat = {k: a.reshape(-1) for k, a in (("value", value), ("noise", noise), ("lo", lo), ("hi", hi))}
+    kinks, done = list(estimate.kinks), 0
+    for start in range(0, len(violating), REFINE_CHUNK):
+        chunk = list(violating[start : start + REFINE_CHUNK])
+        u = UNIT_ROUNDOFF[route.dtype]
+        fine = central_difference(lambda: forward(tensors), tensors[name], upstream64, epsilon, u, xp, chunk)
+        idx = xp.asarray(chunk)
+        d1, n1 = num.value.reshape(-1)[idx], num.noise.reshape(-1)[idx]
+        gap1 = xp.abs(num.plus.reshape(-1)[idx] - num.minus.reshape(-1)[idx])
+        gap2 = xp.abs(fine.plus - fine.minus)
+        sides_lo, sides_hi = xp.minimum(fine.plus, fine.minus), xp.maximum(fine.plus, fine.minus)
+        significant = gap2 > 8 * fine.noise + xp.broadcast_to(b.slack, num.value.shape).reshape(-1)[idx]
+        kink = significant & (gap2 > KINK_RATIO * gap1)
+        converging = (gap1 > 2 * gap2) & (gap1 < 8 * gap2 + 8 * n1)  # truncation shrinks 16x: h^2
+        better = xp.where(converging, (16 * fine.value - d1) / 15, fine.value)
+        better_noise = xp.where(converging, (16 * fine.noise + n1) / 15, fine.noise)
+        flat["value"][idx] = better
+        flat["noise"][idx] = better_noise
+        flat["lo"][idx] = xp.where(kink, sides_lo, better)
+        flat["hi"][idx] = xp.where(kink, sides_hi, better)
+        kinks += [j for j, k in zip(chunk, kink.tolist(), strict=True) if k]
+        done += len(chunk)
+        if not bool(xp.any(kink)) and not bool(xp.any(xp.abs(better - d1) > 4 * better_noise)):
+            break  # nothing here was curvature or a kink: the differences stand
+    refined = NumericalGradient(value, noise, num.plus, num.minus, num.terms, num.fanout)
+    return Estimate(refined, lo, hi, tuple(sorted(set(kinks))), estimate.refined + done)
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The per-element bound of one tensor's comparison and what it was made of."""
+
+    value: Any  # float64 array shaped like the tensor
+    slack: Any  # the numerical part: atol + rtol |n| + noise
+    tolerance: Tolerance
+    atol: float
+    model: bool  # the error model (False: the spec's hand-set rtol/atol)
+    analytical_dtype: str
+
+
+def bound(
+    name: str,
+    plan: CasePlan,
+    route: Route,
+    numerical: NumericalGradient,
+    case_scale: float,
+    upstream_scale: float,
+    xp: ModuleType,
+) -> Bound:
+    """The error model of `numerics.tolerance`, or the spec's rtol/atol where it sets them.
+
+    `case_scale` is the largest analytical gradient over every tensor of the case and
+    `upstream_scale` the largest upstream value |g|: the sizes of the terms backward works
+    with, so the rounding allowance never drops below what a cancellation leaves behind
+    (a bias before a batch norm, whose true gradient is zero)."""
+    analytical_dtype, given = plan.tolerance_for(name)
+    n = numerical.value
+    finite = xp.where(xp.isfinite(n), n, 0.0)
+    scale = max(float(xp.max(xp.abs(finite))) if finite.size else 0.0, case_scale)
+    noise = xp.where(xp.isfinite(numerical.noise), numerical.noise, 0.0)
+    if given.hand_set:
+        slack = given.atol + given.rtol * xp.abs(finite) + noise
+        return Bound(slack, slack, given, given.atol, False, analytical_dtype)
+    tol = plan.spec.tolerances[route.dtype]
+    atol = tol.effective_atol(scale) if route.dtype == "float64" else tol.atol
+    slack = atol + tol.rtol * xp.abs(finite) + noise
+    u = UNIT_ROUNDOFF[analytical_dtype]
+    terms = xp.where(xp.isfinite(numerical.terms), numerical.terms, 0.0)
+    rounding = ANALYTICAL_SIGMAS * u * (xp.sqrt(numerical.fanout) * terms + max(case_scale, upstream_scale))
+    return Bound(slack + rounding, slack, tol, atol, True, analytical_dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    passed: bool
+    comparison: Comparison
+    tolerance: Tolerance
+    atol: float  # the atol the bound used
+    message: str  # why it failed, or why a pass says nothing (inconclusive)
+    kinks: int = 0
 
 
 def judge(
     name: str,
     plan: CasePlan,
-    route: Route,
     analytical: Any,
-    numerical: NumericalGradient,
+    estimate: Estimate,
+    b: Bound,
     case_scale: float,
-    upstream_scale: float,
     xp: ModuleType,
 ) -> Verdict:
-    """Compare under the coarsest of the tensor's, the check's and the route's tolerances.
-
-    `case_scale` is the largest analytical gradient over every tensor of the case: the size
-    of the terms any one gradient is summed from, so the scale-relative atol never drops
-    below the rounding of a gradient that is truly zero (a bias before a batch norm).
-    `upstream_scale` (max |g|) bounds what cancellation leaves in a low-precision backward:
-    about its unit roundoff times |g|."""
-    analytical_dtype, _ = plan.tolerance_for(name)
-    _, tol = plan.tolerance_for(name, route.dtype)
-    finite = xp.where(xp.isfinite(numerical.value), numerical.value, 0.0)
-    scale = max(float(xp.max(xp.abs(finite))) if finite.size else 0.0, case_scale)
-    atol, floor = tol.atol, 0.0
-    if route.dtype == "float64" and not tol.atol_given:
-        atol = tol.effective_atol(scale)
-        floor = 4 * UNIT_ROUNDOFF[analytical_dtype] * upstream_scale
-    c = compare(analytical, numerical.value, numerical.noise, tol.rtol, atol, xp)
-    if c.passed:
-        return Verdict(True, c, tol, atol, _inconclusive(name, c, route.dtype, tol.atol, atol, scale))
-    if (
-        floor > atol
-        and (within := compare(analytical, numerical.value, numerical.noise, tol.rtol, floor, xp)).passed
-    ):
-        # a low-precision backward that cancels O(|g|) terms keeps ~u |g| of rounding in
-        # every element: differences below that are no evidence either way
-        blind = (
-            ""
-            if scale > floor
-            else (
-                f"inconclusive: {name}'s differences ({c.max_abs_err:.3g}) are within the {analytical_dtype} "
-                f"rounding of the upstream gradient (4 u |g| = {floor:.3g}), and so is every gradient of "
-                f"this case (the largest is {scale:.3g}); check in float32 or float64"
-            )
-        )
-        return Verdict(True, within, tol, floor, blind)
-    return Verdict(False, c, tol, atol, _failure_text(name, c, tol.rtol, atol))
+    """Compare under the bound, with the spec's kink semantics for the elements found to
+    sit on kinks."""
+    lo, hi, limit = estimate.lo, estimate.hi, b.value
+    kinks = estimate.kinks
+    mode = plan.spec.kinks
+    if kinks and mode == "skip":
+        limit = xp.broadcast_to(limit, analytical.shape).copy()
+        limit.reshape(-1)[xp.asarray(kinks)] = xp.inf
+    c = compare(analytical, estimate.numerical.value, estimate.numerical.noise, limit, xp, (lo, hi))
+    kink_text = _kink_text(name, kinks, mode, analytical.shape)
+    if kinks and mode == "fail":
+        return Verdict(False, c, b.tolerance, b.atol, kink_text, len(kinks))
+    if not c.passed:
+        text = "; ".join(filter(None, (_failure_text(name, c, b), kink_text)))
+        return Verdict(False, c, b.tolerance, b.atol, text, len(kinks))
+    message = _inconclusive(name, c, estimate, limit, case_scale, xp)
+    return Verdict(True, c, b.tolerance, b.atol, "; ".join(filter(None, (message, kink_text))), len(kinks))
 
 
-def _inconclusive(name: str, c: Comparison, dtype: str, atol: float, bound_atol: float, scale: float) -> str:
-    """A pass that says nothing, so a wrong gradient of that size would pass too: every
-    gradient of the case is inside atol, or the numerical gradient's own rounding noise is
-    above the dtype's atol and as large as the gradient."""
-    if 0 < scale <= bound_atol:
-        return (
-            f"inconclusive: every gradient of this case is below atol ({bound_atol:.3g}; the "
-            f"largest is {scale:.3g}), so a wrong gradient of that size would pass; make the "
-            "layer run in float64 or give this dtype an atol well below the gradients (with a reason)"
-        )
-    if c.noise_floor <= atol or c.noise_floor < 0.5 * c.max_abs_numerical:
+def joint_kink_check(
+    name: str,
+    route: Route,
+    plan: CasePlan,
+    forward: Forward,
+    upstream64: Sequence[Any | None],
+    analytical: Any,
+    kinks: Sequence[int],
+    b: Bound,
+    xp: ModuleType,
+) -> str:
+    """Why the kink elements together break the subgradient rule, or "": moved together,
+    ties of a max become smooth, and the sum of their gradients must lie between the joint
+    one-sided derivatives (a tie counted twice passes element by element, not here)."""
+    tensors = route.tensors
+    epsilon = plan.spec.tolerances[route.dtype].epsilon / 4
+    plus, minus, noise = joint_sides(
+        lambda: forward(tensors), tensors[name], kinks, upstream64, epsilon, UNIT_ROUNDOFF[route.dtype], xp
+    )
+    idx = xp.asarray(list(kinks))
+    total = float(xp.sum(xp.asarray(analytical).astype(xp.float64).reshape(-1)[idx]))
+    allowance = float(xp.sum(xp.broadcast_to(b.value, analytical.shape).reshape(-1)[idx])) + 8 * noise
+    low, high = min(plus, minus), max(plus, minus)
+    if low - allowance <= total <= high + allowance:
         return ""
-    advice = "raise epsilon" if dtype == "float64" else "make the layer run in float64, raise epsilon"
     return (
-        f"inconclusive: the rounding noise of the numerical gradient of {name} in {dtype} "
-        f"({c.noise_floor:.3g}) is as large as the gradient itself (max |numerical| "
-        f"{c.max_abs_numerical:.3g}), so a wrong gradient could pass; {advice}, or make the "
-        "layer's outputs smaller"
+        f"the gradient of {name} at its {len(kinks)} kink element(s) is not a subgradient: moved "
+        f"together, they change the loss at rate {minus:.6g} (left) and {plus:.6g} (right), but "
+        f"their analytical gradients sum to {total:.6g} (allowance {allowance:.3g}); "
+        "a tie counted twice (max pooling) looks like this"
     )
 
 
-def _failure_text(name: str, c: Comparison, rtol: float, atol: float) -> str:
+def _kink_text(name: str, kinks: Sequence[int], mode: str, shape: tuple[int, ...]) -> str:
+    if not kinks:
+        return ""
+    first = ", ".join(str(tuple(int(i) for i in np.unravel_index(k, shape))) for k in kinks[:3])
+    more = "" if len(kinks) <= 3 else f" and {len(kinks) - 3} more"
+    if mode == "fail":
+        return (
+            f"{name} has {len(kinks)} element(s) on a kink (the one-sided derivatives differ) "
+            f"at {first}{more}, and the spec says kinks: fail"
+        )
+    verb = "judged by the subgradient rule" if mode == "subgradient" else "left out (kinks: skip)"
+    return f"{len(kinks)} kink element(s) of {name} {verb}: {first}{more}"
+
+
+def _inconclusive(
+    name: str,
+    c: Comparison,
+    estimate: Estimate,
+    limit: Any,
+    case_scale: float,
+    xp: ModuleType,
+) -> str:
+    """A pass that says nothing: a backward returning zeros would have passed too, and so
+    would every gradient of the case (a tensor whose true gradient is zero, beside larger
+    ones, is fine)."""
+    n = xp.where(xp.isfinite(estimate.numerical.value), estimate.numerical.value, 0.0)
+    if c.max_abs_numerical == 0 or not bool(xp.all(xp.abs(n) <= limit)):
+        return ""
+    widest = float(xp.max(xp.broadcast_to(limit, n.shape)))
+    if case_scale > widest:
+        return ""
+    return (
+        f"inconclusive: every gradient of this case is within the bound (the largest is "
+        f"{max(case_scale, c.max_abs_numerical):.3g}, the bound up to {widest:.3g}; estimated noise "
+        f"{c.noise_floor:.3g}), so a backward returning zeros for {name} would pass as well; make the "
+        "layer run in float64, or its outputs smaller"
+    )
+
+
+def _failure_text(name: str, c: Comparison, b: Bound) -> str:
     index = ", ".join(map(str, c.worst_index))
-    noise = c.bound - atol - rtol * abs(c.numerical)
+    parts = "atol + rtol |numerical| + noise"
+    if b.model:
+        parts += f" + {b.analytical_dtype} rounding of the analytical gradient (error model)"
+    else:
+        parts += f" (the spec's rtol {b.tolerance.rtol:g}, atol {b.tolerance.atol:g})"
     text = (
         f"gradient of {name} is wrong at {c.violations} of {c.size} elements; worst "
         f"{name}[{index}]: analytical {c.analytical:.6g}, numerical {c.numerical:.6g}, "
-        f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} "
-        f"(atol {atol:.3g} + rtol {rtol:g} * |numerical| + estimated noise {max(noise, 0.0):.2g})"
+        f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} = {parts}, "
+        f"{c.worst_ratio:.3g}x over (noise floor {c.noise_floor:.2g})"
     )
     if c.max_abs_numerical == 0:
         text += (

@@ -16,6 +16,14 @@ from specgrad.numerics.tolerance import DEFAULT_TOLERANCES, FLOAT_DTYPES, Tolera
 #: the seed's FP-representable special values (exact in float16, float32 and float64)
 SPECIAL_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, -1.0, -0.5)
 
+#: the built-in cases, in the order a spec without `cases:` runs them
+DEFAULT_CASES = ("random", "wide", "special")
+
+#: the `wide` case draws normal fills with this many times their std (a branch for |x| > 3
+#: is reached by most elements) and uniform fills from their domain's outer tails
+WIDE_FACTOR = 4.0
+TAIL_SHARE = 0.05
+
 FillKind = Literal["normal", "uniform", "special", "constant", "npy", "integers"]
 Convention = Literal["functional", "cached", "layer"]
 
@@ -31,6 +39,8 @@ class Fill:
     high: float = 1.0
     values: tuple[float, ...] = SPECIAL_VALUES
     path: Path | None = None
+    shuffle: bool = False  # special: the cycled values in a seeded random order
+    tails: bool = False  # uniform: only the outer TAIL_SHARE of [low, high) at each end
 
     @property
     def is_random(self) -> bool:
@@ -110,6 +120,7 @@ class Spec:
     seed: int
     tolerances: Mapping[str, Tolerance]
     name_location: Location
+    kinks: Literal["subgradient", "skip", "fail"] = "subgradient"
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -178,17 +189,20 @@ def _tensors(raw: RawSpec) -> tuple[TensorSpec, ...]:
 def _cases(raw: RawSpec, tensors: tuple[TensorSpec, ...]) -> tuple[Case, ...]:
     out = []
     folder = raw.path.parent
-    for i, case in enumerate(raw.data.get("cases", ["random", "special"])):
+    for i, case in enumerate(raw.data.get("cases", DEFAULT_CASES)):
         loc = raw.locate(("cases", i))
         if case == "random":
             out.append(Case("random", _frozen({}), loc))
+        elif case == "wide":
+            out.append(Case("wide", _frozen(_wide_fills(tensors)), loc))
         elif case == "special":
             # only default-style random fills: bounded uniform fills encode a domain, and
-            # npy / constant / integers fills are data the author chose on purpose. The k-th
-            # tensor starts k places into the list, so two tensors of one shape (a loss's
-            # prediction and target) never hold identical values.
+            # npy / constant / integers fills are data the author chose on purpose. Every
+            # value appears equally often, in a seeded random order per tensor: windows see
+            # ties (max pooling), elementwise layers see the kink at 0, and two tensors of
+            # one shape (a loss's prediction and target) never hold identical values.
             fills = {
-                t.name: Fill("special", values=SPECIAL_VALUES[k % 6 :] + SPECIAL_VALUES[: k % 6])
+                t.name: Fill("special", values=_rotated(SPECIAL_VALUES, k), shuffle=True)
                 for k, t in enumerate(tensors)
                 if t.grad and t.dtype is None and t.fill.kind == "normal"
             }
@@ -197,6 +211,24 @@ def _cases(raw: RawSpec, tensors: tuple[TensorSpec, ...]) -> tuple[Case, ...]:
             fills = {k: fill_from_data(v, folder) for k, v in (case.get("fills") or {}).items()}
             out.append(Case(case["name"], _frozen(fills), loc))
     return tuple(out)
+
+
+def _rotated(values: tuple[float, ...], k: int) -> tuple[float, ...]:
+    k %= len(values)
+    return values[k:] + values[:k]
+
+
+def _wide_fills(tensors: tuple[TensorSpec, ...]) -> dict[str, Fill]:
+    """The tails of each random fill's range: branches for large |x| (saturation
+    shortcuts) and the edges of a declared domain are where bugs hide from unit inputs."""
+    out = {}
+    for t in tensors:
+        f = t.fill
+        if f.kind == "normal":
+            out[t.name] = Fill("normal", mean=f.mean, std=f.std * WIDE_FACTOR)
+        elif f.kind == "uniform":
+            out[t.name] = Fill("uniform", low=f.low, high=f.high, tails=True)
+    return out
 
 
 def _binding(raw: RawSpec) -> Binding:
@@ -259,4 +291,5 @@ def spec_from_validated(raw: RawSpec) -> Spec:
         seed=int(raw.data.get("seed", 42)),
         tolerances=_tolerances(raw),
         name_location=raw.locate(("name",)),
+        kinks=raw.data.get("kinks", "subgradient"),
     )

@@ -39,6 +39,7 @@ class CheckResult:
     tolerance: Tolerance | None = None
     numerical_dtype: str = ""  # the dtype forward ran in for the numerical gradient
     note: str = ""  # something the verdict depends on (e.g. no float64 oracle)
+    kinks: int = 0  # elements found on a kink and held to the spec's kink rule
     duration: float = 0.0
 
     @property
@@ -62,9 +63,12 @@ class CheckResult:
             out["numerical_dtype"] = self.numerical_dtype
         if self.note:
             out["note"] = self.note
+        if self.kinks:
+            out["kinks"] = self.kinks
         if self.comparison is not None:
             c = asdict(self.comparison)
             c["worst_index"] = list(self.comparison.worst_index)
+            c["margin"] = self.comparison.margin if self.comparison.worst_ratio > 0 else None
             out["figures"] = c
         if self.tolerance is not None:
             out["tolerance"] = asdict(self.tolerance)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,7 +28,17 @@ from specgrad.bindings import (
 )
 from specgrad.compile import CasePlan
 from specgrad.errors import SpecError
-from specgrad.gradient_check import REFINE_MAX, Route, judge, numerical_gradient, refined, routes
+from specgrad.gradient_check import (
+    Route,
+    Verdict,
+    bound,
+    joint_kink_check,
+    judge,
+    numerical_gradient,
+    plain,
+    refine,
+    routes,
+)
 from specgrad.model import LayerBinding, Spec
 from specgrad.numerics.finite_diff import InconsistentOutput, PerturbationError
 from specgrad.numerics.inputs import make_inputs, make_upstream
@@ -140,6 +151,7 @@ class CaseRun:
         tolerance: Tolerance | None = None,
         numerical_dtype: str = "",
         note: str = "",
+        kinks: int = 0,
         duration: float = 0.0,
     ) -> CheckResult:
         plan = self.plan
@@ -156,6 +168,7 @@ class CaseRun:
             tolerance=tolerance,
             numerical_dtype=numerical_dtype,
             note=note,
+            kinks=kinks,
             duration=duration,
         )
 
@@ -332,28 +345,13 @@ class CaseRun:
             self.routes = routes(self.plan, self._evaluate, self.tensors, self.outputs, self.xp)
         route = self.routes[name]
         try:
-            numerical = numerical_gradient(name, route, self.plan, self._evaluate, self.upstream64, self.xp)
+            v = self._verdict(name, route)
         except PerturbationError as exc:
             return self._result(
                 name, Status.ERROR, self._perturbation_text(name, exc), duration=time.perf_counter() - start
             )
-        v = self._judge(name, route, numerical)
-        if not v.passed and 0 < v.comparison.violations <= REFINE_MAX:
-            try:
-                numerical = refined(
-                    name,
-                    route,
-                    self.plan,
-                    self._evaluate,
-                    self.upstream64,
-                    numerical,
-                    v.comparison.violating,
-                    self.xp,
-                )
-                v = self._judge(name, route, numerical)
-            except PerturbationError:
-                pass  # the plain estimate's verdict stands
-        status = Status.FAIL if not v.passed else Status.ERROR if v.message else Status.PASS
+        inconclusive = v.message.startswith("inconclusive")
+        status = Status.FAIL if not v.passed else Status.ERROR if inconclusive else Status.PASS
         return self._result(
             name,
             status,
@@ -362,20 +360,38 @@ class CaseRun:
             tolerance=v.tolerance,
             numerical_dtype=route.dtype,
             note=route.note,
+            kinks=v.kinks,
             duration=time.perf_counter() - start,
         )
 
-    def _judge(self, name: str, route: Route, numerical: Any) -> Any:
-        return judge(
-            name,
-            self.plan,
-            route,
-            self.grads[name],
-            numerical,
-            _largest(self.grads.values(), self.xp),  # the case's scale
-            _largest(self.upstream64, self.xp),
-            self.xp,
-        )
+    def _verdict(self, name: str, route: Route) -> Verdict:
+        """Differences, bound, verdict; out-of-bound elements are looked at again at a finer
+        step (curvature or a kink?) before a FAIL, and kinks are held to the spec's rule."""
+        plan, xp, analytical = self.plan, self.xp, self.grads[name]
+        numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp)
+        case_scale = _largest(self.grads.values(), xp)
+        b = bound(name, plan, route, numerical, case_scale, _largest(self.upstream64, xp), xp)
+        estimate = plain(numerical)
+        v = judge(name, plan, analytical, estimate, b, case_scale, xp)
+        if v.passed:
+            return v
+        try:
+            estimate = refine(
+                name, route, plan, self._evaluate, self.upstream64, estimate, v.comparison.violating, b, xp
+            )
+        except PerturbationError:
+            return v  # the plain estimate's verdict stands
+        v = judge(name, plan, analytical, estimate, b, case_scale, xp)
+        if v.passed and estimate.kinks and plan.spec.kinks == "subgradient":
+            try:
+                joint = joint_kink_check(
+                    name, route, plan, self._evaluate, self.upstream64, analytical, estimate.kinks, b, xp
+                )
+            except PerturbationError as exc:
+                joint = self._perturbation_text(name, exc)
+            if joint:
+                v = replace(v, passed=False, message=f"{joint}; {v.message}")
+        return v
 
     def _perturbation_text(self, name: str, exc: PerturbationError) -> str:
         if exc.index is None:

@@ -106,6 +106,17 @@ def _from_schema_error(raw: RawSpec, error: jsonschema.ValidationError) -> Itera
                     path, f"missing required field '{name}'{_required_hint(path, name)}", key=True
                 )
         return
+    if kw == "dependentRequired" and isinstance(inst, dict):
+        for key, needs in want.items():
+            for name in needs:
+                if key in inst and name not in inst:
+                    yield raw.issue(
+                        (*path, key),
+                        f"'{key}' needs a '{name}' beside it: a hand-set tolerance replaces the error "
+                        "model, so say why (it shows in review and in the reports)",
+                        key=True,
+                    )
+        return
     if "propertyNames" in error.absolute_schema_path:
         yield raw.issue(
             (*path, inst),

@@ -1,9 +1,11 @@
 """Finite differences of L(x) = sum_k <f_k(x), g_k>, one element at a time, in place.
 
-The perturbed tensor is the caller's own array: each element is moved to x_j + h, then
-x_j - h, then restored, so no per-element copy of the tensor is made. Arithmetic, all in
-the array namespace `xp` of the tensor (numpy or cupy), so nothing leaves the device:
-- forward runs in the tensors' dtypes (the check's dtype);
+The perturbed tensor is the caller's own array: each element is moved to x_j + h_j, then
+x_j - h_j, then restored, so no per-element copy of the tensor is made. The step scales
+with the element: h_j = epsilon * max(|x_j|, 1), so a large input is not differentiated
+with a step below its own resolution. Arithmetic, all in the array namespace `xp` of the
+tensor (numpy or cupy), so nothing leaves the device:
+- forward runs in the tensors' dtypes;
 - the perturbed values are rounded to the tensor's dtype, and the steps actually taken,
   a = (x_j + h) - x_j and b = x_j - (x_j - h), are recomputed in float64 from the stored
   values, so the representation error of h never enters the quotient;
@@ -14,6 +16,11 @@ the array namespace `xp` of the tensor (numpy or cupy), so nothing leaves the de
 - output differences are taken in float64 per output element, copied the moment forward
   returns (a forward that returns a view of its input cannot alias the differences), and
   only then contracted with g (float64): the large common part of L never cancels.
+
+Besides the derivative, every element keeps its two one-sided derivatives (they disagree
+at a kink), the size of the terms its VJP sums (sum_i |g_i df_i/dx_j|, what cancellation
+in the analytical gradient scales with) and how many outputs it moved (the accumulation
+length of that sum): the figures the error model of the comparison is made of.
 """
 
 from __future__ import annotations
@@ -38,8 +45,12 @@ NOISE_SIGMAS = 4.0
 class NumericalGradient:
     """float64 arrays (in `xp`) shaped like the tensor."""
 
-    value: Any
+    value: Any  # the (uneven-step) central difference
     noise: Any  # estimated rounding noise of each element (see NOISE_SIGMAS)
+    plus: Any  # one-sided derivative from x_j + h
+    minus: Any  # one-sided derivative from x_j - h
+    terms: Any  # sum_i |g_i (f_i(x+) - f_i(x-))| / (a + b): the size of the VJP's terms
+    fanout: Any  # how many outputs the element moved: the length of its VJP's sum
 
 
 class InconsistentOutput(Exception):
@@ -61,20 +72,25 @@ def central_difference(
     epsilon: float,
     unit_roundoff: float,
     xp: ModuleType,
+    indices: Sequence[int] | None = None,
 ) -> NumericalGradient:
     """Numerical VJP dL/dx; `upstream[k]` is g_k as a float64 `xp` array, or None to skip f_k.
 
     `evaluate()` runs forward on the current contents of `x` (and the other, fixed tensors).
+    With `indices`, only those flat elements are differenced and the arrays are flat, in
+    that order (a refinement at another step, or a sample of a large tensor).
     """
     with warnings.catch_warnings():
         # a non-finite output makes inf - inf = nan: that element's value is reported as nan
         warnings.simplefilter("ignore", RuntimeWarning)
         stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp)
-        parts = [stencil.at(j, epsilon) for j in range(stencil.flat.size)]
-        return stencil.gradient(parts)
+        picks = range(stencil.flat.size) if indices is None else indices
+        parts = [stencil.at(j, epsilon) for j in picks]
+        shape = x.shape if indices is None else (len(parts),)
+        return stencil.gradient(parts, shape)
 
 
-def richardson(
+def joint_sides(
     evaluate: Callable[[], Outputs],
     x: Any,
     indices: Sequence[int],
@@ -82,21 +98,15 @@ def richardson(
     epsilon: float,
     unit_roundoff: float,
     xp: ModuleType,
-) -> tuple[list[float], list[float]]:
-    """(values, noise) at the flat `indices`, Richardson-extrapolated from steps h and h/2:
-    (4 D(h/2) - D(h)) / 3 cancels the h^2 truncation term. For elements whose curvature
-    makes the plain difference too coarse (log or 1/x near 0, steep saturations); costs four
-    more forward calls per element, so it is spent only where a check would fail."""
+) -> tuple[float, float, float]:
+    """(D+, D-, noise): the one-sided derivatives of L along the direction that moves every
+    flat element in `indices` together by the same step. Where single elements have kinks
+    (max-pool ties), moving them together can be smooth: that is how a tie whose gradient
+    is counted twice shows, although each element alone lies between its one-sided limits."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp)
-        values, noise = [], []
-        for j in indices:
-            (d1, p1, s1), (d2, p2, s2) = stencil.at(j, epsilon), stencil.at(j, epsilon / 2)
-            values.append(float((4 * d2 - d1) / 3))
-            n1, n2 = stencil.noise(p1, s1), stencil.noise(p2, s2)
-            noise.append(float((4 * n2 + n1) / 3))
-        return values, noise
+        return stencil.joint(list(indices), epsilon)
 
 
 class _Stencil:
@@ -126,47 +136,72 @@ class _Stencil:
             (xp.sum(g2 * 2 * f0 * f0) for (_, _, g2), f0 in zip(self.active, self.base, strict=True)), 0.0
         )
 
-    def at(self, j: int, h: float) -> tuple[Any, Any, Any]:
-        """(derivative, noise power, a + b) at flat element j with nominal step h."""
+    def at(self, j: int, epsilon: float) -> tuple[Any, ...]:
+        """(up, down, a, b, power, terms, fanout) at flat element j with the step epsilon
+        scaled to the element's magnitude."""
         orig = self.flat[j].copy()
+        h = epsilon * max(abs(float(orig)), 1.0)
         try:
-            a, plus = _evaluate_at(self.evaluate, self.flat, j, orig, +h, self.active, self.base, self.xp)
-            b, minus = _evaluate_at(self.evaluate, self.flat, j, orig, -h, self.active, self.base, self.xp)
+            a, plus = _evaluate_at(self.evaluate, self.flat, j, orig, +h, self.active, self.xp)
+            b, minus = _evaluate_at(self.evaluate, self.flat, j, orig, -h, self.active, self.xp)
         except (Exception, SystemExit) as exc:  # user code: attributed to the element
             raise PerturbationError(j, exc) from exc
         finally:
             self.flat[j] = orig
-        value, power = _contract(self.active, self.base, plus, minus, a, b, self.xp)
-        return value, power, a + b
+        return (*_contract(self.active, self.base, plus, minus, self.xp), a, b)
+
+    def joint(self, indices: list[int], epsilon: float) -> tuple[float, float, float]:
+        xp = self.xp
+        orig = self.flat[indices].copy()
+        h = epsilon * max(float(xp.max(xp.abs(orig.astype(xp.float64)))), 1.0)
+        try:
+            a, plus = _evaluate_at(self.evaluate, self.flat, indices, orig, +h, self.active, xp)
+            b, minus = _evaluate_at(self.evaluate, self.flat, indices, orig, -h, self.active, xp)
+        except (Exception, SystemExit) as exc:
+            raise PerturbationError(indices[0], exc) from exc
+        finally:
+            self.flat[indices] = orig
+        up, down, power, _, _ = _contract(self.active, self.base, plus, minus, xp)
+        a, b = float(xp.mean(a)), float(xp.mean(b))
+        noise = float(self.noise(power, (a + b) / 2))
+        return float(up) / a, float(down) / b, noise
 
     def noise(self, power: Any, steps: Any) -> Any:
         xp = self.xp
         return NOISE_SIGMAS * self.u * xp.sqrt(xp.where(power > 0, power, self.resolution)) / steps
 
-    def gradient(self, parts: list[tuple[Any, Any, Any]]) -> NumericalGradient:
+    def gradient(self, parts: list[tuple[Any, ...]], shape: tuple[int, ...]) -> NumericalGradient:
         xp = self.xp
-        value, power, steps = (
-            xp.stack([xp.asarray(p[i], dtype=xp.float64) for p in parts]).reshape(self.x.shape)
-            for i in range(3)
+        up, down, power, terms, fanout, a, b = (
+            xp.stack([xp.asarray(p[i], dtype=xp.float64) for p in parts]).reshape(shape)
+            if parts
+            else xp.zeros(shape, dtype=xp.float64)
+            for i in range(7)
         )
-        return NumericalGradient(value, self.noise(power, steps))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            plus, minus = up / xp.where(a > 0, a, 1.0), down / xp.where(b > 0, b, 1.0)
+            value = (up * (b / a) + down * (a / b)) / (a + b) if parts else up
+            steps = xp.where(a + b > 0, a + b, 1.0)
+            return NumericalGradient(value, self.noise(power, steps), plus, minus, terms / steps, fanout)
 
 
 def _evaluate_at(
     evaluate: Callable[[], Outputs],
     flat: Any,
-    j: int,
+    j: int | list[int],
     orig: Any,
     h: float,
     active: Active,
-    base: list[Any] | None,
     xp: ModuleType,
 ) -> tuple[Any, list[Any]]:
     """Set flat[j] to orig + h rounded to the dtype (never equal to orig) and evaluate;
     returns |step taken| in float64 and the differentiated outputs as float64 copies."""
     flat[j] = orig.astype(xp.float64) + h
-    if flat[j] == orig:  # h is below half an ulp of x_j in this dtype: take one ulp
-        flat[j] = xp.nextafter(orig, xp.asarray(xp.inf if h > 0 else -xp.inf, dtype=orig.dtype))
+    stuck = flat[j] == orig  # h is below half an ulp of x_j in this dtype: take one ulp
+    if bool(xp.any(stuck)):
+        away = xp.nextafter(orig, xp.asarray(xp.inf if h > 0 else -xp.inf, dtype=orig.dtype))
+        flat[j] = xp.where(stuck, away, flat[j])
     step = xp.abs(flat[j].astype(xp.float64) - orig.astype(xp.float64))
     return step, _outputs64(evaluate(), active, xp)
 
@@ -190,13 +225,17 @@ def _outputs64(outputs: Outputs, active: Active, xp: ModuleType) -> list[Any]:
 
 
 def _contract(
-    active: Active, base: list[Any], plus: list[Any], minus: list[Any], a: Any, b: Any, xp: ModuleType
-) -> tuple[Any, Any]:
-    """The uneven-step derivative of L, and sum g^2 (f+^2 + f-^2) over the outputs that
-    moved (an output that did not move differs by exactly 0 and adds no rounding noise)."""
-    up, down, power = 0.0, 0.0, 0.0
+    active: Active, base: list[Any], plus: list[Any], minus: list[Any], xp: ModuleType
+) -> tuple[Any, Any, Any, Any, Any]:
+    """<g, f+ - f0>, <g, f0 - f->, sum g^2 (f+^2 + f-^2) over the outputs that moved (an
+    output that did not move differs by exactly 0 and adds no rounding noise),
+    sum |g (f+ - f-)| and how many outputs moved."""
+    up, down, power, terms, fanout = 0.0, 0.0, 0.0, 0.0, 0
     for (_, g, g2), f0, fp, fm in zip(active, base, plus, minus, strict=True):
+        moved = fp != fm
         up = up + xp.sum(g * (fp - f0))
         down = down + xp.sum(g * (f0 - fm))
-        power = power + xp.sum(g2 * (fp * fp + fm * fm) * (fp != fm))
-    return (up * (b / a) + down * (a / b)) / (a + b), power
+        power = power + xp.sum(g2 * (fp * fp + fm * fm) * moved)
+        terms = terms + xp.sum(xp.abs(g * (fp - fm)))
+        fanout = fanout + xp.count_nonzero(moved)
+    return up, down, power, terms, fanout

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from specgrad.model import Case, Fill, Spec, TensorSpec
+from specgrad.model import TAIL_SHARE, Case, Fill, Spec, TensorSpec
 
 
 def _rng(seed: int, *keys: str | int) -> np.random.Generator:
@@ -27,11 +27,13 @@ def fill_array(fill: Fill, shape: tuple[int, ...], dtype: str, rng: np.random.Ge
     if fill.kind == "normal":
         values = rng.normal(fill.mean, fill.std, size)
     elif fill.kind == "uniform":
-        values = rng.uniform(fill.low, fill.high, size)
+        values = _uniform(fill, size, rng)
     elif fill.kind == "integers":
-        values = rng.integers(int(fill.low), int(fill.high), size)
+        values = _integers(int(fill.low), int(fill.high), size, rng)
     elif fill.kind in ("special", "constant"):
         values = np.resize(np.asarray(fill.values, dtype=np.float64), size)
+        if fill.shuffle:
+            values = rng.permutation(values)
     elif fill.kind == "npy":
         assert fill.path is not None
         loaded = np.load(fill.path, allow_pickle=False)
@@ -41,6 +43,28 @@ def fill_array(fill: Fill, shape: tuple[int, ...], dtype: str, rng: np.random.Ge
     else:  # pragma: no cover - the schema admits no other kind
         raise ValueError(f"unknown fill kind {fill.kind!r}")
     return np.array(values.reshape(shape), dtype=dtype, order="C")
+
+
+def _uniform(fill: Fill, size: int, rng: np.random.Generator) -> np.ndarray:
+    if not fill.tails:
+        return rng.uniform(fill.low, fill.high, size)
+    width = (fill.high - fill.low) * TAIL_SHARE
+    offset = rng.uniform(0.0, width, size)
+    return np.where(rng.random(size) < 0.5, fill.low + offset, fill.high - offset)
+
+
+def _integers(low: int, high: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Seeded draws from [low, high) that include both ends and a repeated value wherever
+    the size allows: an index bug at the last row or in accumulating repeated rows (an
+    embedding's scatter) is missed by inputs that never reach it."""
+    values = rng.integers(low, high, size)
+    if size < 2 or high - low < 2:
+        return values
+    at = rng.permutation(size)
+    values[at[:2]] = (low, high - 1)
+    if size >= 3 and len(np.unique(values)) == size:
+        values[at[2]] = low
+    return values
 
 
 def tensor_fill(tensor: TensorSpec, case: Case) -> Fill:

@@ -1,18 +1,37 @@
-"""Per-dtype defaults for the finite-difference step and the comparison bound.
+"""The error model of a gradient comparison: per-dtype steps, slack and rounding bounds.
 
-An element passes when  |analytical - numerical| <= atol + rtol * |numerical| + noise,
-with the numerical gradient from central differences in the check's own dtype. Its error:
-- truncation ~ h^2 |f'''| / 6;
-- rounding of the outputs that x_j moves: `noise`, estimated per element by the engine
-  as 4 u sqrt(sum_i g_i^2 (f_i(x+)^2 + f_i(x-)^2)) / (2h) over the outputs that changed
-  (finite_diff.NOISE_SIGMAS), so it grows with the layer's fan-out and needs no hand tuning;
-- resolution: an output whose true change is below half its ulp does not move at all and
-  so is not in that estimate; each such output can hide up to ~ u |f_i g_i| / h. atol is
-  sized to cover that for O(1) outputs (|f g| up to ~10), and nothing much larger, so a
-  real gradient bug, whose error is a fraction of the gradient itself, still shows.
-The rounding term is minimised near h ~ u^(1/3): 5e-6 (float64), 4e-3 (float32),
-8e-2 (float16). The steps sit at or a little under that optimum: a smaller step favours
-layers with strong curvature and shrinks the band around a kink that a step straddles.
+An element passes when  |analytical - numerical| <= bound, with
+
+    bound = atol + rtol * |numerical|            the numerical method's slack
+          + noise                                rounding of the numerical gradient
+          + ANALYTICAL_SIGMAS * u_a * (sqrt(m) * T + S)   rounding of the analytical one
+
+- The step is h_j = c * eps^(1/3) * max(|x_j|, 1) (c = STEP_CONSTANT, eps the machine
+  epsilon of the precision the differences are taken in): the total error of a central
+  difference, truncation h^2 |f'''| / 6 plus rounding ~ u |f| / h, is smallest near
+  h ~ u^(1/3); c sits a little under that, which favours layers with strong curvature
+  and shrinks the band around a kink that a step straddles.
+- `noise` is estimated per element by the engine, 4 u sqrt(sum_i g_i^2 (f_i(x+)^2 +
+  f_i(x-)^2)) / (2h) over the outputs that moved (finite_diff.NOISE_SIGMAS): it grows
+  with |f| and the layer's fan-out and needs no hand tuning.
+- `rtol` bounds the truncation error relative to the gradient: at the default step
+  h^2 |f'''| / (6 |f'|) <= rtol holds for curvature lengths |f'/f'''|^(1/2) down to
+  h / sqrt(6 rtol) (6e-4 in float64); sharper elements are re-estimated at h/4 with
+  Richardson extrapolation before any verdict. `atol` covers outputs that moved by less
+  than their resolution (up to ~ u |f g| / h each); with float64 differences it scales
+  down with the gradients (Tolerance.effective_atol).
+- The analytical gradient, computed in its own precision (unit roundoff u_a), sums m
+  terms (m: the outputs the element moves, its VJP's accumulation length) whose sizes add
+  up to T = sum_i |g_i df_i/dx_j| (measured by the differences): its rounding is about
+  u_a sqrt(m) T, plus the rounding of the forward values backward reuses, which is taken
+  relative to S, the largest gradient of the case (a cancellation in 1 - tanh^2 or
+  p - y leaves ~u |g| behind however small the result).
+For float16/float32 checks the differences come from the float64 oracle, so the first
+three terms are float64's and the bound is dominated by the analytical gradient's own
+precision: a factor 1.01 in a float32 backward is ~1e5 times its rounding.
+
+A spec that sets rtol or atol replaces the model: bound = atol + rtol |numerical| + noise
+(and must give a `reason`).
 """
 
 from __future__ import annotations
@@ -25,6 +44,16 @@ INT_DTYPES = ("int32", "int64", "bool")
 #: unit roundoff (half machine epsilon) of each float dtype
 UNIT_ROUNDOFF = {"float16": 2.0**-11, "float32": 2.0**-24, "float64": 2.0**-53}
 
+#: c in the default step h = c * eps^(1/3) * max(|x|, 1)
+STEP_CONSTANT = 0.25
+
+#: multiple of the first-order rounding estimate u_a (sqrt(m) T + S) of the analytical gradient
+ANALYTICAL_SIGMAS = 8.0
+
+
+def default_step(dtype: str) -> float:
+    return STEP_CONSTANT * (2 * UNIT_ROUNDOFF[dtype]) ** (1 / 3)
+
 
 @dataclass(frozen=True, slots=True)
 class Tolerance:
@@ -33,6 +62,12 @@ class Tolerance:
     epsilon: float
     reason: str | None = None
     atol_given: bool = False  # set by the spec: used as is, never scaled
+    rtol_given: bool = False
+
+    @property
+    def hand_set(self) -> bool:
+        """The spec's own bound replaces the error model."""
+        return self.atol_given or self.rtol_given
 
     def merged(
         self, rtol: float | None, atol: float | None, epsilon: float | None, reason: str | None
@@ -43,6 +78,7 @@ class Tolerance:
             epsilon=self.epsilon if epsilon is None else epsilon,
             reason=reason,
             atol_given=atol is not None,
+            rtol_given=rtol is not None,
         )
 
     def effective_atol(self, scale: float) -> float:
@@ -57,12 +93,10 @@ class Tolerance:
 
 
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    # resolution u|fg|/h = 1.1e-16 * 10 / 1e-6 ~ 1e-9; truncation ~ 2e-13 |f'''|
-    "float64": Tolerance(rtol=1e-5, atol=1e-7, epsilon=1e-6),
-    # the seed's float32 rtol; the seed's epsilon 1e-5 would make the resolution term
-    # 6e-8 * 10 / 1e-5 ~ 6e-2, so the step is 1e-3 (resolution ~ 6e-4, truncation
-    # ~ 2e-7 |f'''|) and atol 1e-3 instead of the seed's 1e-5
-    "float32": Tolerance(rtol=1e-2, atol=1e-3, epsilon=1e-3),
-    # resolution ~ 4.9e-4 * 3 / 3e-2 ~ 5e-2: float16 checks catch gross errors only
-    "float16": Tolerance(rtol=5e-2, atol=5e-2, epsilon=3e-2),
+    # resolution u|fg|/h = 1.1e-16 * 10 / 1.5e-6 ~ 7e-10, far inside atol
+    "float64": Tolerance(rtol=1e-6, atol=1e-7, epsilon=default_step("float64")),
+    # differences in float32 itself (the oracle refused): resolution 6e-8 * 10 / 1.2e-3 ~ 5e-4
+    "float32": Tolerance(rtol=1e-3, atol=1e-3, epsilon=default_step("float32")),
+    # resolution ~ 4.9e-4 * 3 / 2.5e-2 ~ 6e-2: float16 differences catch gross errors only
+    "float16": Tolerance(rtol=1e-2, atol=6e-2, epsilon=default_step("float16")),
 }

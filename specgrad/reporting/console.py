@@ -27,6 +27,10 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2e}"
 
 
+def _ratio(value: float) -> str:
+    return f"{value:.2g}" if value < 100 else f"{value:.1e}"
+
+
 class _Console(Console):
     def on_broken_pipe(self) -> None:
         """The reader of stdout left (`| head`): print nothing more, but let the run finish
@@ -78,11 +82,13 @@ class ConsoleReporter:
 
     def _table(self, shown: list[CheckResult], title: str) -> Table:
         table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, pad_edge=False)
-        columns = ["check", "dtype", "case", "max abs err", "max rel err", "status"]
+        # err/bound: the worst element's error over its bound (the check's margin: < 1 inside)
+        columns = ["check", "dtype", "case", "max abs err", "max rel err", "err/bound", "status"]
         if self.verbosity > 0:
-            columns += ["noise floor", "numerical in"]
+            columns += ["noise floor", "kinks", "numerical in"]
         for col in columns:
-            table.add_column(col, justify="right" if col.startswith(("max", "noise")) else "left")
+            numeric = col.startswith(("max", "noise", "err", "kinks"))
+            table.add_column(col, justify="right" if numeric else "left")
         for r in shown:
             c = r.comparison
             row = [
@@ -91,10 +97,15 @@ class ConsoleReporter:
                 Text(r.case),
                 Text(_fmt(c.max_abs_err if c else None)),
                 Text(_fmt(c.max_rel_err if c else None)),
+                Text(_ratio(c.worst_ratio) if c else "-"),
                 Text(str(r.status), style=_STYLE[r.status]),
             ]
             if self.verbosity > 0:
-                row += [Text(_fmt(c.noise_floor if c else None)), Text(r.numerical_dtype or "-")]
+                row += [
+                    Text(_fmt(c.noise_floor if c else None)),
+                    Text(str(r.kinks) if r.kinks else "-"),
+                    Text(r.numerical_dtype or "-"),
+                ]
             table.add_row(*row)
         return table
 

@@ -95,14 +95,16 @@ def test_compile_ids_are_stable_and_complete(tmp_path: Path) -> None:
     plans = compile_spec(_spec(tmp_path))
     assert [(p.dtype, p.case.name) for p in plans] == [
         ("float32", "random"),
+        ("float32", "wide"),
         ("float32", "special"),
         ("float64", "random"),
+        ("float64", "wide"),
         ("float64", "special"),
     ]
     ids = [p.check_id(t) for p in plans for t in p.targets]
     assert ids[:2] == ["lin[float32,random]::x", "lin[float32,random]::w"]
     assert "lin[float32,random]::y" not in ids  # grad: false
-    assert len(ids) == 4 * (2 + len(CONTRACTS))
+    assert len(ids) == 6 * (2 + len(CONTRACTS))
     assert ids == [p.check_id(t) for p in compile_spec(_spec(tmp_path)) for t in p.targets]
 
 
@@ -117,7 +119,8 @@ def test_tolerance_overrides_merge_per_dtype(tmp_path: Path) -> None:
     spec = _spec(tmp_path, tolerances={"float32": {"atol": 0.5, "reason": "why"}})
     t32 = next(p for p in compile_spec(spec) if p.dtype == "float32").tolerance
     t64 = next(p for p in compile_spec(spec) if p.dtype == "float64").tolerance
-    assert (t32.atol, t32.rtol, t32.reason) == (0.5, 1e-2, "why")
+    assert (t32.atol, t32.rtol, t32.reason, t32.hand_set) == (0.5, 1e-3, "why", True)
+    assert not t64.hand_set
     assert t64.atol == 1e-7
 
 

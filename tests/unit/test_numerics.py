@@ -98,8 +98,8 @@ def test_same_values_across_dtypes_up_to_rounding() -> None:
 
 
 def test_special_case_values_differ_between_tensors(tmp_path: Path) -> None:
-    """The built-in special case starts each tensor at a different place in the list; an
-    explicit special fill is cycled exactly as written."""
+    """The built-in special case gives each tensor every value equally often in its own
+    seeded order; an explicit special fill is cycled exactly as written."""
     import yaml
 
     from specgrad.numerics.inputs import make_inputs
@@ -119,11 +119,30 @@ def test_special_case_values_differ_between_tensors(tmp_path: Path) -> None:
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
     spec = parse_spec(tmp_path / "s.yaml")
-    special = make_inputs(spec, spec.cases[1], "float32", 0)
-    assert special["a"].reshape(-1).tolist() == [0.0, 0.5, 1.0, 1.5, -1.0, -0.5]
-    assert special["b"].reshape(-1).tolist() == [0.5, 1.0, 1.5, -1.0, -0.5, 0.0]
+    assert [c.name for c in spec.cases] == ["random", "wide", "special"]
+    special = make_inputs(spec, spec.cases[2], "float32", 0)
+    a, b = special["a"].reshape(-1).tolist(), special["b"].reshape(-1).tolist()
+    assert sorted(a) == sorted(b) == sorted(SPECIAL_VALUES)
+    assert a != b
+    again = make_inputs(spec, spec.cases[2], "float32", 0)
+    assert all(np.array_equal(special[k], v) for k, v in again.items())
     assert special["m"].tolist() == [1.0, 0.0, 0.0, 1.0]
     assert make_inputs(spec, spec.cases[0], "float32", 0)["m"].tolist() == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_integer_fills_reach_both_ends_and_repeat() -> None:
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        labels = fill_array(Fill("integers", low=0, high=5), (8,), "int64", rng)
+        assert labels.min() == 0 and labels.max() == 4
+        ids = fill_array(Fill("integers", low=0, high=100), (3,), "int64", rng)
+        assert 0 in ids and 99 in ids and len(set(ids.tolist())) < 3
+
+
+def test_wide_case_reaches_the_tails() -> None:
+    rng = np.random.default_rng(0)
+    u = fill_array(Fill("uniform", low=0.0, high=1.0, tails=True), (1000,), "float64", rng)
+    assert np.all((u < 0.05) | (u >= 0.95)) and (u < 0.05).any() and (u >= 0.95).any()
 
 
 def test_upstream_is_seeded_per_output() -> None:
@@ -216,42 +235,63 @@ def test_noise_estimate_scales_with_dtype_and_fan_out() -> None:
 # --- compare --------------------------------------------------------------------------
 
 
+def _bound(n: np.ndarray, rtol: float, atol: float, noise: np.ndarray | None = None) -> np.ndarray:
+    return atol + rtol * np.abs(n) + (0 if noise is None else noise)
+
+
 def test_compare_pass_and_figures() -> None:
     a = np.array([[1.0, 2.0], [3.0, 0.0]])
-    c = compare(a, a + 1e-9, np.zeros_like(a), 1e-5, 1e-7, np)
+    n = a + 1e-9
+    c = compare(a, n, np.zeros_like(a), _bound(n, 1e-5, 1e-7), np)
     assert c.passed and c.violations == 0 and c.size == 4
     assert c.max_abs_err == pytest.approx(1e-9)
+    assert c.worst_ratio < 0.1 and c.margin > 10
 
 
 def test_compare_worst_element_is_the_largest_bound_violation() -> None:
     a = np.array([[1.0, 100.0], [0.0, 5.0]])
     n = np.array([[1.0, 101.0], [0.5, 5.0]])  # abs err 1 at [0,1] but 0.5 on a zero gradient
-    c = compare(a, n, np.zeros_like(a), 1e-2, 1e-3, np)
+    c = compare(a, n, np.zeros_like(a), _bound(n, 1e-2, 1e-3), np)
     assert not c.passed and c.violations == 1
     assert c.worst_index == (1, 0) and (c.analytical, c.numerical) == (0.0, 0.5)
     assert c.max_abs_err == 1.0 and c.max_rel_err == 1.0
     assert c.bound == pytest.approx(1e-3 + 1e-2 * 0.5)
+    assert c.worst_ratio == pytest.approx(0.5 / c.bound) and c.margin < 1
+    assert c.violating == (2,)
 
 
-def test_compare_counts_the_noise_in_the_bound() -> None:
-    a, n = np.array([1.0]), np.array([1.1])
-    assert not compare(a, n, np.array([0.0]), 0, 0.05, np).passed
-    assert compare(a, n, np.array([0.06]), 0, 0.05, np).passed
+def test_compare_reports_the_noise_floor() -> None:
+    a, n = np.array([1.0, 2.0]), np.array([1.1, 2.0])
+    noise = np.array([0.06, 0.01])
+    assert not compare(a, n, noise, _bound(n, 0, 0.05), np).passed
+    c = compare(a, n, noise, _bound(n, 0, 0.05, noise), np)
+    assert c.passed and c.noise_floor == 0.06
 
 
 def test_compare_nan_is_a_violation() -> None:
     a = np.array([1.0, np.nan, 2.0])
-    c = compare(a, np.array([1.0, 1.0, 2.0]), np.zeros(3), 1e-5, 1e-8, np)
+    n = np.array([1.0, 1.0, 2.0])
+    c = compare(a, n, np.zeros(3), _bound(n, 1e-5, 1e-8), np)
     assert not c.passed and c.violations == 1 and c.worst_index == (1,)
     assert c.max_abs_err == float("inf")
 
 
 def test_relative_error_is_the_cs231n_metric() -> None:
-    c = compare(np.array([2.0]), np.array([1.0]), np.zeros(1), 0, 0, np)
+    c = compare(np.array([2.0]), np.array([1.0]), np.zeros(1), np.zeros(1), np)
     assert c.max_rel_err == pytest.approx(0.5)
+
+
+def test_compare_interval_admits_every_value_between_the_one_sided_derivatives() -> None:
+    a = np.array([0.0, 0.3, 1.0, 1.2])
+    n = np.full(4, 0.5)  # the central difference at a kink: the mean of 0 and 1
+    lo, hi = np.zeros(4), np.ones(4)
+    c = compare(a, n, np.zeros(4), np.full(4, 0.1), np, (lo, hi))
+    assert not c.passed and c.violations == 1 and c.worst_index == (3,)
+    assert c.worst_ratio == pytest.approx(2.0)  # 0.2 outside the interval, bound 0.1
 
 
 def test_default_steps_sit_below_the_rounding_optimum() -> None:
     for dtype, tol in DEFAULT_TOLERANCES.items():
         optimum = UNIT_ROUNDOFF[dtype] ** (1 / 3)
         assert optimum / 10 < tol.epsilon <= optimum
+        assert tol.epsilon == pytest.approx(0.25 * (2 * UNIT_ROUNDOFF[dtype]) ** (1 / 3))

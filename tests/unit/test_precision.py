@@ -157,7 +157,7 @@ def test_float16_cancellation_is_inconclusive_not_failed(tmp_path: Path) -> None
     )
     assert r["x"].status in (Status.ERROR, Status.PASS), r["x"].message
     if r["x"].status is Status.ERROR:
-        assert "within the float16 rounding of the upstream gradient" in r["x"].message
+        assert r["x"].message.startswith("inconclusive: every gradient of this case is within the bound")
 
 
 def test_backward_mutating_grad_out_is_a_contract_failure(tmp_path: Path) -> None:

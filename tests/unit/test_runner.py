@@ -225,6 +225,7 @@ def test_only_selected_targets_run(tmp_path: Path) -> None:
     plans = compile_spec(spec, select=compile_expression("finite and float32"))
     assert [r.check_id for r in run_spec(spec, plans, NP)] == [
         "t[float32,random]::contract.finite",
+        "t[float32,wide]::contract.finite",
         "t[float32,special]::contract.finite",
     ]
 

@@ -42,12 +42,13 @@ def test_minimal_spec_is_valid_and_has_defaults(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(BASE, sort_keys=False))
     spec = parse_spec(path)
     assert spec.dtypes == ("float32", "float64")
-    assert [c.name for c in spec.cases] == ["random", "special"]
+    assert [c.name for c in spec.cases] == ["random", "wide", "special"]
+    assert spec.kinks == "subgradient"
     assert spec.seed == 42
     assert [t.name for t in spec.tensors] == ["x", "w"]
     assert [t.role for t in spec.tensors] == ["input", "parameter"]
     assert isinstance(spec.binding, FunctionBinding) and spec.binding.convention == "functional"
-    assert spec.tolerances["float32"].epsilon == 1e-3
+    assert spec.tolerances["float32"].epsilon == pytest.approx(0.25 * (2.0**-23) ** (1 / 3))
     special = spec.cases[1]
     assert set(special.fills) == {"x", "w"}
 
@@ -91,7 +92,16 @@ def test_packaged_schema_is_the_top_level_one() -> None:
         (with_(inputs={"x": {"shape": [1], "fill": {"kind": "constant"}}}), "missing required field 'value'"),
         (with_(tolerances={"float32": {"rtol": -1}}), "tolerances.float32.rtol: expected a value >= 0"),
         (with_(tolerances={"float32": {"eps": 1}}), "unknown field 'eps'"),
-        (with_(cases=["sharp"]), "cases[0]: expected one of random, special"),
+        (with_(cases=["sharp"]), "cases[0]: expected one of random, wide, special"),
+        (
+            with_(tolerances={"float32": {"rtol": 0.1}}),
+            "tolerances.float32.rtol: 'rtol' needs a 'reason' beside it",
+        ),
+        (
+            with_(tolerances={"float64": {"atol": 0.1, "reason": ""}}),
+            "tolerances.float64.reason: must not be empty",
+        ),
+        (with_(kinks="ignore"), "kinks: expected one of subgradient, skip, fail"),
         (with_(cases=[]), "cases: must not be empty"),
         (with_(inputs={}), "inputs: must not be empty"),
         ({k: v for k, v in BASE.items() if k != "name"}, "missing required field 'name'"),
@@ -167,7 +177,7 @@ def test_schema_errors(doc: Any, expected: str) -> None:
             "inputs.x.fill.value: expected a finite number",
         ),
         (
-            with_(tolerances={"float32": {"atol": float("inf")}}),
+            with_(tolerances={"float32": {"atol": float("inf"), "reason": "r"}}),
             "tolerances.float32.atol: expected a finite number",
         ),
         (with_(attrs={"x": 2.0}), "attrs.x: 'x' is also a tensor name"),
