@@ -13,8 +13,17 @@ from specgrad.model import Case, Spec
 from specgrad.numerics.tolerance import UNIT_ROUNDOFF, Tolerance
 from specgrad.select import Matcher
 
-#: contract checks run for every case, in this order
-CONTRACTS = ("forward_output", "deterministic", "backward_grads", "finite", "no_mutation")
+#: contract checks, in the order they run for every case
+CONTRACTS = (
+    "forward_output",
+    "deterministic",
+    "backward_grads",
+    "backward_deterministic",
+    "zero_upstream",
+    "layout",
+    "finite",
+    "no_mutation",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +58,8 @@ def check_id(spec: str, dtype: str, case: str, target: str) -> str:
 
 
 def all_targets(spec: Spec) -> tuple[str, ...]:
-    return (*(t.name for t in spec.tensors if t.grad), *(f"contract.{c}" for c in CONTRACTS))
+    contracts = (c for c in CONTRACTS if c not in spec.contracts_off)
+    return (*(t.name for t in spec.tensors if t.grad), *(f"contract.{c}" for c in contracts))
 
 
 def compile_spec(

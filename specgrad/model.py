@@ -121,6 +121,8 @@ class Spec:
     tolerances: Mapping[str, Tolerance]
     name_location: Location
     kinks: Literal["subgradient", "skip", "fail"] = "subgradient"
+    contracts_off: frozenset[str] = frozenset()  # contract kinds the spec switched off
+    nondet_tol: float = 0.0  # backward twice may differ by this much, relative
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -292,4 +294,6 @@ def spec_from_validated(raw: RawSpec) -> Spec:
         tolerances=_tolerances(raw),
         name_location=raw.locate(("name",)),
         kinks=raw.data.get("kinks", "subgradient"),
+        contracts_off=frozenset(k for k, on in (raw.data.get("contracts") or {}).items() if not on),
+        nondet_tol=float(raw.data.get("nondet_tol", 0.0)),
     )

@@ -27,6 +27,7 @@ from specgrad.bindings import (
     raw_outputs_of,
 )
 from specgrad.compile import CasePlan
+from specgrad.contracts import PROBED, Probe
 from specgrad.errors import SpecError
 from specgrad.gradient_check import (
     Route,
@@ -226,6 +227,39 @@ class CaseRun:
         self.grads = self._check_grads(raw_grads)
         self._check_finite(outputs)
         self._settled("no_mutation", "backward_grads", "finite")
+        self._probe_contracts(was_tuple, upstream_copies)
+
+    def _probe_contracts(self, was_tuple: bool, upstream: list[Any | None]) -> None:
+        """The contracts that take calls of their own (specgrad.contracts)."""
+        wanted = [k for k in PROBED if f"contract.{k}" in self.plan.targets]
+        if not wanted:
+            return
+        if self.blocked or self.grad_problems:
+            why = self.blocked or "not run: backward's gradients are unusable (see contract.backward_grads)"
+            for k in wanted:
+                self.verdicts.setdefault(f"contract.{k}", (Status.ERROR, why))
+            return
+        probe = Probe(
+            self.spec,
+            self.evaluator,
+            self.xp,
+            self.tensors,
+            self.outputs,
+            self.grads,
+            upstream,
+            was_tuple,
+            self.plan.dtype,
+        )
+        checks = {
+            "backward_deterministic": lambda: probe.backward_twice(self.spec.nondet_tol),
+            "zero_upstream": probe.zero_upstream,
+            "layout": probe.layout,
+        }
+        for k in wanted:
+            message = checks[k]()
+            if message:
+                self._fail(k, message)
+            self._settled(k)
 
     def _settled(self, *contracts: str) -> None:
         """These contracts ran: those that did not fail passed (an abort later keeps that)."""

@@ -50,6 +50,9 @@ def test_correct_gradient_passes_with_figures(tmp_path: Path) -> None:
         "contract.forward_output": Status.PASS,
         "contract.deterministic": Status.PASS,
         "contract.backward_grads": Status.PASS,
+        "contract.backward_deterministic": Status.PASS,
+        "contract.zero_upstream": Status.PASS,
+        "contract.layout": Status.PASS,
         "contract.finite": Status.PASS,
         "contract.no_mutation": Status.PASS,
     }
