@@ -23,6 +23,7 @@ CONTRACTS = (
     "layout",
     "finite",
     "no_mutation",
+    "taylor",
 )
 
 

@@ -27,7 +27,9 @@ import numpy as np
 
 from specgrad.compile import CasePlan
 from specgrad.numerics.compare import Comparison, compare
-from specgrad.numerics.finite_diff import NumericalGradient, central_difference, joint_sides
+from specgrad.numerics.finite_diff import NOISE_SIGMAS, NumericalGradient, central_difference, joint_sides
+from specgrad.numerics.inputs import direction
+from specgrad.numerics.taylor import TaylorResult, taylor_test
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, FLOAT_DTYPES, UNIT_ROUNDOFF, Tolerance
 
 #: relative probe each precision resolves and the next coarser one rounds away
@@ -242,6 +244,22 @@ class Estimate:
 
 def plain(numerical: NumericalGradient) -> Estimate:
     return Estimate(numerical, numerical.value, numerical.value)
+
+
+#: an element whose one-sided derivatives differ by more than this share of their mean
+#: size is examined as a possible kink even where it passes (|x| at 0 passes with a
+#: central difference of 0): a smooth element would need a curvature length under 10 h
+KINK_SUSPECT = 0.1
+
+
+def kink_candidates(numerical: NumericalGradient, b: Bound, xp: ModuleType) -> list[int]:
+    """Flat indices whose one-sided derivatives disagree well beyond their noise and slack."""
+    plus, minus = numerical.plus.reshape(-1), numerical.minus.reshape(-1)
+    gap = xp.abs(plus - minus)
+    size = (xp.abs(plus) + xp.abs(minus)) / 2
+    slack = xp.broadcast_to(b.slack, numerical.value.shape).reshape(-1)
+    suspect = (gap > KINK_SUSPECT * size + 16 * numerical.noise.reshape(-1) + slack) & xp.isfinite(gap)
+    return [int(i) for i in xp.nonzero(suspect)[0].tolist()]
 
 
 #: elements are re-examined in chunks of this size; a chunk in which not one element turns
@@ -478,3 +496,45 @@ def _failure_text(name: str, c: Comparison, b: Bound) -> str:
             "as bound (for a layer object: is its parameter path the one forward reads?)"
         )
     return text
+
+
+def taylor(
+    names: Sequence[str],
+    route_map: Mapping[str, Route],
+    plan: CasePlan,
+    forward: Forward,
+    upstream64: Sequence[Any | None],
+    grads: Mapping[str, Any],
+    case_scale: float,
+    xp: ModuleType,
+) -> TaylorResult:
+    """The Taylor test of the tensors `names` together, along seeded directions scaled like
+    the steps (max(|x|, 1) per element), on the tensors the numerical gradients use (the
+    float64 oracle where there is one)."""
+    tensors = route_map[names[0]].tensors
+    precision = max((route_map[n].dtype for n in names), key=lambda d: UNIT_ROUNDOFF[d])
+    u = UNIT_ROUNDOFF[precision]
+    directions = {}
+    for n in names:
+        x = tensors[n].astype(xp.float64)
+        z = xp.asarray(direction(plan.seed, n, tuple(x.shape)))
+        directions[n] = z * xp.maximum(xp.abs(x), 1.0)
+    error = 0.0
+    for n in names:
+        dtype, _ = plan.tolerance_for(n)
+        a = xp.abs(xp.asarray(grads[n]).astype(xp.float64))
+        d = xp.abs(directions[n])
+        error += ANALYTICAL_SIGMAS * UNIT_ROUNDOFF[dtype] * float(xp.sum(d * (a + case_scale)))
+
+    def loss(point: Mapping[str, Any]) -> tuple[float, float]:
+        outputs = forward(point)
+        total, power = 0.0, 0.0
+        for g, f in zip(upstream64, outputs, strict=False):
+            if g is None:
+                continue
+            f64 = xp.asarray(f).astype(xp.float64)
+            total += float(xp.sum(g * f64))
+            power += float(xp.sum(g * g * f64 * f64))
+        return total, NOISE_SIGMAS * u * power**0.5
+
+    return taylor_test(loss, tensors, directions, grads, precision, error, xp)

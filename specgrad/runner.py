@@ -35,14 +35,17 @@ from specgrad.gradient_check import (
     bound,
     joint_kink_check,
     judge,
+    kink_candidates,
     numerical_gradient,
     plain,
     refine,
     routes,
+    taylor,
 )
 from specgrad.model import LayerBinding, Spec
 from specgrad.numerics.finite_diff import InconsistentOutput, PerturbationError
 from specgrad.numerics.inputs import make_inputs, make_upstream
+from specgrad.numerics.taylor import TaylorResult
 from specgrad.numerics.tolerance import FLOAT_DTYPES, Tolerance
 from specgrad.results import CheckResult, Status
 
@@ -113,7 +116,9 @@ class CaseRun:
         base = (time.perf_counter() - start) / max(len(self.plan.targets), 1)
         out = []
         for target in self.plan.targets:
-            if target.startswith("contract."):
+            if target == "contract.taylor" and target not in self.verdicts:
+                out.append(self._taylor())
+            elif target.startswith("contract."):
                 status, message = self.verdicts.get(target, (Status.ERROR, "not evaluated"))
                 out.append(self._result(target, status, message, duration=base))
             else:
@@ -386,16 +391,40 @@ class CaseRun:
             )
         inconclusive = v.message.startswith("inconclusive")
         status = Status.FAIL if not v.passed else Status.ERROR if inconclusive else Status.PASS
+        message = v.message
+        if status is Status.FAIL:
+            status, message = self._explained(name, route, v)
         return self._result(
             name,
             status,
-            v.message,
+            message,
             comparison=v.comparison,
             tolerance=v.tolerance,
             numerical_dtype=route.dtype,
             note=route.note,
             kinks=v.kinks,
             duration=time.perf_counter() - start,
+        )
+
+    def _explained(self, name: str, route: Route, v: Verdict) -> tuple[Status, str]:
+        """A failure, with the Taylor test's reading of it: first order confirms a wrong
+        gradient; second order means the gradient is right along a random direction, so the
+        error is confined to a few elements, or, where the differences ran in the check's
+        own low precision, the step is what failed (then the verdict is inconclusive)."""
+        result = self._taylor_of([name])
+        if isinstance(result, str) or not result.smooth:
+            return Status.FAIL, v.message
+        if not result.second_order:
+            return Status.FAIL, f"{v.message}\nTaylor test agrees, the gradient is wrong: {result.describe()}"
+        if route.dtype != "float64":
+            return Status.ERROR, (
+                f"inconclusive: {v.message}\nbut along a random direction the gradient is right to second "
+                f"order ({result.describe()}): the {route.dtype} step is too small or too large for this "
+                "layer (it has no float64 oracle); make the layer accept float64"
+            )
+        return Status.FAIL, (
+            f"{v.message}\nalong a random direction the gradient is right to second order "
+            f"({result.describe()}): the error is confined to a few elements"
         )
 
     def _verdict(self, name: str, route: Route) -> Verdict:
@@ -407,12 +436,11 @@ class CaseRun:
         b = bound(name, plan, route, numerical, case_scale, _largest(self.upstream64, xp), xp)
         estimate = plain(numerical)
         v = judge(name, plan, analytical, estimate, b, case_scale, xp)
-        if v.passed:
+        suspects = sorted({*v.comparison.violating, *kink_candidates(numerical, b, xp)})
+        if not suspects:
             return v
         try:
-            estimate = refine(
-                name, route, plan, self._evaluate, self.upstream64, estimate, v.comparison.violating, b, xp
-            )
+            estimate = refine(name, route, plan, self._evaluate, self.upstream64, estimate, suspects, b, xp)
         except PerturbationError:
             return v  # the plain estimate's verdict stands
         v = judge(name, plan, analytical, estimate, b, case_scale, xp)
@@ -426,6 +454,59 @@ class CaseRun:
             if joint:
                 v = replace(v, passed=False, message=f"{joint}; {v.message}")
         return v
+
+    def _taylor(self) -> CheckResult:
+        """The Taylor test over every differentiable tensor of the case at once: an
+        eps-free second opinion (specgrad.numerics.taylor)."""
+        names = [t.name for t in self.spec.tensors if t.grad]
+        if self.blocked or self.grad_problems or not names:
+            why = self.blocked or "not run: backward's gradients are unusable (see contract.backward_grads)"
+            if not names:
+                return self._result("contract.taylor", Status.SKIP, "no differentiable tensor")
+            return self._result("contract.taylor", Status.ERROR, why)
+        start = time.perf_counter()
+        result = self._taylor_of(names)
+        if isinstance(result, str):
+            return self._result("contract.taylor", Status.ERROR, result)
+        if not result.smooth:
+            status, text = (
+                Status.SKIP,
+                (
+                    "not applicable here: the loss has a kink along the test direction (its second "
+                    "difference shrinks at first order), where no gradient is second-order exact; the "
+                    f"element-wise checks hold kinks to the subgradient rule. {result.describe()}"
+                ),
+            )
+        elif result.second_order:
+            status, text = Status.PASS, ""
+        else:
+            status, text = (
+                Status.FAIL,
+                (
+                    f"the gradient is wrong along a random direction of {', '.join(names)}: "
+                    f"{result.describe()}; right gradients shrink at order 2"
+                ),
+            )
+        return self._result("contract.taylor", status, text, duration=time.perf_counter() - start)
+
+    def _taylor_of(self, names: list[str]) -> TaylorResult | str:
+        if self.routes is None:
+            self.routes = routes(self.plan, self._evaluate, self.tensors, self.outputs, self.xp)
+        try:
+            return taylor(
+                names,
+                self.routes,
+                self.plan,
+                self._evaluate,
+                self.upstream64,
+                self.grads,
+                _largest(self.grads.values(), self.xp),
+                self.xp,
+            )
+        except InconsistentOutput as exc:
+            return f"forward: {exc}"
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
+            return describe_exception("forward (Taylor test)", exc)
 
     def _perturbation_text(self, name: str, exc: PerturbationError) -> str:
         if exc.index is None:

@@ -79,6 +79,11 @@ def make_inputs(spec: Spec, case: Case, dtype: str, seed: int) -> dict[str, np.n
     }
 
 
+def direction(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A seeded standard-normal direction for tensor `name` (float64), e.g. a Taylor test's."""
+    return _rng(seed, "<direction>", name).normal(0.0, 1.0, shape)
+
+
 def make_upstream(shapes: Mapping[int, tuple[int, ...]], dtype: str, seed: int) -> dict[int, np.ndarray]:
     """Seeded upstream gradients g for the differentiable outputs, by output index."""
     return {

@@ -43,7 +43,7 @@ def test_zoo_validates(cli) -> None:  # type: ignore[no-untyped-def]
     result = cli("validate", SPECS)
     assert result.code == 0, result.text
     last = result.out.rstrip("\n").splitlines()[-1]
-    assert re.fullmatch(r"\d+ passed, 0 failed", last), last
+    assert re.fullmatch(r"\d+ passed, 0 failed(, \d+ skipped)?", last), last
     assert int(last.split()[0]) > 500
     assert "Traceback" not in result.text
 
@@ -74,9 +74,9 @@ def test_output_table_and_json_report(tmp_path: Path, write, cli) -> None:  # ty
     result = cli("validate", spec, "--json", report)
     assert result.code == 0, result.text
     assert "max abs err" in result.out and "lin[" not in result.out.split("\n")[0]
-    assert result.out.splitlines()[-1] == "30 passed, 0 failed"  # 3 cases x (x, w + 8 contracts)
+    assert result.out.splitlines()[-1] == "33 passed, 0 failed"  # 3 cases x (x, w + 9 contracts)
     doc = json.loads(report.read_text())
-    assert doc["summary"]["passed"] == 3 * (2 + 8) and doc["exit_code"] == 0
+    assert doc["summary"]["passed"] == 3 * (2 + 9) and doc["exit_code"] == 0
     ids = [c["id"] for c in doc["checks"]]
     assert "lin[float64,random]::x" in ids and "lin[float64,special]::contract.finite" in ids
     fig = next(c for c in doc["checks"] if c["id"] == "lin[float64,random]::w")["figures"]
@@ -98,7 +98,7 @@ def test_quiet_and_verbose(write, cli) -> None:  # type: ignore[no-untyped-def]
     write("layers.py", LAYERS)
     spec = write("lin.yaml", GOOD)
     quiet = cli("validate", spec, "-q")
-    assert quiet.out.splitlines() == ["30 passed, 0 failed"]
+    assert quiet.out.splitlines() == ["33 passed, 0 failed"]
     verbose = cli("validate", spec, "-v")
     assert "contract.no_mutation" in verbose.out and "noise floor" in verbose.out
 
@@ -106,7 +106,7 @@ def test_quiet_and_verbose(write, cli) -> None:  # type: ignore[no-untyped-def]
 def test_selection_dtype_and_seed(write, cli) -> None:  # type: ignore[no-untyped-def]
     write("layers.py", LAYERS)
     spec = write("lin.yaml", GOOD.replace("[float64]", "[float32, float64]"))
-    assert cli("validate", spec, "-q", "--dtype", "float32").out.splitlines() == ["30 passed, 0 failed"]
+    assert cli("validate", spec, "-q", "--dtype", "float32").out.splitlines() == ["33 passed, 0 failed"]
     assert cli("validate", spec, "-q", "-k", "::w and random").out.splitlines() == ["2 passed, 0 failed"]
     assert cli("validate", spec, "-q", "--seed", "3", "--dtype", "float64,float32").code == 0
 
@@ -125,9 +125,9 @@ def test_one_broken_spec_never_stops_the_others(tmp_path: Path, write, cli) -> N
     assert "forward raised RuntimeError: kaboom" in result.out
     assert "ERROR crash[float64,random]::x" in result.out
     doc = json.loads(report.read_text())
-    assert doc["summary"]["passed"] == 30 and doc["summary"]["errors"] == 30
+    assert doc["summary"]["passed"] == 33 and doc["summary"]["errors"] == 33
     assert len(doc["spec_errors"]) == 2
-    assert result.out.splitlines()[-1] == "30 passed, 30 failed"
+    assert result.out.splitlines()[-1] == "33 passed, 33 failed"
 
 
 def test_duplicate_spec_names_are_an_error(write, cli) -> None:  # type: ignore[no-untyped-def]
@@ -137,7 +137,7 @@ def test_duplicate_spec_names_are_an_error(write, cli) -> None:  # type: ignore[
     result = cli("validate", a.parent, "-q")
     assert result.code == 2
     assert re.search(r"sub/b\.yaml:2:7: name: spec name 'lin' is already used by .*a\.yaml:2:7", result.out)
-    assert result.out.splitlines()[-1] == "30 passed, 0 failed"
+    assert result.out.splitlines()[-1] == "33 passed, 0 failed"
 
 
 def test_nothing_selected_is_exit_5(write, cli) -> None:  # type: ignore[no-untyped-def]
@@ -204,7 +204,7 @@ def test_interrupt_reports_what_finished(tmp_path: Path, write, cli) -> None:  #
     doc = json.loads(report.read_text())
     assert doc["interrupted"] is True and doc["exit_code"] == 130
     slow = [c for c in doc["checks"] if c["spec"] == "slow"]
-    assert doc["summary"]["passed"] == 30 + 20 and len(slow) == 20  # 2 cases x (2 gradients + 8 contracts)
+    assert doc["summary"]["passed"] == 33 + 22 and len(slow) == 22  # 2 cases x (2 gradients + 9 contracts)
 
 
 # --- bad inputs: (files, argv, exit code, located message fragment) ------------------------
@@ -522,5 +522,5 @@ def test_module_entry_point_in_a_fresh_interpreter(tmp_path: Path) -> None:
     result = run_subprocess(["validate", "linear.yaml", "bad.yaml"], cwd=tmp_path)
     assert result.code == 2
     assert "bad.yaml:7:18: inputs.x.shape[1]: expected a value >= 1" in result.out
-    assert result.out.splitlines()[-1] == "66 passed, 0 failed"
+    assert result.out.splitlines()[-1] == "72 passed, 0 failed"
     assert "\x1b[" not in result.out  # no escape codes when piped

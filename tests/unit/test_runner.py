@@ -55,6 +55,7 @@ def test_correct_gradient_passes_with_figures(tmp_path: Path) -> None:
         "contract.layout": Status.PASS,
         "contract.finite": Status.PASS,
         "contract.no_mutation": Status.PASS,
+        "contract.taylor": Status.PASS,
     }
     c = r["x"].comparison
     assert c is not None and c.size == 12 and c.violations == 0 and c.max_abs_err < 1e-8

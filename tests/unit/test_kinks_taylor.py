@@ -1,0 +1,102 @@
+"""Kinks (one-sided derivatives that differ) under each `kinks:` rule, points a step away
+from a kink, and the Taylor test's orders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from specgrad.numerics.taylor import taylor_test
+from specgrad.results import Status
+from tests.unit.test_runner import run
+
+ABS = "def forward(x):\n    return np.abs(x)\ndef backward(g, x):\n    return g * np.sign(x)\n"
+ABS_WRONG_AT_ZERO = (
+    "def forward(x):\n    return np.abs(x)\n"
+    "def backward(g, x):\n    return g * np.where(x == 0, 2.0, np.sign(x))\n"
+)
+RELU = "def forward(x):\n    return np.maximum(x, 0)\ndef backward(g, x):\n    return g * (x > 0)\n"
+AT_ZERO = {"x": {"shape": [4, 6], "fill": {"kind": "special", "values": [0.0, 1.0, -0.5]}}}
+NEAR_ZERO = {"x": {"shape": [2, 3], "fill": {"kind": "special", "values": [1e-7, -1e-7, 0.5]}}}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_kinks_pass_under_the_subgradient_rule_and_are_counted(tmp_path: Path, dtype: str) -> None:
+    r = run(tmp_path, ABS, inputs=AT_ZERO, dtypes=[dtype])
+    assert r["x"].status is Status.PASS, r["x"].message
+    assert r["x"].kinks == 8 and "8 kink element(s) of x judged by the subgradient rule" in r["x"].message
+    assert r["contract.taylor"].status is Status.SKIP
+
+
+def test_a_value_outside_the_one_sided_derivatives_fails(tmp_path: Path) -> None:
+    r = run(tmp_path, ABS_WRONG_AT_ZERO, inputs=AT_ZERO)
+    assert r["x"].status is Status.FAIL
+
+
+def test_kinks_skip_and_fail(tmp_path: Path) -> None:
+    skipped = run(tmp_path, ABS_WRONG_AT_ZERO, inputs=AT_ZERO, kinks="skip")
+    # the wrong value sits only on the kinks, which are left out
+    assert skipped["x"].status is Status.PASS and "left out (kinks: skip)" in skipped["x"].message
+    failed = run(tmp_path, ABS, inputs=AT_ZERO, kinks="fail")
+    assert failed["x"].status is Status.FAIL and "the spec says kinks: fail" in failed["x"].message
+
+
+def test_a_point_closer_to_the_kink_than_the_step_is_judged_by_its_own_derivative(tmp_path: Path) -> None:
+    assert run(tmp_path, RELU, inputs=NEAR_ZERO)["x"].status is Status.PASS
+    wrong = "def forward(x):\n    return np.maximum(x, 0)\ndef backward(g, x):\n    return g * (x > 1e-6)\n"
+    assert run(tmp_path, wrong, inputs=NEAR_ZERO)["x"].status is Status.FAIL
+
+
+def test_a_tie_counted_twice_is_not_a_subgradient(tmp_path: Path) -> None:
+    src = (
+        "def forward(x):\n    return x.max(axis=1)\n"
+        "def backward(g, x):\n    return g[:, None] * (x == x.max(axis=1, keepdims=True))\n"
+    )
+    ties = {"x": {"shape": [3, 2], "fill": {"kind": "constant", "value": 1.0}}}
+    r = run(tmp_path, src, inputs=ties)
+    assert r["x"].status is Status.FAIL and "is not a subgradient" in r["x"].message
+    first = src.replace("(x == x.max(axis=1, keepdims=True))", "(np.arange(2) == x.argmax(axis=1)[:, None])")
+    assert run(tmp_path, first, inputs=ties)["x"].status is Status.PASS
+
+
+# --- the Taylor test --------------------------------------------------------------------
+
+
+def _taylor(f, grad, x, precision="float64", error=0.0):  # type: ignore[no-untyped-def]
+    def loss(t):  # type: ignore[no-untyped-def]
+        return float(f(t["x"])), 1e-16 * abs(float(f(t["x"])))
+
+    d = np.random.default_rng(0).normal(size=x.shape)
+    return taylor_test(loss, {"x": x}, {"x": d}, {"x": grad}, precision, error, np)
+
+
+def test_taylor_orders_tell_right_from_wrong() -> None:
+    x = np.linspace(-1, 1, 7)
+    f = lambda a: np.sum(np.sin(a))
+    right = _taylor(f, np.cos(x), x)
+    assert right.order is not None and right.order == pytest.approx(2, abs=0.1) and right.second_order
+    wrong = _taylor(f, np.cos(x) * 1.01, x)
+    assert wrong.order == pytest.approx(1, abs=0.1) and not wrong.second_order
+    assert "order 1.0" in wrong.describe()
+
+
+def test_taylor_linear_function_sits_at_the_floor() -> None:
+    x = np.linspace(-1, 1, 5)
+    w = np.arange(5.0)
+    assert _taylor(lambda a: w @ a, w, x).order is None
+    assert _taylor(lambda a: w @ a, w + 0.1, x).order == pytest.approx(1, abs=0.05)
+
+
+def test_taylor_floor_allows_a_low_precision_gradient() -> None:
+    x = np.linspace(-1, 1, 50)
+    f = lambda a: np.sum(a**3)
+    rounded = (3 * x**2).astype(np.float16).astype(np.float64)
+    error = 8 * 2.0**-11 * float(np.sum(np.abs(3 * x**2)) * 3)
+    assert _taylor(f, rounded, x, error=error).second_order
+
+
+def test_taylor_sees_a_kink_along_the_direction() -> None:
+    x = np.array([0.0, 1.0, -1.0])
+    assert not _taylor(lambda a: np.sum(np.abs(a)), np.sign(x), x).smooth
