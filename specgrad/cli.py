@@ -79,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
         help="only these of each spec's dtypes (repeat or comma-separate)",
     )
     select.add_argument("--seed", type=_seed, help="override every spec's seed (0 to 2**32-1)")
+    select.add_argument(
+        "--fast",
+        action="store_true",
+        help="directional checks: seeded projections <grad, d>, two forward calls each, any size",
+    )
+    select.add_argument(
+        "--max-elements",
+        type=_positive,
+        metavar="N",
+        help="check at most N elements per tensor (a stratified sample, recorded in the report)",
+    )
 
     p = sub.add_parser("validate", parents=[common, select], help="run the gradient checks")
     p.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report")
@@ -93,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common, select], help="print the compiled check ids")
     p.set_defaults(func=cmd_list)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _seed(text: str) -> int:
@@ -201,7 +222,14 @@ def _internal(
 
 
 def _plans(spec: Spec, args: argparse.Namespace, matcher: Matcher | None) -> tuple[CasePlan, ...]:
-    return compile_spec(spec, dtypes=_dtypes(args.dtype), seed=args.seed, select=matcher)
+    return compile_spec(
+        spec,
+        dtypes=_dtypes(args.dtype),
+        seed=args.seed,
+        select=matcher,
+        fast=args.fast,
+        max_elements=args.max_elements,
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -7,9 +7,9 @@ check) or `contract.KIND` (a contract check). Ids are stable: they depend only o
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from specgrad.model import Case, Spec
+from specgrad.model import Case, Method, Spec
 from specgrad.numerics.tolerance import UNIT_ROUNDOFF, Tolerance
 from specgrad.select import Matcher
 
@@ -37,6 +37,7 @@ class CasePlan:
     seed: int
     tolerance: Tolerance
     targets: tuple[str, ...]  # selected: differentiable tensor names and contract.KIND
+    method: Method = field(default_factory=Method)
 
     def check_id(self, target: str) -> str:
         return check_id(self.spec.name, self.dtype, self.case.name, target)
@@ -64,9 +65,22 @@ def all_targets(spec: Spec) -> tuple[str, ...]:
 
 
 def compile_spec(
-    spec: Spec, *, dtypes: Sequence[str] | None = None, seed: int | None = None, select: Matcher | None = None
+    spec: Spec,
+    *,
+    dtypes: Sequence[str] | None = None,
+    seed: int | None = None,
+    select: Matcher | None = None,
+    fast: bool = False,
+    max_elements: int | None = None,
 ) -> tuple[CasePlan, ...]:
-    """Plans for the spec's dtypes (filtered by `dtypes`) and cases, checks filtered by `select`."""
+    """Plans for the spec's dtypes (filtered by `dtypes`) and cases, checks filtered by
+    `select`; `fast` makes every gradient check directional, `max_elements` caps the
+    elements checked per tensor (both override the spec's method)."""
+    method = spec.method
+    if fast:
+        method = replace(method, mode="directional")
+    if max_elements is not None:
+        method = replace(method, max_elements=max_elements)
     plans = []
     for dtype in spec.dtypes:
         if dtypes is not None and dtype not in dtypes:
@@ -86,6 +100,7 @@ def compile_spec(
                         spec.seed if seed is None else seed,
                         spec.tolerances[dtype],
                         targets,
+                        method,
                     )
                 )
     return tuple(plans)

@@ -19,7 +19,7 @@ step, noise and bounds are those of that precision (see `_resolved`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
@@ -29,6 +29,7 @@ from specgrad.compile import CasePlan
 from specgrad.numerics.compare import Comparison, compare
 from specgrad.numerics.finite_diff import NOISE_SIGMAS, NumericalGradient, central_difference, joint_sides
 from specgrad.numerics.inputs import direction
+from specgrad.numerics.sampling import directions
 from specgrad.numerics.taylor import TaylorResult, taylor_test
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, FLOAT_DTYPES, UNIT_ROUNDOFF, Tolerance
 
@@ -216,9 +217,11 @@ def numerical_gradient(
     forward: Forward,
     upstream64: Sequence[Any | None],
     xp: ModuleType,
+    indices: Sequence[int] | None = None,
 ) -> NumericalGradient:
     """Perturb `name` along its route: the step and the noise are those of the precision
-    forward resolves it at."""
+    forward resolves it at. With `indices` (a sample), only those flat elements, as flat
+    arrays in that order."""
     tensors = route.tensors
     return central_difference(
         lambda: forward(tensors),
@@ -227,23 +230,42 @@ def numerical_gradient(
         plan.spec.tolerances[route.dtype].epsilon,
         UNIT_ROUNDOFF[route.dtype],
         xp,
+        indices,
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Estimate:
     """The numerical side of a verdict: the differences, and where elements were looked at
-    again, their refined values and the kinks found among them (flat indices)."""
+    again, their refined values and the kinks found among them.
+
+    Lists of elements (kinks, and what callers pass in) are flat indices of the tensor;
+    the arrays hold either every element or, with `indices`, the sampled ones in order."""
 
     numerical: NumericalGradient
     lo: Any  # admissible interval per element: lo == hi == value except at kinks
     hi: Any
     kinks: tuple[int, ...] = ()
     refined: int = 0  # how many elements were re-estimated at a finer step
+    indices: tuple[int, ...] | None = None  # the sampled flat indices (None: every element)
+
+    def positions(self, elements: Sequence[int]) -> list[int]:
+        """Where the tensor's flat `elements` sit in the arrays."""
+        if self.indices is None:
+            return list(elements)
+        at = {j: p for p, j in enumerate(self.indices)}
+        return [at[j] for j in elements]
+
+    def elements(self, positions: Sequence[int]) -> list[int]:
+        return list(positions) if self.indices is None else [self.indices[p] for p in positions]
+
+    def subset(self, array: Any, xp: ModuleType) -> Any:
+        """The compared part of a tensor-shaped array."""
+        return array if self.indices is None else array.reshape(-1)[xp.asarray(self.indices)]
 
 
-def plain(numerical: NumericalGradient) -> Estimate:
-    return Estimate(numerical, numerical.value, numerical.value)
+def plain(numerical: NumericalGradient, indices: tuple[int, ...] | None = None) -> Estimate:
+    return Estimate(numerical, numerical.value, numerical.value, indices=indices)
 
 
 #: an element whose one-sided derivatives differ by more than this share of their mean
@@ -252,14 +274,15 @@ def plain(numerical: NumericalGradient) -> Estimate:
 KINK_SUSPECT = 0.1
 
 
-def kink_candidates(numerical: NumericalGradient, b: Bound, xp: ModuleType) -> list[int]:
+def kink_candidates(estimate: Estimate, b: Bound, xp: ModuleType) -> list[int]:
     """Flat indices whose one-sided derivatives disagree well beyond their noise and slack."""
+    numerical = estimate.numerical
     plus, minus = numerical.plus.reshape(-1), numerical.minus.reshape(-1)
     gap = xp.abs(plus - minus)
     size = (xp.abs(plus) + xp.abs(minus)) / 2
     slack = xp.broadcast_to(b.slack, numerical.value.shape).reshape(-1)
     suspect = (gap > KINK_SUSPECT * size + 16 * numerical.noise.reshape(-1) + slack) & xp.isfinite(gap)
-    return [int(i) for i in xp.nonzero(suspect)[0].tolist()]
+    return estimate.elements([int(i) for i in xp.nonzero(suspect)[0].tolist()])
 
 
 #: elements are re-examined in chunks of this size; a chunk in which not one element turns
@@ -301,7 +324,7 @@ def refine(
         chunk = list(violating[start : start + REFINE_CHUNK])
         u = UNIT_ROUNDOFF[route.dtype]
         fine = central_difference(lambda: forward(tensors), tensors[name], upstream64, epsilon, u, xp, chunk)
-        idx = xp.asarray(chunk)
+        idx = xp.asarray(estimate.positions(chunk))
         d1, n1 = num.value.reshape(-1)[idx], num.noise.reshape(-1)[idx]
         gap1 = xp.abs(num.plus.reshape(-1)[idx] - num.minus.reshape(-1)[idx])
         gap2 = xp.abs(fine.plus - fine.minus)
@@ -320,7 +343,7 @@ def refine(
         if not bool(xp.any(kink)) and not bool(xp.any(xp.abs(better - d1) > 4 * better_noise)):
             break  # nothing here was curvature or a kink: the differences stand
     refined = NumericalGradient(value, noise, num.plus, num.minus, num.terms, num.fanout)
-    return Estimate(refined, lo, hi, tuple(sorted(set(kinks))), estimate.refined + done)
+    return Estimate(refined, lo, hi, tuple(sorted(set(kinks))), estimate.refined + done, estimate.indices)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +398,8 @@ class Verdict:
     atol: float  # the atol the bound used
     message: str  # why it failed, or why a pass says nothing (inconclusive)
     kinks: int = 0
+    method: str = "elementwise"
+    sample: tuple[int, ...] | None = None  # the flat indices compared, where a sample was
 
 
 def judge(
@@ -391,18 +416,28 @@ def judge(
     lo, hi, limit = estimate.lo, estimate.hi, b.value
     kinks = estimate.kinks
     mode = plan.spec.kinks
+    shape = tuple(analytical.shape)
     if kinks and mode == "skip":
-        limit = xp.broadcast_to(limit, analytical.shape).copy()
-        limit.reshape(-1)[xp.asarray(kinks)] = xp.inf
-    c = compare(analytical, estimate.numerical.value, estimate.numerical.noise, limit, xp, (lo, hi))
-    kink_text = _kink_text(name, kinks, mode, analytical.shape)
+        limit = xp.broadcast_to(limit, lo.shape).copy()
+        limit.reshape(-1)[xp.asarray(estimate.positions(kinks))] = xp.inf
+    a = estimate.subset(analytical, xp)
+    c = compare(a, estimate.numerical.value, estimate.numerical.noise, limit, xp, (lo, hi))
+    if estimate.indices is not None and c.size:
+        worst = estimate.elements([c.worst_index[0]])[0]
+        c = replace(
+            c,
+            worst_index=tuple(int(i) for i in np.unravel_index(worst, shape)),
+            violating=tuple(estimate.elements(c.violating)),
+        )
+    kink_text = _kink_text(name, kinks, mode, shape)
+    sample = estimate.indices
     if kinks and mode == "fail":
-        return Verdict(False, c, b.tolerance, b.atol, kink_text, len(kinks))
+        return Verdict(False, c, b.tolerance, b.atol, kink_text, len(kinks), sample=sample)
     if not c.passed:
         text = "; ".join(filter(None, (_failure_text(name, c, b), kink_text)))
-        return Verdict(False, c, b.tolerance, b.atol, text, len(kinks))
-    message = _inconclusive(name, c, estimate, limit, case_scale, xp)
-    return Verdict(True, c, b.tolerance, b.atol, "; ".join(filter(None, (message, kink_text))), len(kinks))
+        return Verdict(False, c, b.tolerance, b.atol, text, len(kinks), sample=sample)
+    message = "; ".join(filter(None, (_inconclusive(name, c, estimate, limit, case_scale, xp), kink_text)))
+    return Verdict(True, c, b.tolerance, b.atol, message, len(kinks), sample=sample)
 
 
 def joint_kink_check(
@@ -412,7 +447,7 @@ def joint_kink_check(
     forward: Forward,
     upstream64: Sequence[Any | None],
     analytical: Any,
-    kinks: Sequence[int],
+    estimate: Estimate,
     b: Bound,
     xp: ModuleType,
 ) -> str:
@@ -420,13 +455,15 @@ def joint_kink_check(
     ties of a max become smooth, and the sum of their gradients must lie between the joint
     one-sided derivatives (a tie counted twice passes element by element, not here)."""
     tensors = route.tensors
+    kinks = estimate.kinks
     epsilon = plan.spec.tolerances[route.dtype].epsilon / 4
     plus, minus, noise = joint_sides(
         lambda: forward(tensors), tensors[name], kinks, upstream64, epsilon, UNIT_ROUNDOFF[route.dtype], xp
     )
     idx = xp.asarray(list(kinks))
     total = float(xp.sum(xp.asarray(analytical).astype(xp.float64).reshape(-1)[idx]))
-    allowance = float(xp.sum(xp.broadcast_to(b.value, analytical.shape).reshape(-1)[idx])) + 8 * noise
+    at = xp.asarray(estimate.positions(kinks))
+    allowance = float(xp.sum(xp.broadcast_to(b.value, estimate.lo.shape).reshape(-1)[at])) + 8 * noise
     low, high = min(plus, minus), max(plus, minus)
     if low - allowance <= total <= high + allowance:
         return ""
@@ -514,27 +551,126 @@ def taylor(
     tensors = route_map[names[0]].tensors
     precision = max((route_map[n].dtype for n in names), key=lambda d: UNIT_ROUNDOFF[d])
     u = UNIT_ROUNDOFF[precision]
-    directions = {}
+    moves = {}
     for n in names:
         x = tensors[n].astype(xp.float64)
         z = xp.asarray(direction(plan.seed, n, tuple(x.shape)))
-        directions[n] = z * xp.maximum(xp.abs(x), 1.0)
+        moves[n] = z * xp.maximum(xp.abs(x), 1.0)
     error = 0.0
     for n in names:
         dtype, _ = plan.tolerance_for(n)
         a = xp.abs(xp.asarray(grads[n]).astype(xp.float64))
-        d = xp.abs(directions[n])
+        d = xp.abs(moves[n])
         error += ANALYTICAL_SIGMAS * UNIT_ROUNDOFF[dtype] * float(xp.sum(d * (a + case_scale)))
 
     def loss(point: Mapping[str, Any]) -> tuple[float, float]:
-        outputs = forward(point)
-        total, power = 0.0, 0.0
-        for g, f in zip(upstream64, outputs, strict=False):
-            if g is None:
-                continue
-            f64 = xp.asarray(f).astype(xp.float64)
-            total += float(xp.sum(g * f64))
-            power += float(xp.sum(g * g * f64 * f64))
-        return total, NOISE_SIGMAS * u * power**0.5
+        return _loss(forward, point, upstream64, u, xp)
 
-    return taylor_test(loss, tensors, directions, grads, precision, error, xp)
+    return taylor_test(loss, tensors, moves, grads, precision, error, xp)
+
+
+def directional(
+    name: str,
+    route: Route,
+    plan: CasePlan,
+    forward: Forward,
+    upstream64: Sequence[Any | None],
+    analytical: Any,
+    case_scale: float,
+    upstream_scale: float,
+    xp: ModuleType,
+) -> Verdict | None:
+    """The fast check: for k seeded directions d (components bounded away from zero,
+    scaled like the steps by max(|x|, 1)), the central difference of L along d against
+    <grad, d>, two forward calls per direction whatever the tensor's size. The bound is
+    the element-wise one summed along d: numerical noise of the two evaluations, rtol, and
+    the analytical gradient's rounding, u_a sum_j |d_j| (|grad_j| + S) (no per-element
+    fan-out is known here, so the rounding is taken as adding up, not cancelling).
+
+    None when a failing direction crosses a kink (its second difference shrinks at first
+    order): a direction that moves every element crosses every kink of the tensor, and
+    there no single slope exists, so the caller checks element by element instead."""
+    tensors = route.tensors
+    x = tensors[name]
+    tol = plan.spec.tolerances[route.dtype]
+    analytical_dtype, given = plan.tolerance_for(name)
+    u_route, u_a = UNIT_ROUNDOFF[route.dtype], UNIT_ROUNDOFF[analytical_dtype]
+    h = tol.epsilon
+    a = xp.asarray(analytical).astype(xp.float64)
+    x64 = x.astype(xp.float64)
+    units = xp.asarray(directions(tuple(x.shape), plan.method.directions, plan.seed, name))
+    num, ana, noise, rounding = [], [], [], []
+    for u in units:
+        d = u * xp.maximum(xp.abs(x64), 1.0)
+        (l_plus, n_plus), s_plus = _loss_at(forward, tensors, name, x64 + h * d, upstream64, u_route, xp)
+        (l_minus, n_minus), s_minus = _loss_at(forward, tensors, name, x64 - h * d, upstream64, u_route, xp)
+        taken = s_plus - s_minus  # the steps actually taken, in float64
+        width = float(xp.sum(xp.abs(taken)) / xp.sum(xp.abs(d))) if d.size else 1.0
+        num.append((l_plus - l_minus) / width)
+        ana.append(float(xp.sum(a * taken)) / width)
+        noise.append((n_plus + n_minus) / width)
+        rounding.append(ANALYTICAL_SIGMAS * u_a * float(xp.sum(xp.abs(d) * (xp.abs(a) + case_scale))))
+    n_vec, a_vec, noise_vec = (xp.asarray(v, dtype=xp.float64) for v in (num, ana, noise))
+    scale = max(float(xp.max(xp.abs(a))) if a.size else 0.0, case_scale, upstream_scale)
+    if given.hand_set:
+        limit = given.atol + given.rtol * xp.abs(n_vec) + noise_vec
+        used, atol = given, given.atol
+    else:
+        atol = tol.effective_atol(scale) if route.dtype == "float64" else tol.atol
+        limit = atol + tol.rtol * xp.abs(n_vec) + noise_vec + xp.asarray(rounding)
+        used = tol
+    c = compare(a_vec, n_vec, noise_vec, limit, xp)
+    if c.passed:
+        return Verdict(True, c, used, atol, "", method="directional")
+    base, base_noise = _loss(forward, tensors, upstream64, u_route, xp)
+    for i in c.violating:
+        d = units[i] * xp.maximum(xp.abs(x64), 1.0)
+        second = []
+        for step in (h, h / 4):
+            (lp, n_p), _ = _loss_at(forward, tensors, name, x64 + step * d, upstream64, u_route, xp)
+            (lm, n_m), _ = _loss_at(forward, tensors, name, x64 - step * d, upstream64, u_route, xp)
+            second.append((abs(lp + lm - 2 * base), 8 * (n_p + n_m + 2 * base_noise)))
+        (coarse, _), (fine, fine_noise) = second
+        if fine > fine_noise and coarse < 8 * fine:  # first order: 4x per step / 4 (smooth: 16x)
+            return None
+    i = c.worst_index[0]
+    text = (
+        f"gradient of {name} is wrong along {c.violations} of {c.size} seeded directions (each moves every "
+        f"element); worst, direction {i}: <analytical, d> {c.analytical:.6g}, numerical {c.numerical:.6g}, "
+        f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g}, {c.worst_ratio:.3g}x over; "
+        "run without --fast to see which elements"
+    )
+    return Verdict(False, c, used, atol, text, method="directional")
+
+
+def _loss_at(
+    forward: Forward,
+    tensors: Mapping[str, Any],
+    name: str,
+    moved64: Any,
+    upstream64: Sequence[Any | None],
+    u: float,
+    xp: ModuleType,
+) -> tuple[tuple[float, float], Any]:
+    """((L, its rounding noise), the step taken in float64) with tensor `name` set to
+    `moved64` rounded to its dtype."""
+    x = tensors[name]
+    point = dict(tensors)
+    point[name] = moved64.astype(x.dtype)
+    step = point[name].astype(xp.float64) - x.astype(xp.float64)
+    return _loss(forward, point, upstream64, u, xp), step
+
+
+def _loss(
+    forward: Forward, point: Mapping[str, Any], upstream64: Sequence[Any | None], u: float, xp: ModuleType
+) -> tuple[float, float]:
+    """L = sum_k <f_k, g_k> at `point` in float64, and its rounding noise (outputs rounded
+    at unit roundoff u, see finite_diff.NOISE_SIGMAS)."""
+    total, power = 0.0, 0.0
+    for g, f in zip(upstream64, forward(point), strict=False):
+        if g is None:
+            continue
+        f64 = xp.asarray(f).astype(xp.float64)
+        total += float(xp.sum(g * f64))
+        power += float(xp.sum(g * g * f64 * f64))
+    return total, NOISE_SIGMAS * u * power**0.5

@@ -108,6 +108,17 @@ Binding = FunctionBinding | LayerBinding
 
 
 @dataclass(frozen=True, slots=True)
+class Method:
+    """How gradients are checked: every element (`elementwise`, optionally a stratified
+    sample of at most `max_elements` per tensor) or `directional`: `directions` seeded
+    projections <grad, d>, each two forward calls whatever the tensor's size."""
+
+    mode: Literal["elementwise", "directional"] = "elementwise"
+    max_elements: int | None = None
+    directions: int = 8
+
+
+@dataclass(frozen=True, slots=True)
 class Spec:
     name: str
     description: str
@@ -121,6 +132,7 @@ class Spec:
     tolerances: Mapping[str, Tolerance]
     name_location: Location
     kinks: Literal["subgradient", "skip", "fail"] = "subgradient"
+    method: Method = field(default_factory=Method)
     contracts_off: frozenset[str] = frozenset()  # contract kinds the spec switched off
     nondet_tol: float = 0.0  # backward twice may differ by this much, relative
 
@@ -294,6 +306,7 @@ def spec_from_validated(raw: RawSpec) -> Spec:
         tolerances=_tolerances(raw),
         name_location=raw.locate(("name",)),
         kinks=raw.data.get("kinks", "subgradient"),
+        method=Method(**(raw.data.get("method") or {})),
         contracts_off=frozenset(k for k, on in (raw.data.get("contracts") or {}).items() if not on),
         nondet_tol=float(raw.data.get("nondet_tol", 0.0)),
     )

@@ -40,6 +40,9 @@ class CheckResult:
     numerical_dtype: str = ""  # the dtype forward ran in for the numerical gradient
     note: str = ""  # something the verdict depends on (e.g. no float64 oracle)
     kinks: int = 0  # elements found on a kink and held to the spec's kink rule
+    seed: int = 0  # the case's seed: inputs, upstream gradient, samples and directions
+    method: str = ""  # gradient checks: elementwise or directional
+    sample: tuple[int, ...] | None = None  # the flat indices checked, where a sample was
     duration: float = 0.0
 
     @property
@@ -58,6 +61,7 @@ class CheckResult:
             "status": self.status.value,
             "message": self.message,
             "duration_s": round(self.duration, 6),
+            "seed": self.seed,
         }
         if self.numerical_dtype:
             out["numerical_dtype"] = self.numerical_dtype
@@ -65,6 +69,10 @@ class CheckResult:
             out["note"] = self.note
         if self.kinks:
             out["kinks"] = self.kinks
+        if self.method:
+            out["method"] = self.method
+        if self.sample is not None:
+            out["sample"] = {"seed": self.seed, "flat_indices": list(self.sample)}
         if self.comparison is not None:
             c = asdict(self.comparison)
             c["worst_index"] = list(self.comparison.worst_index)

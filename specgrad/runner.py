@@ -33,6 +33,7 @@ from specgrad.gradient_check import (
     Route,
     Verdict,
     bound,
+    directional,
     joint_kink_check,
     judge,
     kink_candidates,
@@ -45,6 +46,7 @@ from specgrad.gradient_check import (
 from specgrad.model import LayerBinding, Spec
 from specgrad.numerics.finite_diff import InconsistentOutput, PerturbationError
 from specgrad.numerics.inputs import make_inputs, make_upstream
+from specgrad.numerics.sampling import stratified
 from specgrad.numerics.taylor import TaylorResult
 from specgrad.numerics.tolerance import FLOAT_DTYPES, Tolerance
 from specgrad.results import CheckResult, Status
@@ -158,6 +160,8 @@ class CaseRun:
         numerical_dtype: str = "",
         note: str = "",
         kinks: int = 0,
+        method: str = "",
+        sample: tuple[int, ...] | None = None,
         duration: float = 0.0,
     ) -> CheckResult:
         plan = self.plan
@@ -175,6 +179,9 @@ class CaseRun:
             numerical_dtype=numerical_dtype,
             note=note,
             kinks=kinks,
+            seed=plan.seed,
+            method=method,
+            sample=sample,
             duration=duration,
         )
 
@@ -403,6 +410,8 @@ class CaseRun:
             numerical_dtype=route.dtype,
             note=route.note,
             kinks=v.kinks,
+            method=v.method,
+            sample=v.sample,
             duration=time.perf_counter() - start,
         )
 
@@ -431,12 +440,29 @@ class CaseRun:
         """Differences, bound, verdict; out-of-bound elements are looked at again at a finer
         step (curvature or a kink?) before a FAIL, and kinks are held to the spec's rule."""
         plan, xp, analytical = self.plan, self.xp, self.grads[name]
-        numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp)
         case_scale = _largest(self.grads.values(), xp)
-        b = bound(name, plan, route, numerical, case_scale, _largest(self.upstream64, xp), xp)
-        estimate = plain(numerical)
+        upstream_scale = _largest(self.upstream64, xp)
+        if plan.method.mode == "directional":
+            fast = directional(
+                name, route, plan, self._evaluate, self.upstream64, analytical, case_scale, upstream_scale, xp
+            )
+            if fast is not None:
+                return fast
+            # every direction crosses the tensor's kinks: only elements can be judged there
+            v = self._elementwise(name, route, case_scale, upstream_scale)
+            return replace(v, method="elementwise (the directions crossed kinks)")
+        return self._elementwise(name, route, case_scale, upstream_scale)
+
+    def _elementwise(self, name: str, route: Route, case_scale: float, upstream_scale: float) -> Verdict:
+        plan, xp, analytical = self.plan, self.xp, self.grads[name]
+        sample = None
+        if plan.method.max_elements is not None:
+            sample = stratified(tuple(analytical.shape), plan.method.max_elements, plan.seed, name)
+        numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp, sample)
+        b = bound(name, plan, route, numerical, case_scale, upstream_scale, xp)
+        estimate = plain(numerical, sample)
         v = judge(name, plan, analytical, estimate, b, case_scale, xp)
-        suspects = sorted({*v.comparison.violating, *kink_candidates(numerical, b, xp)})
+        suspects = sorted({*v.comparison.violating, *kink_candidates(estimate, b, xp)})
         if not suspects:
             return v
         try:
@@ -447,7 +473,7 @@ class CaseRun:
         if v.passed and estimate.kinks and plan.spec.kinks == "subgradient":
             try:
                 joint = joint_kink_check(
-                    name, route, plan, self._evaluate, self.upstream64, analytical, estimate.kinks, b, xp
+                    name, route, plan, self._evaluate, self.upstream64, analytical, estimate, b, xp
                 )
             except PerturbationError as exc:
                 joint = self._perturbation_text(name, exc)

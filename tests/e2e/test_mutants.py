@@ -93,32 +93,35 @@ def _mutant_spec(folder: Path, mutant: str, spec: str, edits: dict[str, str]) ->
     (folder / f"{mutant}.yaml").write_text(text)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, list[dict[str, Any]]], str]:
+def _run_corpus(folder: Path, *flags: str) -> dict[str, list[dict[str, Any]]]:
     from specgrad.cli import main
 
-    folder = tmp_path_factory.mktemp("mutants")
     shutil.copy(BUGGY, folder / "buggy_layers.py")
     for mutant, (spec, edits, _, _) in MUTANTS.items():
         _mutant_spec(folder, mutant, spec, edits)
     report = folder / "report.json"
-    code = main(["validate", str(folder), "--json", str(report), "-q"])
+    code = main(["validate", str(folder), "--json", str(report), "-q", *flags])
     assert code == 1
     by_spec: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for check in json.loads(report.read_text())["checks"]:
         by_spec[check["spec"]].append(check)
-    return by_spec, str(report)
+    return by_spec
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    return _run_corpus(tmp_path_factory.mktemp("mutants"))
 
 
 def test_the_corpus_is_large_and_every_mutant_ran(corpus) -> None:  # type: ignore[no-untyped-def]
-    by_spec, _ = corpus
+    by_spec = corpus
     assert len(MUTANTS) >= 40
     assert set(by_spec) == set(MUTANTS)
 
 
 @pytest.mark.parametrize("mutant", sorted(MUTANTS))
 def test_mutant_is_caught_and_named(corpus, mutant: str) -> None:  # type: ignore[no-untyped-def]
-    by_spec, _ = corpus
+    by_spec = corpus
     _, _, wrong, cases = MUTANTS[mutant]
     checks = by_spec[mutant]
     failing = {c["target"] for c in checks if c["status"] != "PASS"} - {"contract.taylor"}
@@ -132,3 +135,21 @@ def test_mutant_is_caught_and_named(corpus, mutant: str) -> None:  # type: ignor
             ]
             assert caught, f"{mutant} not caught in {dtype}/{case}"
             assert all("figures" in c for c in caught)
+
+
+def test_fast_mode_catches_every_mutant_too(tmp_path: Path) -> None:
+    """Directional checks (--fast): k projections per tensor instead of every element."""
+    by_spec = _run_corpus(tmp_path, "--fast")
+    missed = [
+        (mutant, dtype, case)
+        for mutant, (_, _, wrong, cases) in MUTANTS.items()
+        for dtype in ("float32", "float64")
+        for case in cases
+        if not any(
+            (c["dtype"], c["case"]) == (dtype, case) and c["target"] in wrong and c["status"] == "FAIL"
+            for c in by_spec[mutant]
+        )
+    ]
+    assert not missed
+    methods = {c.get("method") for checks in by_spec.values() for c in checks if c["kind"] == "gradient"}
+    assert "directional" in methods

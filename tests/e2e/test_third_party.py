@@ -217,7 +217,8 @@ parameters:
 
 
 @pytest.mark.parametrize(
-    "backward, wrong", [("lstm_step_backward", set()), ("lstm_step_backward_buggy", {"prev_c", "contract.taylor"})]
+    "backward, wrong",
+    [("lstm_step_backward", set()), ("lstm_step_backward_buggy", {"prev_c", "contract.taylor"})],
 )
 def test_cs231n_lstm_with_two_outputs_and_a_cache(
     tmp_path: Path,
