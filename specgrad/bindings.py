@@ -2,6 +2,8 @@
 
 functional  forward(*tensors, **attrs) -> out;          backward(g, *tensors, **attrs) -> grads
 cached      forward(*tensors, **attrs) -> (out, cache); backward(g, cache) -> grads
+second      (a functional layer's NAME.second_order) forward = its backward on (*tensors,
+            grad_out) -> grads; backward = double_backward(v, grad_out, *tensors, **attrs)
 layer       obj = Class(**init); parameters set at their paths; obj.forward(*inputs, **attrs);
             obj.backward(g) -> input grads; parameter grads read from their paths
 
@@ -19,7 +21,7 @@ from typing import Any, Protocol
 from specgrad.access import AccessPath
 from specgrad.errors import SpecError, did_you_mean
 from specgrad.imports import resolve
-from specgrad.model import FunctionBinding, LayerBinding, Spec
+from specgrad.model import FunctionBinding, LayerBinding, SecondOrderBinding, Spec
 
 
 class ContractError(Exception):
@@ -70,6 +72,30 @@ class FunctionEvaluator:
         if flat:  # backward(dnext_h, dnext_c, cache), as its forward returned them
             return _materialized(self.backward_fn(*grad_out, cache))
         return _materialized(self.backward_fn(grad_out, cache))
+
+
+@dataclass(frozen=True)
+class SecondOrderEvaluator:
+    """backward as a layer: its outputs are the gradients of the first-order tensors (one
+    array, or a tuple in tensor order), its inputs those tensors and grad_out."""
+
+    backward_fn: Callable[..., Any]
+    double_fn: Callable[..., Any]
+    binding: SecondOrderBinding
+    attrs: Mapping[str, Any]
+
+    def forward(self, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
+        args = [tensors[n] for n in self.binding.first_tensors]
+        g = tensors["grad_out"]
+        raw = _materialized(self.backward_fn(g, *args, **self.attrs))
+        names = self.binding.first_tensors
+        grads = _match(raw, names, self.binding.first_grads)
+        out = tuple(grads[n] for n in self.binding.first_grads)
+        return (out if len(out) > 1 else out[0]), (args, g)
+
+    def backward(self, state: Any, grad_out: Any) -> Any:
+        args, g = state
+        return _materialized(self.double_fn(grad_out, g, *args, **self.attrs))
 
 
 class LayerEvaluator:
@@ -244,6 +270,13 @@ def make_evaluator(spec: Spec) -> Evaluator:
             backward_fn=resolve(binding.backward, folder),
             cached=binding.convention == "cached",
             order=tuple(t.name for t in spec.tensors),
+            attrs=spec.attrs,
+        )
+    if isinstance(binding, SecondOrderBinding):
+        return SecondOrderEvaluator(
+            backward_fn=resolve(binding.first.backward, folder),
+            double_fn=resolve(binding.double_backward, folder),
+            binding=binding,
             attrs=spec.attrs,
         )
     factory = resolve(binding.factory, folder)

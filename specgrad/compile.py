@@ -103,4 +103,8 @@ def compile_spec(
                         method,
                     )
                 )
+    if spec.second_order is not None:
+        plans += compile_spec(
+            spec.second_order, dtypes=dtypes, seed=seed, select=select, fast=fast, max_elements=max_elements
+        )
     return tuple(plans)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -104,7 +104,19 @@ class LayerBinding:
     convention: Literal["layer"] = "layer"
 
 
-Binding = FunctionBinding | LayerBinding
+@dataclass(frozen=True, slots=True)
+class SecondOrderBinding:
+    """A layer's backward seen as a forward (inputs: the tensors, then grad_out), and its
+    double backward as that forward's backward."""
+
+    first: FunctionBinding
+    double_backward: ImportRef
+    first_tensors: tuple[str, ...]  # the original tensors, in order (grad_out comes last)
+    first_grads: tuple[str, ...]  # the original differentiable tensors: the outputs
+    convention: Literal["second_order"] = "second_order"
+
+
+Binding = FunctionBinding | LayerBinding | SecondOrderBinding
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +147,7 @@ class Spec:
     method: Method = field(default_factory=Method)
     contracts_off: frozenset[str] = frozenset()  # contract kinds the spec switched off
     nondet_tol: float = 0.0  # backward twice may differ by this much, relative
+    second_order: Spec | None = None  # NAME.second_order: backward checked as a layer
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -290,8 +303,43 @@ def _tolerances(raw: RawSpec) -> Mapping[str, Tolerance]:
     return _frozen(out)
 
 
+def _second_order(raw: RawSpec, first: Spec) -> Spec | None:
+    data = raw.data.get("second_order")
+    if data is None or not isinstance(first.binding, FunctionBinding):
+        return None
+    grad_out = TensorSpec(
+        name="grad_out",
+        role="input",
+        shape=tuple(data["grad_out"]["shape"]),
+        dtype=None,
+        grad=True,
+        fill=Fill("normal"),
+        location=raw.locate(("second_order", "grad_out"), key=True),
+    )
+    binding = SecondOrderBinding(
+        first=first.binding,
+        double_backward=ImportRef(
+            data["backward"], raw.locate(("second_order", "backward")), "second_order.backward"
+        ),
+        first_tensors=tuple(t.name for t in first.tensors),
+        first_grads=tuple(t.name for t in first.tensors if t.grad),
+    )
+    return replace(
+        first,
+        name=f"{first.name}.second_order",
+        binding=binding,
+        tensors=(*first.tensors, grad_out),
+        cases=_cases(raw, (*first.tensors, grad_out)),
+    )
+
+
 def spec_from_validated(raw: RawSpec) -> Spec:
     """Build the model from data that passed schema and semantic validation."""
+    first = _first_order(raw)
+    return replace(first, second_order=_second_order(raw, first))
+
+
+def _first_order(raw: RawSpec) -> Spec:
     tensors = _tensors(raw)
     return Spec(
         name=raw.data["name"],

@@ -55,10 +55,13 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 def run_spec(spec: Spec, plans: Sequence[CasePlan], backend: Backend) -> Iterator[CheckResult]:
-    """Bind the spec's callables (SpecError if they cannot be imported), then run its plans."""
-    evaluator = make_evaluator(spec)
+    """Bind the spec's callables (SpecError if they cannot be imported), then run its plans
+    (those of NAME.second_order with the evaluator of that derived spec)."""
+    evaluators: dict[str, Evaluator] = {spec.name: make_evaluator(spec)}
     for plan in plans:
-        yield from CaseRun(plan, evaluator, backend).run()
+        if plan.spec.name not in evaluators:
+            evaluators[plan.spec.name] = make_evaluator(plan.spec)
+        yield from CaseRun(plan, evaluators[plan.spec.name], backend).run()
 
 
 def describe_exception(what: str, exc: BaseException, frames: int = 3) -> str:

@@ -44,6 +44,19 @@ def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
         )
     yield from _case_issues(raw, names, dtypes)
     yield from _binding_issues(raw, list(sections["parameters"]))
+    if "second_order" in data:
+        if data.get("convention", "functional") != "functional":
+            yield raw.issue(
+                ("second_order",),
+                "second_order needs the functional convention (backward(grad_out, *tensors) is its forward)",
+                key=True,
+            )
+        if "grad_out" in names:
+            yield raw.issue(
+                ("second_order",),
+                "second_order adds a tensor named grad_out: rename the tensor called grad_out",
+                key=True,
+            )
     for key in data.get("attrs") or {}:
         if not str(key).isidentifier():
             yield raw.issue(
@@ -56,7 +69,7 @@ def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
 
 
 #: numeric fields that must hold whole numbers (JSON Schema's "integer" admits 2.0)
-_INTEGER_FIELDS = {"shape", "seed"}
+_INTEGER_FIELDS = {"shape", "seed", "max_elements", "directions"}
 
 
 def _number_issues(raw: RawSpec, value: Any, path: JsonPath) -> Iterator[SpecIssue]:

@@ -61,3 +61,10 @@ def gelu_forward(x: Any) -> Any:
 def gelu_backward(g: Any, x: Any) -> Any:
     t = namespace(x).tanh(_C * (x + _K * x * x * x))
     return g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _C * (1 + 3 * _K * x * x))
+
+
+def tanh_double_backward(v: Any, g: Any, x: Any) -> tuple[Any, Any]:
+    """Gradients of <tanh_backward(g, x), v> = sum v g (1 - y^2) for x and g."""
+    y = namespace(x).tanh(x)
+    d = 1 - y * y
+    return -2 * v * g * y * d, v * d

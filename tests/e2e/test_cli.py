@@ -522,5 +522,5 @@ def test_module_entry_point_in_a_fresh_interpreter(tmp_path: Path) -> None:
     result = run_subprocess(["validate", "linear.yaml", "bad.yaml"], cwd=tmp_path)
     assert result.code == 2
     assert "bad.yaml:7:18: inputs.x.shape[1]: expected a value >= 1" in result.out
-    assert result.out.splitlines()[-1] == "72 passed, 0 failed"
+    assert result.out.splitlines()[-1] == "150 passed, 0 failed"
     assert "\x1b[" not in result.out  # no escape codes when piped

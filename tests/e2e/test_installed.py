@@ -35,7 +35,7 @@ def test_installed_cli_outside_the_repo(tmp_path: Path) -> None:
         [str(script), "validate", "."], cwd=work, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.splitlines()[-1] == "144 passed, 0 failed"
+    assert proc.stdout.splitlines()[-1] == "222 passed, 0 failed"
 
     where = subprocess.run(
         [

@@ -181,6 +181,18 @@ def test_schema_errors(doc: Any, expected: str) -> None:
             "tolerances.float32.atol: expected a finite number",
         ),
         (with_(attrs={"x": 2.0}), "attrs.x: 'x' is also a tensor name"),
+        (
+            with_(convention="cached", second_order={"backward": "m:f", "grad_out": {"shape": [2]}}),
+            "second_order: second_order needs the functional convention",
+        ),
+        (
+            with_(
+                inputs={"grad_out": {"shape": [2]}},
+                second_order={"backward": "m:f", "grad_out": {"shape": [2]}},
+            ),
+            "rename the tensor called grad_out",
+        ),
+        (with_(method={"directions": 2.5}), "method.directions: expected an integer"),
     ],
 )
 def test_semantic_errors(doc: Any, expected: str) -> None:
