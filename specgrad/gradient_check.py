@@ -346,6 +346,47 @@ def refine(
     return Estimate(refined, lo, hi, tuple(sorted(set(kinks))), estimate.refined + done, estimate.indices)
 
 
+#: multiple of the measured sensitivity (see `sensitivity`) in the analytical rounding term
+SENSITIVITY_SIGMAS = 4.0
+
+
+def sensitivity(
+    plan: CasePlan,
+    oracle: Mapping[str, Any],
+    gradients64: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    xp: ModuleType,
+) -> dict[str, Any]:
+    """How much the exact (float64) gradients move when every input moves by one rounding
+    of the check's dtype: |grad64(x (1 + u r)) - grad64(x)| per element, r = +-1.
+
+    A backward computed in precision u is, to first order, the exact backward at inputs
+    (and intermediates) perturbed by about u relative: where the layer amplifies that
+    (softmax of large scores, 1 - tanh^2 near saturation) the error model must too, and
+    this measures it without knowing the computation. r is a function of each value's bits,
+    so equal values move equally: ties and zeros (kinks) stay where they are, and the
+    measure never spans a kink. {} when the case has no float64 oracle or backward fails
+    there."""
+    u = UNIT_ROUNDOFF[plan.dtype]
+    moved = {}
+    for t in plan.spec.tensors:
+        a = oracle[t.name]
+        if str(a.dtype) != "float64" or t.dtype is not None:
+            moved[t.name] = a
+            continue
+        bits = a.view(xp.uint64)
+        sign = xp.where(((bits * xp.uint64(0x9E3779B97F4A7C15)) >> xp.uint64(63)) == 1, 1.0, -1.0)
+        moved[t.name] = a * (1 + u * sign)
+    try:
+        base, shifted = gradients64({n: a.copy() for n, a in oracle.items()}), gradients64(moved)
+        return {
+            n: xp.abs(xp.asarray(shifted[n]).astype(xp.float64) - xp.asarray(base[n]).astype(xp.float64))
+            for n in base
+            if n in shifted and tuple(base[n].shape) == tuple(shifted[n].shape)
+        }
+    except (Exception, SystemExit):  # noqa: BLE001 - user code: the model goes without it
+        return {}
+
+
 @dataclass(frozen=True, slots=True)
 class Bound:
     """The per-element bound of one tensor's comparison and what it was made of."""
@@ -366,8 +407,10 @@ def bound(
     case_scale: float,
     upstream_scale: float,
     xp: ModuleType,
+    measured: Any | None = None,
 ) -> Bound:
-    """The error model of `numerics.tolerance`, or the spec's rtol/atol where it sets them.
+    """The error model of `numerics.tolerance`, or the spec's rtol/atol where it sets them;
+    `measured` is the tensor's `sensitivity` (as compared: sampled elements only), if any.
 
     `case_scale` is the largest analytical gradient over every tensor of the case and
     `upstream_scale` the largest upstream value |g|: the sizes of the terms backward works
@@ -387,6 +430,8 @@ def bound(
     u = UNIT_ROUNDOFF[analytical_dtype]
     terms = xp.where(xp.isfinite(numerical.terms), numerical.terms, 0.0)
     rounding = ANALYTICAL_SIGMAS * u * (xp.sqrt(numerical.fanout) * terms + max(case_scale, upstream_scale))
+    if measured is not None:
+        rounding = rounding + SENSITIVITY_SIGMAS * xp.where(xp.isfinite(measured), measured, 0.0)
     return Bound(slack + rounding, slack, tol, atol, True, analytical_dtype)
 
 

@@ -41,6 +41,7 @@ from specgrad.gradient_check import (
     plain,
     refine,
     routes,
+    sensitivity,
     taylor,
 )
 from specgrad.model import LayerBinding, Spec
@@ -112,6 +113,7 @@ class CaseRun:
         self.verdicts: dict[str, tuple[Status, str]] = {}
         self.blocked: str | None = None  # why gradient checks cannot run
         self.routes: dict[str, Route] | None = None  # how each tensor's numerical gradient is taken
+        self.measured: dict[str, Any] | None = None  # gradients' sensitivity to rounding (oracle only)
 
     # -- orchestration --------------------------------------------------------------
 
@@ -224,6 +226,7 @@ class CaseRun:
         g = [self.backend.asarray(upstream[i]) if i in upstream else None for i in range(len(outputs))]
         self.upstream64 = [None if x is None else x.astype(self.xp.float64) for x in g]
         grad_out = tuple(g) if was_tuple else g[0]
+        self.was_tuple = was_tuple
         upstream_copies = [None if x is None else x.copy() for x in g]
         if forward_mutated:
             self.blocked = (
@@ -462,7 +465,10 @@ class CaseRun:
         if plan.method.max_elements is not None:
             sample = stratified(tuple(analytical.shape), plan.method.max_elements, plan.seed, name)
         numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp, sample)
-        b = bound(name, plan, route, numerical, case_scale, upstream_scale, xp)
+        measured = self._measured(route).get(name)
+        if measured is not None and sample is not None:
+            measured = measured.reshape(-1)[xp.asarray(sample)]
+        b = bound(name, plan, route, numerical, case_scale, upstream_scale, xp, measured)
         estimate = plain(numerical, sample)
         v = judge(name, plan, analytical, estimate, b, case_scale, xp)
         suspects = sorted({*v.comparison.violating, *kink_candidates(estimate, b, xp)})
@@ -483,6 +489,23 @@ class CaseRun:
             if joint:
                 v = replace(v, passed=False, message=f"{joint}; {v.message}")
         return v
+
+    def _measured(self, route: Route) -> dict[str, Any]:
+        """The gradients' sensitivity to one rounding of the inputs (gradient_check.sensitivity),
+        for low-precision checks with a float64 oracle; computed once per case."""
+        if self.measured is None:
+            oracle = route.tensors
+            low = self.plan.dtype != "float64"
+            has_oracle = any(str(a.dtype) == "float64" for a in oracle.values())
+            self.measured = (
+                sensitivity(self.plan, oracle, self._gradients64, self.xp) if low and has_oracle else {}
+            )
+        return self.measured
+
+    def _gradients64(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
+        _, state = self.evaluator.forward(tensors)
+        g = list(self.upstream64)
+        return grads_by_name(self.evaluator.backward(state, tuple(g) if self.was_tuple else g[0]), self.spec)
 
     def _taylor(self) -> CheckResult:
         """The Taylor test over every differentiable tensor of the case at once: an

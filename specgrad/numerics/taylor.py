@@ -103,7 +103,11 @@ def _smooth(second: Sequence[float], residuals: Sequence[float], floors: Sequenc
 
 
 def _order(values: Sequence[float], floors: Sequence[float]) -> float | None:
-    """log2 of the ratio of the finest consecutive pair that stands above 4x its floors."""
+    """log2 of the ratio of the finest consecutive pair that stands above 4x its floors;
+    None when the finest value is at its floor: the gradient is exact to rounding at the
+    smallest step, and what the larger steps saw was curvature or a kink they crossed."""
+    if not values[-1] > 4 * floors[-1]:
+        return None
     order = None
     for k in range(len(values) - 1):
         a, b = values[k], values[k + 1]
