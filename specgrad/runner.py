@@ -114,6 +114,7 @@ class CaseRun:
         self.blocked: str | None = None  # why gradient checks cannot run
         self.routes: dict[str, Route] | None = None  # how each tensor's numerical gradient is taken
         self.measured: dict[str, Any] | None = None  # gradients' sensitivity to rounding (oracle only)
+        self.kinked: dict[str, int] = {}  # tensors whose gradient check found kinks, and how many
 
     # -- orchestration --------------------------------------------------------------
 
@@ -405,6 +406,8 @@ class CaseRun:
         inconclusive = v.message.startswith("inconclusive")
         status = Status.FAIL if not v.passed else Status.ERROR if inconclusive else Status.PASS
         message = v.message
+        if v.kinks:
+            self.kinked[name] = v.kinks
         if status is Status.FAIL:
             status, message = self._explained(name, route, v)
         return self._result(
@@ -426,7 +429,7 @@ class CaseRun:
         gradient; second order means the gradient is right along a random direction, so the
         error is confined to a few elements, or, where the differences ran in the check's
         own low precision, the step is what failed (then the verdict is inconclusive)."""
-        result = self._taylor_of([name])
+        result = self._taylor_of([name]) if not v.kinks else "kinks"
         if isinstance(result, str) or not result.smooth:
             return Status.FAIL, v.message
         if not result.second_order:
@@ -517,6 +520,14 @@ class CaseRun:
                 return self._result("contract.taylor", Status.SKIP, "no differentiable tensor")
             return self._result("contract.taylor", Status.ERROR, why)
         start = time.perf_counter()
+        if self.kinked:
+            where = ", ".join(f"{n} ({k})" for n, k in self.kinked.items())
+            return self._result(
+                "contract.taylor",
+                Status.SKIP,
+                f"not applicable here: the gradient checks found kinks in {where}, where no gradient is "
+                "second-order exact; they are held to the subgradient rule element by element",
+            )
         result = self._taylor_of(names)
         if isinstance(result, str):
             return self._result("contract.taylor", Status.ERROR, result)
