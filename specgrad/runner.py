@@ -30,19 +30,15 @@ from specgrad.compile import CasePlan
 from specgrad.contracts import PROBED, Probe
 from specgrad.errors import SpecError
 from specgrad.gradient_check import (
-    Route,
     Verdict,
     bound,
-    directional,
     joint_kink_check,
     judge,
     kink_candidates,
     numerical_gradient,
     plain,
     refine,
-    routes,
     sensitivity,
-    taylor,
 )
 from specgrad.model import LayerBinding, Spec
 from specgrad.numerics.finite_diff import InconsistentOutput, PerturbationError
@@ -50,7 +46,9 @@ from specgrad.numerics.inputs import make_inputs, make_upstream
 from specgrad.numerics.sampling import stratified
 from specgrad.numerics.taylor import TaylorResult
 from specgrad.numerics.tolerance import FLOAT_DTYPES, Tolerance
+from specgrad.projections import directional, taylor
 from specgrad.results import CheckResult, Status
+from specgrad.routes import Route, routes
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
