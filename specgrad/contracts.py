@@ -96,16 +96,27 @@ class Probe:
         )
 
     def layout(self) -> str:
-        """Non-contiguous inputs (every other element of a larger buffer) with the same values
-        give the same outputs and gradients, up to rounding (see LAYOUT_ULPS)."""
-        strided = {n: _strided(a, self.xp) for n, a in self.tensors.items()}
+        """Inputs with the same values in other memory layouts (every other element of a
+        larger buffer; Fortran order) give the same outputs and gradients, up to rounding
+        (see LAYOUT_ULPS)."""
+        layouts = (
+            ("non-contiguous (strided)", _strided),
+            ("Fortran-ordered (transposed memory)", lambda a, xp: xp.asfortranarray(a.copy())),
+        )
+        for what, make in layouts:
+            problem = self._same_in_layout(what, {n: make(a, self.xp) for n, a in self.tensors.items()})
+            if problem:
+                return problem
+        return ""
+
+    def _same_in_layout(self, what: str, tensors: dict[str, Any]) -> str:
         try:
-            outputs, grads = self._round_trip(strided, self._grad_out([_copy(g) for g in self.upstream]))
+            outputs, grads = self._round_trip(tensors, self._grad_out([_copy(g) for g in self.upstream]))
         except ContractError as exc:
-            return f"with non-contiguous inputs: {exc}"
+            return f"with {what} inputs: {exc}"
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
             return (
-                f"with non-contiguous inputs (same values, other strides) forward or backward raised "
+                f"with {what} inputs (same values, other memory layout) forward or backward raised "
                 f"{type(exc).__name__}: {exc}"
             )
         u = UNIT_ROUNDOFF[self.dtype]
@@ -122,7 +133,7 @@ class Probe:
         if not bad:
             return ""
         return (
-            f"non-contiguous inputs with the same values change {', '.join(bad)} beyond rounding: "
+            f"{what} inputs with the same values change {', '.join(bad)} beyond rounding: "
             "does the code assume C-contiguous memory (raw pointers, .data, reshape of a view)?"
         )
 

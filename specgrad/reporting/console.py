@@ -71,7 +71,9 @@ class ConsoleReporter:
                 for r in results
                 if self.verbosity > 0 or r.kind == "gradient" or r.status is not Status.PASS
             ]
-            self.console.print(self._table(shown, title=f"{results[0].spec}  ({results[0].file})"))
+            self.console.print(
+                self._table(shown, results[0].spec, title=f"{results[0].spec}  ({results[0].file})")
+            )
             if len(results) > len(shown):
                 self._line(f"  + {len(results) - len(shown)} contract checks passed (-v lists them)", "dim")
             for note in dict.fromkeys(r.note for r in results if r.note):
@@ -80,30 +82,33 @@ class ConsoleReporter:
         if self.verbosity >= 0:
             self.console.print()
 
-    def _table(self, shown: list[CheckResult], title: str) -> Table:
+    def _table(self, shown: list[CheckResult], spec: str, title: str) -> Table:
+        """Rows of a derived spec (NAME.second_order) show its suffix before the target."""
         table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, pad_edge=False)
         # err/bound: the worst element's error over its bound (the check's margin: < 1 inside)
-        columns = ["check", "dtype", "case", "max abs err", "max rel err", "err/bound", "status"]
+        columns = ["check", "dtype", "case", "max abs err", "max rel err", "noise floor", "err/bound"]
+        columns.append("status")
         if self.verbosity > 0:
-            columns += ["noise floor", "kinks", "numerical in"]
+            columns += ["kinks", "method", "numerical in"]
         for col in columns:
             numeric = col.startswith(("max", "noise", "err", "kinks"))
             table.add_column(col, justify="right" if numeric else "left")
         for r in shown:
             c = r.comparison
             row = [
-                Text(r.target),
+                Text(r.target if r.spec == spec else f"{r.spec.removeprefix(spec + '.')}.{r.target}"),
                 Text(r.dtype),
                 Text(r.case),
                 Text(_fmt(c.max_abs_err if c else None)),
                 Text(_fmt(c.max_rel_err if c else None)),
+                Text(_fmt(c.noise_floor if c else None)),
                 Text(_ratio(c.worst_ratio) if c else "-"),
                 Text(str(r.status), style=_STYLE[r.status]),
             ]
             if self.verbosity > 0:
                 row += [
-                    Text(_fmt(c.noise_floor if c else None)),
                     Text(str(r.kinks) if r.kinks else "-"),
+                    Text(r.method or "-"),
                     Text(r.numerical_dtype or "-"),
                 ]
             table.add_row(*row)

@@ -65,6 +65,20 @@ def test_layout_catches_code_that_assumes_contiguous_memory(tmp_path: Path) -> N
     assert r["x"].status is Status.PASS  # on contiguous inputs the layer is right
 
 
+# flattens in memory order: right for C-ordered arrays, scrambled for Fortran-ordered ones
+MEMORY_ORDER = """
+def forward(x):
+    return x.ravel(order="K").reshape(x.shape) * 2
+def backward(g, x):
+    return 2 * g
+"""
+
+
+def test_layout_catches_code_that_depends_on_memory_order(tmp_path: Path) -> None:
+    c = run(tmp_path, MEMORY_ORDER)["contract.layout"]
+    assert c.status is Status.FAIL and c.message.startswith("Fortran-ordered (transposed memory) inputs")
+
+
 def test_contracts_can_be_switched_off(tmp_path: Path) -> None:
     r = run(tmp_path, ASSUMES_C_ORDER, contracts={"layout": False, "zero_upstream": False})
     assert "contract.layout" not in r and "contract.zero_upstream" not in r
