@@ -143,7 +143,8 @@ def refine(
         gap1 = xp.abs(num.plus.reshape(-1)[idx] - num.minus.reshape(-1)[idx])
         gap2 = xp.abs(fine.plus - fine.minus)
         sides_lo, sides_hi = xp.minimum(fine.plus, fine.minus), xp.maximum(fine.plus, fine.minus)
-        significant = gap2 > 8 * fine.noise + xp.broadcast_to(b.slack, num.value.shape).reshape(-1)[idx]
+        slack = xp.broadcast_to(b.slack, num.value.shape).reshape(-1)[idx]
+        significant = gap2 > 8 * fine.noise + slack
         kink = significant & (gap2 > KINK_RATIO * gap1)
         converging = (gap1 > 2 * gap2) & (gap1 < 8 * gap2 + 8 * n1)  # truncation shrinks 16x: h^2
         better = xp.where(converging, (16 * fine.value - d1) / 15, fine.value)
@@ -154,8 +155,9 @@ def refine(
         flat["hi"][idx] = xp.where(kink, sides_hi, better)
         kinks += [j for j, k in zip(chunk, kink.tolist(), strict=True) if k]
         done += len(chunk)
-        if not bool(xp.any(kink)) and not bool(xp.any(xp.abs(better - d1) > 4 * better_noise)):
-            break  # nothing here was curvature or a kink: the differences stand
+        if not bool(xp.any(kink)) and not bool(xp.any(xp.abs(better - d1) > slack)):
+            break  # nothing here was curvature or a kink: the differences stand (a wrong
+            # backward is wrong everywhere; its check need not pay for every element twice)
     refined = NumericalGradient(value, noise, num.plus, num.minus, num.terms, num.fanout)
     return Estimate(refined, lo, hi, tuple(sorted(set(kinks))), estimate.refined + done, estimate.indices)
 

@@ -472,7 +472,9 @@ class CaseRun:
         b = bound(name, plan, route, numerical, case_scale, upstream_scale, xp, measured)
         estimate = plain(numerical, sample)
         v = judge(name, plan, analytical, estimate, b, case_scale, xp)
-        suspects = sorted({*v.comparison.violating, *kink_candidates(estimate, b, xp)})
+        # out-of-bound elements first: the first chunk that refines none of them stops the search
+        violating = list(v.comparison.violating)
+        suspects = violating + sorted(set(kink_candidates(estimate, b, xp)) - set(violating))
         if not suspects:
             return v
         try:
