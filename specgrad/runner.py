@@ -35,10 +35,10 @@ from specgrad.gradient_check import (
     joint_kink_check,
     judge,
     kink_candidates,
+    measured_rounding,
     numerical_gradient,
     plain,
     refine,
-    sensitivity,
 )
 from specgrad.model import LayerBinding, Spec
 from specgrad.numerics.finite_diff import InconsistentOutput, PerturbationError
@@ -111,7 +111,7 @@ class CaseRun:
         self.verdicts: dict[str, tuple[Status, str]] = {}
         self.blocked: str | None = None  # why gradient checks cannot run
         self.routes: dict[str, Route] | None = None  # how each tensor's numerical gradient is taken
-        self.measured: dict[str, Any] | None = None  # gradients' sensitivity to rounding (oracle only)
+        self.measured: dict[str, Any] | None = None  # the analytical gradients' measured rounding
         self.kinked: dict[str, int] = {}  # tensors whose gradient check found kinks, and how many
 
     # -- orchestration --------------------------------------------------------------
@@ -494,20 +494,23 @@ class CaseRun:
         return v
 
     def _measured(self, route: Route) -> dict[str, Any]:
-        """The gradients' sensitivity to one rounding of the inputs (gradient_check.sensitivity),
-        for low-precision checks with a float64 oracle; computed once per case."""
+        """The analytical gradients' rounding, measured against the same backward in float64
+        (gradient_check.measured_rounding), for float16/32 checks with a float64 oracle;
+        computed once per case."""
         if self.measured is None:
             oracle = route.tensors
             low = self.plan.dtype != "float64"
             has_oracle = any(str(a.dtype) == "float64" for a in oracle.values())
             self.measured = (
-                sensitivity(self.plan, oracle, self._gradients64, self.xp) if low and has_oracle else {}
+                measured_rounding(oracle, self.upstream64, self._gradients, self.grads, self.xp)
+                if low and has_oracle
+                else {}
             )
         return self.measured
 
-    def _gradients64(self, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    def _gradients(self, tensors: Mapping[str, Any], upstream: Sequence[Any | None]) -> dict[str, Any]:
         _, state = self.evaluator.forward(tensors)
-        g = list(self.upstream64)
+        g = list(upstream)
         return grads_by_name(self.evaluator.backward(state, tuple(g) if self.was_tuple else g[0]), self.spec)
 
     def _taylor(self) -> CheckResult:

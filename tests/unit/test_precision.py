@@ -220,3 +220,58 @@ def test_saturated_layer_is_insensitive_not_imprecise(tmp_path: Path) -> None:
     for name in ("x", "w"):
         assert r[name].status is Status.PASS, r[name].message
         assert r[name].numerical_dtype == "float64" and r[name].note == ""
+
+
+OFF_BY_1_PERCENT = "def forward(x):\n    return x * x\ndef backward(g, x):\n    return 2.02 * g * x\n"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_error_model_bound_sits_at_the_precision_and_reports_its_margin(tmp_path: Path, dtype: str) -> None:
+    """A 1% error is thousands of times the model's bound in float32 and float64; a hand-set
+    rtol with its reason replaces the model (and lets it through: that is what it says)."""
+    wrong = run(tmp_path, OFF_BY_1_PERCENT, dtypes=[dtype])["x"]
+    assert wrong.status is Status.FAIL and wrong.comparison is not None
+    assert wrong.comparison.worst_ratio > 1000 and wrong.comparison.margin < 1e-3
+    assert "error model" in wrong.message
+    loose = {dtype: {"rtol": 0.05, "reason": "the layer is approximate by design"}}
+    allowed = run(tmp_path, OFF_BY_1_PERCENT, dtypes=[dtype], tolerances=loose)["x"]
+    assert allowed.status is Status.PASS and allowed.tolerance is not None and allowed.tolerance.hand_set
+    right = run(tmp_path, OFF_BY_1_PERCENT.replace("2.02", "2"), dtypes=[dtype])["x"]
+    assert right.status is Status.PASS and right.comparison is not None
+    assert right.to_dict()["figures"]["margin"] > 1
+
+
+def test_float16_attention_with_saturated_scores_is_not_a_false_alarm(tmp_path: Path) -> None:
+    """Scores of std ~16 in float16: the backward's rounding is amplified by the softmax
+    and absorbed in its sums far beyond what the inputs' magnitudes show; the rounding
+    measured against the same backward in float64 covers what the model's terms do not
+    (without it, this case fails)."""
+    import specgrad.gradient_check as gc
+
+    src = (
+        "from specgrad.zoo import attention\n"
+        "def forward(k, q, v):\n    return attention.forward(k, q, v, causal=True)\n"
+        "def backward(g, k, q, v):\n    return attention.backward(g, k, q, v, causal=True)\n"
+    )
+    inputs = {"k": {"shape": [2, 4, 8]}, "q": {"shape": [2, 4, 8]}, "v": {"shape": [2, 4, 5]}}
+    r = run(tmp_path, src, dtypes=["float16"], inputs=inputs, cases=["wide"], seed=14)
+    assert all(r[n].status is Status.PASS for n in "kqv"), [r[n].message for n in "kqv"]
+    saved = gc.MEASURED_SIGMAS
+    try:
+        gc.MEASURED_SIGMAS = 0.0
+        without = run(tmp_path, src, dtypes=["float16"], inputs=inputs, cases=["wide"], seed=14)
+    finally:
+        gc.MEASURED_SIGMAS = saved
+    assert any(without[n].status is Status.FAIL for n in "kq")
+
+
+def test_a_backward_wrong_only_in_low_precision_is_still_caught(tmp_path: Path) -> None:
+    """The measured rounding (low precision vs float64 backward) is capped at sqrt(u) S, so
+    a bug in the float32 path alone cannot hide behind it."""
+    src = (
+        "def forward(x):\n    return x * x\n"
+        "def backward(g, x):\n    return 2 * g * x * (1.01 if x.dtype == np.float32 else 1.0)\n"
+    )
+    r = run(tmp_path, src, dtypes=["float32", "float64"])
+    assert r["x"].status is Status.PASS  # the float64 check, the last one of the run
+    assert run(tmp_path, src, dtypes=["float32"])["x"].status is Status.FAIL
