@@ -307,28 +307,48 @@ def joint_kink_check(
     b: Bound,
     xp: ModuleType,
 ) -> str:
-    """Why the kink elements together break the subgradient rule, or "": moved together,
-    ties of a max become smooth, and the sum of their gradients must lie between the joint
-    one-sided derivatives (a tie counted twice passes element by element, not here)."""
-    tensors = route.tensors
-    kinks = estimate.kinks
-    epsilon = plan.spec.tolerances[route.dtype].epsilon / 4
-    plus, minus, noise = joint_sides(
-        lambda: forward(tensors), tensors[name], kinks, upstream64, epsilon, UNIT_ROUNDOFF[route.dtype], xp
-    )
-    idx = xp.asarray(list(kinks))
-    total = float(xp.sum(xp.asarray(analytical).astype(xp.float64).reshape(-1)[idx]))
-    at = xp.asarray(estimate.positions(kinks))
-    allowance = float(xp.sum(xp.broadcast_to(b.value, estimate.lo.shape).reshape(-1)[at])) + 8 * noise
-    low, high = min(plus, minus), max(plus, minus)
-    if low - allowance <= total <= high + allowance:
+    """Why kink elements of equal value, moved together, break the subgradient rule, or "".
+
+    Tied elements of a max are kinks one by one (each alone may take the window's gradient
+    or none), but moved together they are smooth: the window's output moves with them, so
+    the sum of their gradients must equal its gradient, and lie between the joint one-sided
+    derivatives. A tie counted twice passes element by element and fails here. Only equal
+    values are grouped (a tie is equality): kinks of different kinds (hardtanh at -1 and
+    at +1) have no joint rule. Sampled estimates are not judged jointly (a tie's partner
+    may be outside the sample)."""
+    if estimate.indices is not None:
         return ""
-    return (
-        f"the gradient of {name} at its {len(kinks)} kink element(s) is not a subgradient: moved "
-        f"together, they change the loss at rate {minus:.6g} (left) and {plus:.6g} (right), but "
-        f"their analytical gradients sum to {total:.6g} (allowance {allowance:.3g}); "
-        "a tie counted twice (max pooling) looks like this"
-    )
+    tensors = route.tensors
+    flat = tensors[name].reshape(-1)
+    groups: dict[float, list[int]] = {}
+    for k in estimate.kinks:
+        groups.setdefault(float(flat[k]), []).append(k)
+    epsilon = plan.spec.tolerances[route.dtype].epsilon / 4
+    a = xp.asarray(analytical).astype(xp.float64).reshape(-1)
+    limit = xp.broadcast_to(b.value, estimate.lo.shape).reshape(-1)
+    for value, kinks in groups.items():
+        if len(kinks) < 2:
+            continue
+        plus, minus, noise = joint_sides(
+            lambda: forward(tensors),
+            tensors[name],
+            kinks,
+            upstream64,
+            epsilon,
+            UNIT_ROUNDOFF[route.dtype],
+            xp,
+        )
+        total = float(xp.sum(a[xp.asarray(kinks)]))
+        allowance = float(xp.sum(limit[xp.asarray(estimate.positions(kinks))])) + 8 * noise
+        if min(plus, minus) - allowance <= total <= max(plus, minus) + allowance:
+            continue
+        return (
+            f"the gradient of {name} at its {len(kinks)} kink element(s) of value {value:g} is not a "
+            f"subgradient: moved together, they change the loss at rate {minus:.6g} (left) and "
+            f"{plus:.6g} (right), but their analytical gradients sum to {total:.6g} (allowance "
+            f"{allowance:.3g}); a tie counted twice (max pooling) looks like this"
+        )
+    return ""
 
 
 def _kink_text(name: str, kinks: Sequence[int], mode: str, shape: tuple[int, ...]) -> str:

@@ -100,3 +100,29 @@ def test_taylor_floor_allows_a_low_precision_gradient() -> None:
 def test_taylor_sees_a_kink_along_the_direction() -> None:
     x = np.array([0.0, 1.0, -1.0])
     assert not _taylor(lambda a: np.sum(np.abs(a)), np.sign(x), x).smooth
+
+
+def test_kinks_of_different_kinds_are_not_judged_together(tmp_path: Path) -> None:
+    """hardtanh at -1 and at +1 (the special values reach both): each end's elements take
+    the derivative of the linear side, a valid subgradient element by element; moved all
+    together they would seem to break the rule, so only equal values are grouped."""
+    src = (
+        "def forward(x):\n    return np.clip(x, -1, 1)\n"
+        "def backward(g, x):\n    return g * ((x >= -1) & (x <= 1))\n"
+    )
+    ends = {"x": {"shape": [4, 6], "fill": {"kind": "special", "values": [-1.0, 1.0, 0.5]}}}
+    for seed in range(4):
+        r = run(tmp_path, src, inputs=ends, seed=seed)
+        assert r["x"].status is Status.PASS and r["x"].kinks == 16, r["x"].message
+
+
+def test_sampled_ties_are_judged_element_by_element(tmp_path: Path) -> None:
+    src = (
+        "def forward(x):\n    return x.reshape(-1, 2).max(axis=1)\n"
+        "def backward(g, x):\n    w = x.reshape(-1, 2)\n"
+        "    return (g[:, None] * (np.arange(2) == w.argmax(axis=1)[:, None])).reshape(x.shape)\n"
+    )
+    ties = {"x": {"shape": [40], "fill": {"kind": "special", "values": [1.0, 1.0, 0.5, 0.5, 2.0, -1.0]}}}
+    for seed in range(3):
+        r = run(tmp_path, src, inputs=ties, seed=seed, method={"max_elements": 12})
+        assert r["x"].status is Status.PASS, r["x"].message
