@@ -101,7 +101,10 @@ class Probe:
         (see LAYOUT_ULPS)."""
         layouts = (
             ("non-contiguous (strided)", _strided),
-            ("Fortran-ordered (transposed memory)", lambda a, xp: xp.asfortranarray(a.copy())),
+            (
+                "Fortran-ordered (transposed memory)",
+                lambda a, xp: xp.asfortranarray(a.copy()).reshape(a.shape),
+            ),
         )
         for what, make in layouts:
             problem = self._same_in_layout(what, {n: make(a, self.xp) for n, a in self.tensors.items()})

@@ -10,7 +10,7 @@ from typing import Any
 from specgrad.compile import CasePlan
 from specgrad.gradient_check import Verdict
 from specgrad.numerics.compare import compare
-from specgrad.numerics.finite_diff import NOISE_SIGMAS
+from specgrad.numerics.finite_diff import NOISE_SIGMAS, InconsistentOutput, PerturbationError
 from specgrad.numerics.inputs import direction
 from specgrad.numerics.sampling import directions
 from specgrad.numerics.taylor import TaylorResult, taylor_test
@@ -148,9 +148,21 @@ def _loss(
     forward: Forward, point: Mapping[str, Any], upstream64: Sequence[Any | None], u: float, xp: ModuleType
 ) -> tuple[float, float]:
     """L = sum_k <f_k, g_k> at `point` in float64, and its rounding noise (outputs rounded
-    at unit roundoff u, see finite_diff.NOISE_SIGMAS)."""
+    at unit roundoff u, see finite_diff.NOISE_SIGMAS). What forward raises or returns out
+    of shape at a moved point is a PerturbationError, reported as the check's ERROR."""
+    try:
+        outputs = forward(point)
+    except (Exception, SystemExit) as exc:  # user code
+        raise PerturbationError(None, exc) from exc
+    shapes = [tuple(getattr(f, "shape", ())) for f in outputs]
+    expected = [None if g is None else tuple(g.shape) for g in upstream64]
+    if len(shapes) != len(expected) or any(
+        e is not None and e != s for e, s in zip(expected, shapes, strict=False)
+    ):
+        why = f"forward returned outputs of shapes {shapes} here but {expected} at the case's point"
+        raise PerturbationError(None, InconsistentOutput(why))
     total, power = 0.0, 0.0
-    for g, f in zip(upstream64, forward(point), strict=False):
+    for g, f in zip(upstream64, outputs, strict=True):
         if g is None:
             continue
         f64 = xp.asarray(f).astype(xp.float64)

@@ -30,6 +30,7 @@ from specgrad.compile import CasePlan
 from specgrad.contracts import PROBED, Probe
 from specgrad.errors import SpecError
 from specgrad.gradient_check import (
+    NOTHING_TO_VERIFY,
     Verdict,
     bound,
     joint_kink_check,
@@ -401,8 +402,11 @@ class CaseRun:
             return self._result(
                 name, Status.ERROR, self._perturbation_text(name, exc), duration=time.perf_counter() - start
             )
-        inconclusive = v.message.startswith("inconclusive")
-        status = Status.FAIL if not v.passed else Status.ERROR if inconclusive else Status.PASS
+        status = Status.FAIL if not v.passed else Status.PASS
+        if v.passed and v.message.startswith("inconclusive"):
+            status = Status.ERROR
+        elif v.passed and v.message.startswith(NOTHING_TO_VERIFY):
+            status = Status.SKIP
         message = v.message
         if v.kinks:
             self.kinked[name] = v.kinks
@@ -569,10 +573,10 @@ class CaseRun:
                 _largest(self.grads.values(), self.xp),
                 self.xp,
             )
-        except InconsistentOutput as exc:
-            return f"forward: {exc}"
-        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
-            return describe_exception("forward (Taylor test)", exc)
+        except PerturbationError as exc:
+            if isinstance(exc.cause, InconsistentOutput):
+                return f"forward (Taylor test): {exc.cause}"
+            return describe_exception("forward (Taylor test)", exc.cause)
 
     def _perturbation_text(self, name: str, exc: PerturbationError) -> str:
         if exc.index is None:

@@ -51,6 +51,8 @@ class NumericalGradient:
     minus: Any  # one-sided derivative from x_j - h
     terms: Any  # sum_i |g_i (f_i(x+) - f_i(x-))| / (a + b): the size of the VJP's terms
     fanout: Any  # how many outputs the element moved: the length of its VJP's sum
+    low: Any = None  # sum_i min(g_i f_i'(x+), g_i f_i'(x-)) over one-sided slopes per output
+    high: Any = None  # the same with max: each output may take either side at its own kink
 
 
 class InconsistentOutput(Exception):
@@ -148,7 +150,7 @@ class _Stencil:
             raise PerturbationError(j, exc) from exc
         finally:
             self.flat[j] = orig
-        return (*_contract(self.active, self.base, plus, minus, self.xp), a, b)
+        return (*_contract(self.active, self.base, plus, minus, a, b, self.xp), a, b)
 
     def joint(self, indices: list[int], epsilon: float) -> tuple[float, float, float]:
         xp = self.xp
@@ -161,8 +163,8 @@ class _Stencil:
             raise PerturbationError(indices[0], exc) from exc
         finally:
             self.flat[indices] = orig
-        up, down, power, _, _ = _contract(self.active, self.base, plus, minus, xp)
         a, b = float(xp.mean(a)), float(xp.mean(b))
+        up, down, power, *_ = _contract(self.active, self.base, plus, minus, a, b, xp)
         noise = float(self.noise(power, (a + b) / 2))
         return float(up) / a, float(down) / b, noise
 
@@ -172,18 +174,19 @@ class _Stencil:
 
     def gradient(self, parts: list[tuple[Any, ...]], shape: tuple[int, ...]) -> NumericalGradient:
         xp = self.xp
-        up, down, power, terms, fanout, a, b = (
+        up, down, power, terms, fanout, low, high, a, b = (
             xp.stack([xp.asarray(p[i], dtype=xp.float64) for p in parts]).reshape(shape)
             if parts
             else xp.zeros(shape, dtype=xp.float64)
-            for i in range(7)
+            for i in range(9)
         )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             plus, minus = up / xp.where(a > 0, a, 1.0), down / xp.where(b > 0, b, 1.0)
             value = (up * (b / a) + down * (a / b)) / (a + b) if parts else up
             steps = xp.where(a + b > 0, a + b, 1.0)
-            return NumericalGradient(value, self.noise(power, steps), plus, minus, terms / steps, fanout)
+            noise = self.noise(power, steps)
+            return NumericalGradient(value, noise, plus, minus, terms / steps, fanout, low, high)
 
 
 def _evaluate_at(
@@ -225,17 +228,21 @@ def _outputs64(outputs: Outputs, active: Active, xp: ModuleType) -> list[Any]:
 
 
 def _contract(
-    active: Active, base: list[Any], plus: list[Any], minus: list[Any], xp: ModuleType
-) -> tuple[Any, Any, Any, Any, Any]:
+    active: Active, base: list[Any], plus: list[Any], minus: list[Any], a: Any, b: Any, xp: ModuleType
+) -> tuple[Any, ...]:
     """<g, f+ - f0>, <g, f0 - f->, sum g^2 (f+^2 + f-^2) over the outputs that moved (an
     output that did not move differs by exactly 0 and adds no rounding noise),
-    sum |g (f+ - f-)| and how many outputs moved."""
-    up, down, power, terms, fanout = 0.0, 0.0, 0.0, 0.0, 0
+    sum |g (f+ - f-)|, how many outputs moved, and the sums over outputs of the smaller and
+    the larger of each output's two one-sided slopes (times g)."""
+    up, down, power, terms, fanout, low, high = 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0
     for (_, g, g2), f0, fp, fm in zip(active, base, plus, minus, strict=True):
         moved = fp != fm
-        up = up + xp.sum(g * (fp - f0))
-        down = down + xp.sum(g * (f0 - fm))
+        right, left = g * (fp - f0), g * (f0 - fm)
+        up = up + xp.sum(right)
+        down = down + xp.sum(left)
         power = power + xp.sum(g2 * (fp * fp + fm * fm) * moved)
         terms = terms + xp.sum(xp.abs(g * (fp - fm)))
         fanout = fanout + xp.count_nonzero(moved)
-    return up, down, power, terms, fanout
+        low = low + xp.sum(xp.minimum(right / a, left / b))
+        high = high + xp.sum(xp.maximum(right / a, left / b))
+    return up, down, power, terms, fanout, low, high

@@ -32,8 +32,9 @@ def fill_array(fill: Fill, shape: tuple[int, ...], dtype: str, rng: np.random.Ge
         values = _integers(int(fill.low), int(fill.high), size, rng)
     elif fill.kind in ("special", "constant"):
         values = np.resize(np.asarray(fill.values, dtype=np.float64), size)
-        if fill.shuffle:
-            values = rng.permutation(values)
+        if fill.shuffle:  # fewer elements than values: a seeded choice of them, not the first
+            pool = np.resize(np.asarray(fill.values, dtype=np.float64), max(size, len(fill.values)))
+            values = rng.permutation(pool)[:size]
     elif fill.kind == "npy":
         assert fill.path is not None
         loaded = np.load(fill.path, allow_pickle=False)

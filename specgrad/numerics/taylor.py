@@ -103,17 +103,27 @@ def _smooth(second: Sequence[float], residuals: Sequence[float], floors: Sequenc
 
 
 def _order(values: Sequence[float], floors: Sequence[float]) -> float | None:
-    """log2 of the ratio of the finest consecutive pair that stands above 4x its floors;
-    None when the finest value is at its floor: the gradient is exact to rounding at the
-    smallest step, and what the larger steps saw was curvature or a kink they crossed."""
-    if not values[-1] > 4 * floors[-1]:
+    """The order the values shrink at, read two ways over the steps where they stand above
+    4x their floors: the least-squares slope of log2(value) against the step index, and the
+    larger of the two finest pairs' own orders. The larger reading is returned, so first
+    order needs both to agree: where the h^2 and h^3 terms of a right gradient's residual
+    cancel near one step, single pairs read low but the fit does not, and a wrong gradient
+    reads first order both ways. None when the finest value is at its floor (exact to
+    rounding at the smallest step: what larger steps saw was curvature or a kink they
+    crossed) or too few steps stand above it; NaN when a value is not finite (a backward
+    returning NaN is no second-order anything)."""
+    if not all(math.isfinite(v) for v in values):
+        return math.nan
+    above = [k for k in range(len(values)) if values[k] > 4 * floors[k]]
+    if len(above) < 3 or above[-1] != len(values) - 1:
         return None
-    order = None
-    for k in range(len(values) - 1):
-        a, b = values[k], values[k + 1]
-        if a > 4 * floors[k] and b > 4 * floors[k + 1] and math.isfinite(a) and math.isfinite(b):
-            order = math.log2(a / b)
-    return order
+    logs = [math.log2(values[k]) for k in above]
+    mean_k, mean_v = sum(above) / len(above), sum(logs) / len(logs)
+    slope = -sum((k - mean_k) * (v - mean_v) for k, v in zip(above, logs, strict=True)) / sum(
+        (k - mean_k) ** 2 for k in above
+    )
+    pairs = [logs[i] - logs[i + 1] for i in range(len(above) - 1) if above[i + 1] == above[i] + 1][-2:]
+    return max([slope, *pairs])
 
 
 def _moved(
