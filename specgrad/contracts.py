@@ -90,6 +90,11 @@ class Probe:
         ]
         if not bad:
             return ""
+        if any(not bool(self.xp.all(self.xp.isfinite(grads[n]))) for n in self.grads if n in grads):
+            return (
+                f"with a zero upstream gradient, backward returned non-finite gradients for "
+                f"{', '.join(bad)}: 0 * inf inside backward (an overflow that a zero g does not cancel)"
+            )
         return (
             f"with a zero upstream gradient, backward returned nonzero gradients for {', '.join(bad)}: "
             "a gradient must be linear in grad_out (is a regulariser or constant added in backward?)"

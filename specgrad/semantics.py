@@ -51,6 +51,19 @@ def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
                 "second_order needs the functional convention (backward(grad_out, *tensors) is its forward)",
                 key=True,
             )
+        fixed = [
+            n
+            for s in sections.values()
+            for n, t in s.items()
+            if t.get("dtype") in FLOAT_DTYPES and t.get("grad", True)
+        ]
+        if fixed:
+            yield raw.issue(
+                ("second_order",),
+                f"second_order needs differentiable tensors in the check's dtype; {', '.join(fixed)} "
+                "has a fixed dtype (its gradient, an output of backward, would be held to both)",
+                key=True,
+            )
         if "grad_out" in names:
             yield raw.issue(
                 ("second_order",),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from specgrad.results import Status
 from tests.unit.test_runner import SQUARE, run
 
@@ -83,3 +85,15 @@ def test_contracts_can_be_switched_off(tmp_path: Path) -> None:
     r = run(tmp_path, ASSUMES_C_ORDER, contracts={"layout": False, "zero_upstream": False})
     assert "contract.layout" not in r and "contract.zero_upstream" not in r
     assert r["contract.backward_deterministic"].status is Status.PASS
+
+
+def test_layout_keeps_scalar_shapes(tmp_path: Path) -> None:
+    r = run(tmp_path, SQUARE, inputs={"x": {"shape": []}}, cases=["random", "special"])
+    assert r["contract.layout"].status is Status.PASS, r["contract.layout"].message
+
+
+def test_zero_upstream_names_an_overflow_not_a_regulariser(tmp_path: Path) -> None:
+    src = "def forward(x):\n    return x * 1\ndef backward(g, x):\n    return g * (x * np.inf)\n"
+    with np.errstate(invalid="ignore"):
+        c = run(tmp_path, src)["contract.zero_upstream"]
+    assert c.status is Status.FAIL and "non-finite gradients" in c.message and "0 * inf" in c.message

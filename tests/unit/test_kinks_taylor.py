@@ -142,3 +142,39 @@ def test_sampled_ties_are_judged_element_by_element(tmp_path: Path) -> None:
     for seed in range(3):
         r = run(tmp_path, src, inputs=ties, seed=seed, method={"max_elements": 12})
         assert r["x"].status is Status.PASS, r["x"].message
+
+
+CRELU = """
+def forward(x):
+    return np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], axis=-1)
+def backward(g, x):
+    n = x.shape[-1]
+    return g[..., :n] * (x > 0) - g[..., n:] * (x < 0)
+"""
+
+LINEAR_RELU = """
+def forward(x, w):
+    return np.maximum(x @ w, 0)
+def backward(g, x, w):
+    gz = g * (x @ w > 0)
+    return gz @ w.T, x.T @ gz
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 15, 16, 18])
+def test_chain_rule_choices_at_kinks_are_admissible(tmp_path: Path, seed: int) -> None:
+    """CReLU's two relus of one input each take their own side at 0, and relu(x @ w) puts
+    several unrelated pre-activations on the kink at once: the admissible values sum the
+    outputs' one-sided slopes, and only jointly smooth groups (ties) are judged together."""
+    r = run(tmp_path, CRELU, inputs={"x": {"shape": [4, 6]}}, cases=["special"], seed=seed)
+    assert r["x"].status is Status.PASS, r["x"].message
+    r = run(
+        tmp_path,
+        LINEAR_RELU,
+        inputs={"x": {"shape": [4, 8]}},
+        parameters={"w": {"shape": [8, 6]}},
+        cases=["special"],
+        seed=seed,
+        dtypes=["float32", "float64"],
+    )
+    assert r["x"].status is Status.PASS and r["w"].status is Status.PASS, (r["x"].message, r["w"].message)

@@ -69,3 +69,14 @@ def test_directions_have_a_component_floor() -> None:
     np.testing.assert_allclose(np.sqrt((d**2).mean(axis=1)), 1.0)
     # before normalising every |component| >= COMPONENT_FLOOR, and the rms of floor + |z| is < 2
     assert (np.abs(d) >= COMPONENT_FLOOR / 2).all()
+
+
+def test_fast_mode_reports_a_forward_failing_at_a_moved_point_as_the_checks_error(tmp_path: Path) -> None:
+    src = (
+        "def forward(x):\n    if not np.allclose(x.sum(), 1.0, rtol=0, atol=1e-9):\n"
+        "        raise ValueError('rows must sum to one')\n    return x * x\n"
+        "def backward(g, x):\n    return 2 * g * x\n"
+    )
+    one = {"x": {"shape": [4], "fill": {"kind": "constant", "value": 0.25}}}
+    r = run(tmp_path, src, inputs=one, method={"mode": "directional"})
+    assert r["x"].status is Status.ERROR and "rows must sum to one" in r["x"].message

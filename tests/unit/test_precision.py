@@ -275,3 +275,23 @@ def test_a_backward_wrong_only_in_low_precision_is_still_caught(tmp_path: Path) 
     r = run(tmp_path, src, dtypes=["float32", "float64"])
     assert r["x"].status is Status.PASS  # the float64 check, the last one of the run
     assert run(tmp_path, src, dtypes=["float32"])["x"].status is Status.FAIL
+
+
+def test_a_partly_float32_path_is_found(tmp_path: Path) -> None:
+    """x + tanh(float32(x)): every element still moves at a float64 probe (through x), but
+    by the wrong amount; the probes compare each change with the next coarser one's."""
+    src = (
+        "def forward(x):\n    return x + np.tanh(x.astype(np.float32)).astype(x.dtype)\n"
+        "def backward(g, x):\n    return g * (2 - np.tanh(x) ** 2)\n"
+    )
+    r = run(tmp_path, src, inputs={"x": {"shape": [4, 8]}}, cases=["random", "special"])
+    assert r["x"].status is Status.PASS and r["x"].numerical_dtype == "float32", r["x"].message
+
+
+def test_a_layer_half_a_percent_different_in_float64_gets_no_oracle(tmp_path: Path) -> None:
+    src = (
+        "def forward(x):\n    return x * (1.005 if x.dtype == np.float64 else 1.0)\n"
+        "def backward(g, x):\n    return g * 1.0\n"
+    )
+    r = run(tmp_path, src, dtypes=["float32"])
+    assert r["x"].status is Status.PASS and "does the layer branch on the dtype?" in r["x"].note

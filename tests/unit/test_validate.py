@@ -193,6 +193,13 @@ def test_schema_errors(doc: Any, expected: str) -> None:
             "rename the tensor called grad_out",
         ),
         (with_(method={"directions": 2.5}), "method.directions: expected an integer"),
+        (
+            with_(
+                inputs={"x": {"shape": [2], "dtype": "float32"}},
+                second_order={"backward": "m:f", "grad_out": {"shape": [2]}},
+            ),
+            "second_order needs differentiable tensors in the check's dtype; x has a fixed dtype",
+        ),
     ],
 )
 def test_semantic_errors(doc: Any, expected: str) -> None:
