@@ -11,8 +11,7 @@ from specgrad.compile import CasePlan
 from specgrad.gradient_check import Verdict
 from specgrad.numerics.compare import compare
 from specgrad.numerics.finite_diff import NOISE_SIGMAS, InconsistentOutput, PerturbationError
-from specgrad.numerics.inputs import direction
-from specgrad.numerics.sampling import directions
+from specgrad.numerics.sampling import direction, directions
 from specgrad.numerics.taylor import TaylorResult, taylor_test
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, UNIT_ROUNDOFF
 from specgrad.routes import Forward, Route

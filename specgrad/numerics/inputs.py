@@ -15,7 +15,9 @@ import numpy as np
 from specgrad.model import TAIL_SHARE, Case, Fill, Spec, TensorSpec
 
 
-def _rng(seed: int, *keys: str | int) -> np.random.Generator:
+def stream(seed: int, *keys: str | int) -> np.random.Generator:
+    """The random stream keyed by (seed, keys): every consumer (a tensor's fill, the upstream
+    gradient, a sample, a direction) has its own, so adding one never shifts the others."""
     words = [seed] + [zlib.crc32(k.encode()) if isinstance(k, str) else k for k in keys]
     return np.random.default_rng(np.random.SeedSequence(words))
 
@@ -75,19 +77,14 @@ def tensor_fill(tensor: TensorSpec, case: Case) -> Fill:
 def make_inputs(spec: Spec, case: Case, dtype: str, seed: int) -> dict[str, np.ndarray]:
     """Host arrays for every tensor of `spec` in `case`, in spec order."""
     return {
-        t.name: fill_array(tensor_fill(t, case), t.shape, t.dtype_in(dtype), _rng(seed, t.name))
+        t.name: fill_array(tensor_fill(t, case), t.shape, t.dtype_in(dtype), stream(seed, t.name))
         for t in spec.tensors
     }
-
-
-def direction(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A seeded standard-normal direction for tensor `name` (float64), e.g. a Taylor test's."""
-    return _rng(seed, "<direction>", name).normal(0.0, 1.0, shape)
 
 
 def make_upstream(shapes: Mapping[int, tuple[int, ...]], dtype: str, seed: int) -> dict[int, np.ndarray]:
     """Seeded upstream gradients g for the differentiable outputs, by output index."""
     return {
-        i: fill_array(Fill("normal"), shape, dtype, _rng(seed, "<grad_out>", i))
+        i: fill_array(Fill("normal"), shape, dtype, stream(seed, "<grad_out>", i))
         for i, shape in shapes.items()
     }

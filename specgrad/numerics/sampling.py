@@ -4,18 +4,14 @@ directions of a directional one. Host-side (numpy) so every backend sees the sam
 from __future__ import annotations
 
 import itertools
-import zlib
 
 import numpy as np
+
+from specgrad.numerics.inputs import stream
 
 #: directions get components of at least this size (before normalising): a Gaussian
 #: direction can all but miss the few elements a mostly-zero Jacobian depends on
 COMPONENT_FLOOR = 0.5
-
-
-def _rng(seed: int, *keys: str | int) -> np.random.Generator:
-    words = [seed] + [zlib.crc32(k.encode()) if isinstance(k, str) else k for k in keys]
-    return np.random.default_rng(np.random.SeedSequence(words))
 
 
 def stratified(shape: tuple[int, ...], n: int, seed: int, name: str) -> tuple[int, ...] | None:
@@ -30,7 +26,7 @@ def stratified(shape: tuple[int, ...], n: int, seed: int, name: str) -> tuple[in
     corners = sorted(
         {int(np.ravel_multi_index(c, shape)) for c in itertools.product(*[(0, s - 1) for s in shape])}
     )[: max(n // 4, 1)]
-    rng = _rng(seed, "<sample>", name)
+    rng = stream(seed, "<sample>", name)
     strata = n - len(corners)
     edges = np.linspace(0, size, strata + 1).astype(np.int64) if strata else np.zeros(1, np.int64)
     picks = [int(rng.integers(lo, hi)) for lo, hi in itertools.pairwise(edges) if hi > lo]
@@ -41,9 +37,14 @@ def stratified(shape: tuple[int, ...], n: int, seed: int, name: str) -> tuple[in
 def directions(shape: tuple[int, ...], k: int, seed: int, name: str) -> np.ndarray:
     """k seeded directions (float64, [k, *shape]) with random signs and every component of
     size COMPONENT_FLOOR or more, scaled to a root-mean-square of one."""
-    rng = _rng(seed, "<directional>", name)
+    rng = stream(seed, "<directional>", name)
     z = rng.normal(0.0, 1.0, (k, *shape))
     u = np.sign(z) * (COMPONENT_FLOOR + np.abs(z))
     u[u == 0] = 1.0
     rms = np.sqrt(np.mean(u.reshape(k, -1) ** 2, axis=1)).reshape((k,) + (1,) * len(shape))
     return u / np.where(rms > 0, rms, 1.0)
+
+
+def direction(seed: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A seeded standard-normal direction for tensor `name` (float64): the Taylor test's."""
+    return stream(seed, "<direction>", name).normal(0.0, 1.0, shape)
