@@ -60,7 +60,6 @@ class Estimate:
     lo: Any  # admissible interval per element: lo == hi == value except at kinks
     hi: Any
     kinks: tuple[int, ...] = ()
-    refined: int = 0  # how many elements were re-estimated at a finer step
     indices: tuple[int, ...] | None = None  # the sampled flat indices (None: every element)
 
     def positions(self, elements: Sequence[int]) -> list[int]:
@@ -133,7 +132,7 @@ def refine(
     value, noise = num.value.copy(), num.noise.copy()
     lo, hi = estimate.lo.copy(), estimate.hi.copy()
     flat = {k: a.reshape(-1) for k, a in (("value", value), ("noise", noise), ("lo", lo), ("hi", hi))}
-    kinks, done = list(estimate.kinks), 0
+    kinks = list(estimate.kinks)
     for start in range(0, len(violating), REFINE_CHUNK):
         chunk = list(violating[start : start + REFINE_CHUNK])
         u = UNIT_ROUNDOFF[route.dtype]
@@ -157,12 +156,11 @@ def refine(
         flat["lo"][idx] = xp.where(kink, sides_lo, better)
         flat["hi"][idx] = xp.where(kink, sides_hi, better)
         kinks += [j for j, k in zip(chunk, kink.tolist(), strict=True) if k]
-        done += len(chunk)
         if not bool(xp.any(kink)) and not bool(xp.any(xp.abs(better - d1) > slack)):
             break  # nothing here was curvature or a kink: the differences stand (a wrong
             # backward is wrong everywhere; its check need not pay for every element twice)
-    refined = NumericalGradient(value, noise, num.plus, num.minus, num.terms, num.fanout)
-    return Estimate(refined, lo, hi, tuple(sorted(set(kinks))), estimate.refined + done, estimate.indices)
+    refined = NumericalGradient(value, noise, num.plus, num.minus, num.terms, num.fanout, num.low, num.high)
+    return Estimate(refined, lo, hi, tuple(sorted(set(kinks))), estimate.indices)
 
 
 #: the measured rounding (see `measured_rounding`) enters the bound with this factor ...
