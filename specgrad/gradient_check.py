@@ -163,8 +163,10 @@ def refine(
     return Estimate(refined, lo, hi, tuple(sorted(set(kinks))), estimate.indices)
 
 
-#: the measured rounding (see `measured_rounding`) enters the bound with this factor ...
+#: the measured rounding (see `measured_rounding`) enters the bound with this factor, on a
+#: floor of MEASURED_FLOOR u_a (|n| + S) for what a single measurement cannot promise
 MEASURED_SIGMAS = 2.0
+MEASURED_FLOOR = 4.0
 
 
 def measured_rounding(
@@ -219,8 +221,9 @@ def bound(
 ) -> Bound:
     """The error model of `numerics.tolerance`, or the spec's rtol/atol where it sets them;
     `measured` is the tensor's `measured_rounding` (as compared: sampled elements only), if
-    any: it widens the bound by MEASURED_SIGMAS times itself, up to sqrt(u_a) S, so a backward
-    that is wrong only in low precision is still caught once its error passes that cap.
+    any: it then stands for the model's rounding term, MEASURED_SIGMAS times itself up to
+    sqrt(u_a) S (so a backward wrong only in low precision is still caught past that cap),
+    on a floor of MEASURED_FLOOR u_a (|n| + S).
 
     `case_scale` is the largest analytical gradient over every tensor of the case and
     `upstream_scale` the largest upstream value |g|: the sizes of the terms backward works
@@ -239,11 +242,15 @@ def bound(
     slack = atol + tol.rtol * xp.abs(finite) + noise
     u = UNIT_ROUNDOFF[analytical_dtype]
     terms = xp.where(xp.isfinite(numerical.terms), numerical.terms, 0.0)
-    rounding = ANALYTICAL_SIGMAS * u * (xp.sqrt(numerical.fanout) * terms + max(case_scale, upstream_scale))
-    if measured is not None:
-        cap = u**0.5 * max(case_scale, upstream_scale)
-        rounding = rounding + xp.minimum(
-            MEASURED_SIGMAS * xp.where(xp.isfinite(measured), measured, 0.0), cap
+    reach = max(case_scale, upstream_scale)
+    if measured is None:
+        rounding = ANALYTICAL_SIGMAS * u * (xp.sqrt(numerical.fanout) * terms + reach)
+    else:
+        # the rounding itself, measured; the model's accumulation term, an upper estimate of
+        # it, is not needed (and would blind long float16 reductions that numpy sums in float32)
+        measured = xp.where(xp.isfinite(measured), measured, 0.0)
+        rounding = MEASURED_FLOOR * u * (xp.abs(finite) + reach) + xp.minimum(
+            MEASURED_SIGMAS * measured, u**0.5 * reach
         )
     return Bound(slack + rounding, slack, tol, atol, True, analytical_dtype, route.dtype)
 

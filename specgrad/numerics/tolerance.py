@@ -4,8 +4,9 @@ An element passes when  |analytical - numerical| <= bound, with
 
     bound = atol + rtol * |numerical|                   the numerical method's slack
           + noise                                       rounding of the numerical gradient
-          + ANALYTICAL_SIGMAS u_a (sqrt(m) T + S)       rounding of the analytical one,
-          + min(2 measured, sqrt(u_a) S)                modelled and measured
+          + rounding of the analytical gradient:
+              measured   4 u_a (|n| + S) + min(2 r, sqrt(u_a) S)   with a float64 oracle
+              modelled   ANALYTICAL_SIGMAS u_a (sqrt(m) T + S)     without one
 
 - The step is h_j = c * eps^(1/3) * max(|x_j|, 1) (c = STEP_CONSTANT, eps the machine
   epsilon of the precision the differences are taken in): the total error of a central
@@ -28,16 +29,18 @@ An element passes when  |analytical - numerical| <= bound, with
   relative to S, the larger of the case's largest gradient and |g| (a cancellation in
   1 - tanh^2, p - y or an attention row's dp - sum dp p leaves ~u |g| |v| behind however
   small the result). ANALYTICAL_SIGMAS = 16 allows for a few such roundings.
-- `measured` (gradient_check.measured_rounding) is |analytical - the same backward in
-  float64 on the same values|: intermediates that backward cancels or absorbs can be a
-  hundred times the largest gradient (an attention row's dp - sum dp p with scores of 40
-  loses ~100 u S in float32; gelu's derivative at x = -4.5 cancels two terms of 3e-4 and
-  amplifies the rounding of 1 - tanh^2 by ~13), and nothing measured at the inputs shows
-  them. A wrong formula is wrong alike in both precisions and adds nothing; the cap
-  sqrt(u_a) S (2.4e-4 S in float32) keeps a bug in the low-precision path alone visible.
+- `r` (gradient_check.measured_rounding) is |analytical - the same backward in float64 on
+  the same values|: the rounding itself. Intermediates that backward cancels or absorbs
+  can be a hundred times the largest gradient (an attention row's dp - sum dp p with
+  scores of 40 loses ~100 u S in float32; gelu's derivative at x = -4.5 cancels two terms
+  of 3e-4 and amplifies the rounding of 1 - tanh^2 by ~13), which no model of the final
+  sum sees, while numpy sums float16 in float32, which the model's sqrt(m) T overstates
+  a hundredfold for long reductions. A wrong formula is wrong alike in both precisions and
+  adds nothing; the cap sqrt(u_a) S (2.4e-4 S in float32) keeps a bug in the
+  low-precision path alone visible. The model stands in where there is no oracle.
 For float16/float32 checks the differences come from the float64 oracle, so the first
 three terms are float64's and the bound is dominated by the analytical gradient's own
-precision: a factor 1.01 in a float32 backward breaks it about 2000-fold.
+precision: a factor 1.01 in a float32 backward breaks it about 6000-fold.
 
 A spec that sets rtol or atol replaces the model: bound = atol + rtol |numerical| + noise
 (and must give a `reason`).
