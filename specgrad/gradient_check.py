@@ -136,7 +136,9 @@ def refine(
     for start in range(0, len(violating), REFINE_CHUNK):
         chunk = list(violating[start : start + REFINE_CHUNK])
         u = UNIT_ROUNDOFF[route.dtype]
-        fine = central_difference(lambda: forward(tensors), tensors[name], upstream64, epsilon, u, xp, chunk)
+        fine = central_difference(
+            lambda: forward(tensors), tensors[name], upstream64, epsilon, u, xp, chunk, per_output=True
+        )
         idx = xp.asarray(estimate.positions(chunk))
         d1, n1 = num.value.reshape(-1)[idx], num.noise.reshape(-1)[idx]
         gap1 = xp.abs(num.plus.reshape(-1)[idx] - num.minus.reshape(-1)[idx])

@@ -75,17 +75,20 @@ def central_difference(
     unit_roundoff: float,
     xp: ModuleType,
     indices: Sequence[int] | None = None,
+    per_output: bool = False,
 ) -> NumericalGradient:
     """Numerical VJP dL/dx; `upstream[k]` is g_k as a float64 `xp` array, or None to skip f_k.
 
     `evaluate()` runs forward on the current contents of `x` (and the other, fixed tensors).
     With `indices`, only those flat elements are differenced and the arrays are flat, in
-    that order (a refinement at another step, or a sample of a large tensor).
+    that order (a refinement at another step, or a sample of a large tensor). `per_output`
+    also sums each output's smaller and larger one-sided slope (`low`, `high`: what a kink's
+    admissible interval is made of), two more reductions per output and element.
     """
     with warnings.catch_warnings():
         # a non-finite output makes inf - inf = nan: that element's value is reported as nan
         warnings.simplefilter("ignore", RuntimeWarning)
-        stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp)
+        stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp, per_output)
         picks = range(stencil.flat.size) if indices is None else indices
         parts = [stencil.at(j, epsilon) for j in picks]
         shape = x.shape if indices is None else (len(parts),)
@@ -122,8 +125,10 @@ class _Stencil:
         upstream: Sequence[Any | None],
         unit_roundoff: float,
         xp: ModuleType,
+        per_output: bool = False,
     ) -> None:
         self.evaluate, self.x, self.u, self.xp = evaluate, x, unit_roundoff, xp
+        self.per_output = per_output
         self.flat = x.reshape(-1)
         if self.flat.size and not xp.shares_memory(self.flat, x):
             raise ValueError("central_difference needs a contiguous tensor it can perturb in place")
@@ -150,7 +155,7 @@ class _Stencil:
             raise PerturbationError(j, exc) from exc
         finally:
             self.flat[j] = orig
-        return (*_contract(self.active, self.base, plus, minus, a, b, self.xp), a, b)
+        return (*_contract(self.active, self.base, plus, minus, a, b, self.xp, self.per_output), a, b)
 
     def joint(self, indices: list[int], epsilon: float) -> tuple[float, float, float]:
         xp = self.xp
@@ -228,7 +233,14 @@ def _outputs64(outputs: Outputs, active: Active, xp: ModuleType) -> list[Any]:
 
 
 def _contract(
-    active: Active, base: list[Any], plus: list[Any], minus: list[Any], a: Any, b: Any, xp: ModuleType
+    active: Active,
+    base: list[Any],
+    plus: list[Any],
+    minus: list[Any],
+    a: Any,
+    b: Any,
+    xp: ModuleType,
+    per_output: bool = False,
 ) -> tuple[Any, ...]:
     """<g, f+ - f0>, <g, f0 - f->, sum g^2 (f+^2 + f-^2) over the outputs that moved (an
     output that did not move differs by exactly 0 and adds no rounding noise),
@@ -243,6 +255,7 @@ def _contract(
         power = power + xp.sum(g2 * (fp * fp + fm * fm) * moved)
         terms = terms + xp.sum(xp.abs(g * (fp - fm)))
         fanout = fanout + xp.count_nonzero(moved)
-        low = low + xp.sum(xp.minimum(right / a, left / b))
-        high = high + xp.sum(xp.maximum(right / a, left / b))
+        if per_output:
+            low = low + xp.sum(xp.minimum(right / a, left / b))
+            high = high + xp.sum(xp.maximum(right / a, left / b))
     return up, down, power, terms, fanout, low, high
