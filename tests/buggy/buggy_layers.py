@@ -182,24 +182,30 @@ def linear_one_element_wrong(g: Any, x: Any, w: Any, b: Any) -> tuple[Any, Any, 
 # --- convolution -------------------------------------------------------------------------
 
 
-def conv_padding_off_by_one(g: Any, x: Any, w: Any, b: Any, stride: int = 1, padding: int = 0) -> Any:
-    """Crops the padded input gradient one pixel too early: dx shifted by one row and column."""
+def _conv_dx_padded(g: Any, x: Any, w: Any, stride: int, padding: int, scatter: int) -> Any:
+    """The padded input gradient of the zoo's conv, scattered with stride `scatter`."""
     from specgrad.zoo import conv
 
     oh, ow = conv._geometry(x, w, stride, padding)
-    xpad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    dxpad = np.zeros_like(xpad)
+    dxpad = np.zeros_like(np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))))
     for i in range(w.shape[2]):
         for j in range(w.shape[3]):
             window = (
                 slice(None),
                 slice(None),
-                slice(i, i + stride * oh, stride),
-                slice(j, j + stride * ow, stride),
+                slice(i, i + scatter * oh, scatter),
+                slice(j, j + scatter * ow, scatter),
             )
             dxpad[window] += np.einsum("nohw,oc->nchw", g, w[:, :, i, j])
+    return dxpad
+
+
+def conv_padding_off_by_one(g: Any, x: Any, w: Any, b: Any, stride: int = 1, padding: int = 0) -> Any:
+    """Crops the padded input gradient one pixel too early: dx shifted by one row and column."""
+    from specgrad.zoo import conv
+
     p = max(padding - 1, 0)
-    dx = dxpad[:, :, p : p + x.shape[2], p : p + x.shape[3]]
+    dx = _conv_dx_padded(g, x, w, stride, padding, stride)[:, :, p : p + x.shape[2], p : p + x.shape[3]]
     _, dw, db = conv.backward(g, x, w, b, stride=stride, padding=padding)
     return dx, dw, db
 
@@ -217,14 +223,8 @@ def conv_ignores_stride_in_dx(g: Any, x: Any, w: Any, b: Any, stride: int = 1, p
     """Scatters dx with unit stride: right for stride 1, wrong only on the stride-2 path."""
     from specgrad.zoo import conv
 
-    oh, ow = conv._geometry(x, w, stride, padding)
-    xpad = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    dxpad = np.zeros_like(xpad)
-    for i in range(w.shape[2]):
-        for j in range(w.shape[3]):
-            window = (slice(None), slice(None), slice(i, i + oh), slice(j, j + ow))
-            dxpad[window] += np.einsum("nohw,oc->nchw", g, w[:, :, i, j])
-    dx = dxpad[:, :, padding : padding + x.shape[2], padding : padding + x.shape[3]]
+    p = padding
+    dx = _conv_dx_padded(g, x, w, stride, padding, 1)[:, :, p : p + x.shape[2], p : p + x.shape[3]]
     _, dw, db = conv.backward(g, x, w, b, stride=stride, padding=padding)
     return dx, dw, db
 
