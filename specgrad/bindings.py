@@ -302,6 +302,14 @@ def _check_signature(factory: Callable[..., Any], binding: LayerBinding) -> None
         raise SpecError.at(where, "layer.init", f"{binding.factory.target}{signature}: {exc}") from None
 
 
+def round_trip(
+    evaluator: Evaluator, spec: Spec, tensors: Mapping[str, Any], grad_out: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """One forward and the backward of its state: (outputs, gradients by tensor name)."""
+    raw, state = evaluator.forward(tensors)
+    return raw_outputs_of(raw)[0], grads_by_name(evaluator.backward(state, grad_out), spec)
+
+
 def grads_by_name(raw: Any, spec: Spec) -> dict[str, Any]:
     """Map a backward's raw return value to {tensor name: gradient} for differentiable tensors.
 

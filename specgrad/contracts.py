@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from specgrad.bindings import ContractError, Evaluator, grads_by_name, raw_outputs_of
+from specgrad.bindings import ContractError, Evaluator, round_trip
 from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES, UNIT_ROUNDOFF
 
@@ -50,9 +50,7 @@ class Probe:
     def _round_trip(
         self, tensors: Mapping[str, Any], grad_out: Any
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        raw, state = self.evaluator.forward(tensors)
-        outputs = raw_outputs_of(raw)[0]
-        return outputs, grads_by_name(self.evaluator.backward(state, grad_out), self.spec)
+        return round_trip(self.evaluator, self.spec, tensors, grad_out)
 
     def backward_twice(self, nondet_tol: float) -> str:
         """Two forward/backward round trips on identical inputs give the same gradients
@@ -175,15 +173,26 @@ def _gap(a: Any, b: Any, xp: ModuleType) -> float:
     return float(xp.max(xp.where(xp.isnan(d), xp.inf, d))) if d.size else 0.0
 
 
+def _equal(a: Any, b: Any) -> Any:
+    """Elementwise: bitwise-equal values, NaN equal to NaN, any dtype."""
+    return (a == b) | ((a != a) & (b != b))
+
+
+def same(a: Any, b: Any, xp: ModuleType) -> bool:
+    """Same shape and bitwise-equal values, NaN equal to NaN (the deterministic and
+    no-mutation contracts)."""
+    return _is_array(b) and tuple(b.shape) == tuple(a.shape) and bool(xp.all(_equal(a, b)))
+
+
 def _within(a: Any, b: Any, rel: float, xp: ModuleType) -> bool:
     """b equals a bitwise (NaN equal to NaN), or within rel * max|a| when rel > 0."""
     if not (_is_array(b) and tuple(b.shape) == tuple(a.shape)):
         return False
-    same = (a == b) | ((a != a) & (b != b))
-    if bool(xp.all(same)):
+    equal = _equal(a, b)
+    if bool(xp.all(equal)):
         return True
     if rel == 0:
         return False
     a64, b64 = xp.asarray(a).astype(xp.float64), xp.asarray(b).astype(xp.float64)
     scale = float(xp.max(xp.abs(xp.where(xp.isfinite(a64), a64, 0.0))))
-    return bool(xp.all(same | (xp.abs(a64 - b64) <= rel * scale)))
+    return bool(xp.all(equal | (xp.abs(a64 - b64) <= rel * scale)))

@@ -32,10 +32,11 @@ def numerical_gradient(
     upstream64: Sequence[Any | None],
     xp: ModuleType,
     indices: Sequence[int] | None = None,
+    model_terms: bool = True,
 ) -> NumericalGradient:
     """Perturb `name` along its route: the step and the noise are those of the precision
     forward resolves it at. With `indices` (a sample), only those flat elements, as flat
-    arrays in that order."""
+    arrays in that order; `model_terms` as in `central_difference`."""
     tensors = route.tensors
     return central_difference(
         lambda: forward(tensors),
@@ -45,6 +46,7 @@ def numerical_gradient(
         UNIT_ROUNDOFF[route.dtype],
         xp,
         indices,
+        model_terms=model_terms,
     )
 
 
@@ -137,7 +139,15 @@ def refine(
         chunk = list(violating[start : start + REFINE_CHUNK])
         u = UNIT_ROUNDOFF[route.dtype]
         fine = central_difference(
-            lambda: forward(tensors), tensors[name], upstream64, epsilon, u, xp, chunk, per_output=True
+            lambda: forward(tensors),
+            tensors[name],
+            upstream64,
+            epsilon,
+            u,
+            xp,
+            chunk,
+            per_output=True,
+            model_terms=False,
         )
         idx = xp.asarray(estimate.positions(chunk))
         d1, n1 = num.value.reshape(-1)[idx], num.noise.reshape(-1)[idx]

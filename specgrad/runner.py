@@ -25,9 +25,10 @@ from specgrad.bindings import (
     grads_by_name,
     make_evaluator,
     raw_outputs_of,
+    round_trip,
 )
 from specgrad.compile import CasePlan
-from specgrad.contracts import PROBED, Probe
+from specgrad.contracts import PROBED, Probe, same
 from specgrad.errors import SpecError
 from specgrad.gradient_check import (
     NOTHING_TO_VERIFY,
@@ -93,13 +94,6 @@ def _largest(arrays: Iterable[Any | None], xp: ModuleType) -> float:
         float(xp.max(xp.abs(xp.where(xp.isfinite(a), a, 0)))) for a in arrays if a is not None and a.size
     ]
     return max(sizes, default=0.0)
-
-
-def _same(a: Any, b: Any, xp: ModuleType) -> bool:
-    """Bitwise-equal values, NaN equal to NaN, any dtype."""
-    if tuple(a.shape) != tuple(b.shape):
-        return False
-    return bool(xp.all((a == b) | ((a != a) & (b != b))))
 
 
 class CaseRun:
@@ -240,7 +234,7 @@ class CaseRun:
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
             raise _Abort(describe_exception("backward", exc), "contract.backward_grads") from None
         self._check_mutation(forward_mutated, self._mutated())
-        if any(x is not None and not _same(x, y, self.xp) for x, y in zip(g, upstream_copies, strict=True)):
+        if any(x is not None and not same(x, y, self.xp) for x, y in zip(g, upstream_copies, strict=True)):
             self._fail("no_mutation", "backward modified its upstream gradient (grad_out) in place")
         self.grads = self._check_grads(raw_grads)
         self._check_finite(outputs)
@@ -286,7 +280,7 @@ class CaseRun:
 
     def _mutated(self) -> list[str]:
         changed = [
-            n for n, a in self.tensors.items() if not _same(a, self.backend.asarray(self.host[n]), self.xp)
+            n for n, a in self.tensors.items() if not same(a, self.backend.asarray(self.host[n]), self.xp)
         ]
         for n in changed:  # restore, so later evaluations see the case's values
             self.tensors[n][...] = self.backend.asarray(self.host[n])
@@ -329,11 +323,11 @@ class CaseRun:
         return text
 
     def _check_deterministic(self, first: tuple[Any, ...], second: tuple[Any, ...]) -> None:
-        same = len(first) == len(second) and all(
-            self.backend.is_array(b) and _same(self.xp.asarray(a), self.xp.asarray(b), self.xp)
+        repeated = len(first) == len(second) and all(
+            self.backend.is_array(b) and same(self.xp.asarray(a), self.xp.asarray(b), self.xp)
             for a, b in zip(first, second, strict=True)
         )
-        if not same:
+        if not repeated:
             hint = "unseeded randomness or hidden state?"
             if isinstance(self.spec.binding, LayerBinding):
                 hint = (
@@ -469,8 +463,10 @@ class CaseRun:
         sample = None
         if plan.method.max_elements is not None:
             sample = stratified(tuple(analytical.shape), plan.method.max_elements, plan.seed, name)
-        numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp, sample)
         measured = self._measured(route).get(name)
+        # the error model's term sizes are read only where the rounding is not measured
+        model = measured is None and not plan.tolerance_for(name)[1].hand_set
+        numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp, sample, model)
         if measured is not None and sample is not None:
             measured = measured.reshape(-1)[xp.asarray(sample)]
         b = bound(name, plan, route, numerical, case_scale, upstream_scale, xp, measured)
@@ -513,9 +509,8 @@ class CaseRun:
         return self.measured
 
     def _gradients(self, tensors: Mapping[str, Any], upstream: Sequence[Any | None]) -> dict[str, Any]:
-        _, state = self.evaluator.forward(tensors)
         g = list(upstream)
-        return grads_by_name(self.evaluator.backward(state, tuple(g) if self.was_tuple else g[0]), self.spec)
+        return round_trip(self.evaluator, self.spec, tensors, tuple(g) if self.was_tuple else g[0])[1]
 
     def _taylor(self) -> CheckResult:
         """The Taylor test over every differentiable tensor of the case at once: an

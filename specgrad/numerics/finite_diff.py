@@ -76,6 +76,7 @@ def central_difference(
     xp: ModuleType,
     indices: Sequence[int] | None = None,
     per_output: bool = False,
+    model_terms: bool = True,
 ) -> NumericalGradient:
     """Numerical VJP dL/dx; `upstream[k]` is g_k as a float64 `xp` array, or None to skip f_k.
 
@@ -83,12 +84,14 @@ def central_difference(
     With `indices`, only those flat elements are differenced and the arrays are flat, in
     that order (a refinement at another step, or a sample of a large tensor). `per_output`
     also sums each output's smaller and larger one-sided slope (`low`, `high`: what a kink's
-    admissible interval is made of), two more reductions per output and element.
+    admissible interval is made of), two more reductions per output and element;
+    `model_terms=False` leaves `terms` and `fanout` at zero where no error model reads them
+    (the analytical rounding is measured instead), two fewer.
     """
     with warnings.catch_warnings():
         # a non-finite output makes inf - inf = nan: that element's value is reported as nan
         warnings.simplefilter("ignore", RuntimeWarning)
-        stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp, per_output)
+        stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp, per_output, model_terms)
         picks = range(stencil.flat.size) if indices is None else indices
         parts = [stencil.at(j, epsilon) for j in picks]
         shape = x.shape if indices is None else (len(parts),)
@@ -126,9 +129,10 @@ class _Stencil:
         unit_roundoff: float,
         xp: ModuleType,
         per_output: bool = False,
+        model_terms: bool = True,
     ) -> None:
         self.evaluate, self.x, self.u, self.xp = evaluate, x, unit_roundoff, xp
-        self.per_output = per_output
+        self.per_output, self.model_terms = per_output, model_terms
         self.flat = x.reshape(-1)
         if self.flat.size and not xp.shares_memory(self.flat, x):
             raise ValueError("central_difference needs a contiguous tensor it can perturb in place")
@@ -155,7 +159,10 @@ class _Stencil:
             raise PerturbationError(j, exc) from exc
         finally:
             self.flat[j] = orig
-        return (*_contract(self.active, self.base, plus, minus, a, b, self.xp, self.per_output), a, b)
+        parts = _contract(
+            self.active, self.base, plus, minus, a, b, self.xp, self.per_output, self.model_terms
+        )
+        return (*parts, a, b)
 
     def joint(self, indices: list[int], epsilon: float) -> tuple[float, float, float]:
         xp = self.xp
@@ -241,6 +248,7 @@ def _contract(
     b: Any,
     xp: ModuleType,
     per_output: bool = False,
+    model_terms: bool = True,
 ) -> tuple[Any, ...]:
     """<g, f+ - f0>, <g, f0 - f->, sum g^2 (f+^2 + f-^2) over the outputs that moved (an
     output that did not move differs by exactly 0 and adds no rounding noise),
@@ -253,8 +261,9 @@ def _contract(
         up = up + xp.sum(right)
         down = down + xp.sum(left)
         power = power + xp.sum(g2 * (fp * fp + fm * fm) * moved)
-        terms = terms + xp.sum(xp.abs(g * (fp - fm)))
-        fanout = fanout + xp.count_nonzero(moved)
+        if model_terms:
+            terms = terms + xp.sum(xp.abs(g * (fp - fm)))
+            fanout = fanout + xp.count_nonzero(moved)
         if per_output:
             low = low + xp.sum(xp.minimum(right / a, left / b))
             high = high + xp.sum(xp.maximum(right / a, left / b))
