@@ -70,15 +70,18 @@ def compile_spec(
     dtypes: Sequence[str] | None = None,
     seed: int | None = None,
     select: Matcher | None = None,
-    fast: bool = False,
+    mode: str | None = None,
     max_elements: int | None = None,
 ) -> tuple[CasePlan, ...]:
     """Plans for the spec's dtypes (filtered by `dtypes`) and cases, checks filtered by
-    `select`; `fast` makes every gradient check directional, `max_elements` caps the
-    elements checked per tensor (both override the spec's method)."""
+    `select`; `mode` "fast" makes every gradient check directional, "per-element" perturbs
+    one element at a time (no structure), "default" keeps the spec's method; `max_elements`
+    caps the elements checked per tensor (both override the spec's method)."""
     method = spec.method
-    if fast:
+    if mode == "fast":
         method = replace(method, mode="directional")
+    elif mode == "per-element":
+        method = replace(method, mode="elementwise", structured=False)
     if max_elements is not None:
         method = replace(method, max_elements=max_elements)
     plans = []
@@ -105,6 +108,6 @@ def compile_spec(
                 )
     if spec.second_order is not None:
         plans += compile_spec(
-            spec.second_order, dtypes=dtypes, seed=seed, select=select, fast=fast, max_elements=max_elements
+            spec.second_order, dtypes=dtypes, seed=seed, select=select, mode=mode, max_elements=max_elements
         )
     return tuple(plans)

@@ -18,10 +18,14 @@ from typing import Any
 import numpy as np
 
 from specgrad.compile import CasePlan
+from specgrad.numerics.colored import StructureViolation, colored_difference
 from specgrad.numerics.compare import Comparison, compare
 from specgrad.numerics.finite_diff import NumericalGradient, central_difference, joint_sides
+from specgrad.numerics.inputs import stream
+from specgrad.numerics.sampling import stratified
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, UNIT_ROUNDOFF, Tolerance
 from specgrad.routes import Forward, Route
+from specgrad.structure import Coloring
 
 
 def numerical_gradient(
@@ -33,11 +37,15 @@ def numerical_gradient(
     xp: ModuleType,
     indices: Sequence[int] | None = None,
     model_terms: bool = True,
+    coloring: Coloring | None = None,
 ) -> NumericalGradient:
     """Perturb `name` along its route: the step and the noise are those of the precision
     forward resolves it at. With `indices` (a sample), only those flat elements, as flat
-    arrays in that order; `model_terms` as in `central_difference`."""
+    arrays in that order; `model_terms` as in `central_difference`. With a `coloring`,
+    group by group (`structured`)."""
     tensors = route.tensors
+    if coloring is not None and indices is None:
+        return structured(name, route, plan, forward, upstream64, xp, coloring, model_terms)
     return central_difference(
         lambda: forward(tensors),
         tensors[name],
@@ -48,6 +56,52 @@ def numerical_gradient(
         indices,
         model_terms=model_terms,
     )
+
+
+#: colored groups that get the interference check (seeded; every group where there are fewer)
+VERIFIED_GROUPS = 16
+
+#: elements differenced one by one as well, to hold the colored values to (corners first)
+STRUCTURE_SAMPLE = 8
+
+
+def structured(
+    name: str,
+    route: Route,
+    plan: CasePlan,
+    forward: Forward,
+    upstream64: Sequence[Any | None],
+    xp: ModuleType,
+    coloring: Coloring,
+    model_terms: bool = True,
+) -> NumericalGradient:
+    """Every element's difference, group by group, cross-checked: interference within
+    VERIFIED_GROUPS groups (numerics.colored), and STRUCTURE_SAMPLE elements differenced
+    alone must give the same values within their noise (StructureViolation otherwise)."""
+    tensors = route.tensors
+    x = tensors[name]
+    epsilon, u = plan.spec.tolerances[route.dtype].epsilon, UNIT_ROUNDOFF[route.dtype]
+    rng = stream(plan.seed, "<structure>", name)
+    verify = set(rng.permutation(coloring.size)[:VERIFIED_GROUPS].tolist())
+    seed = int(rng.integers(2**32))
+    numerical = colored_difference(
+        lambda: forward(tensors), x, upstream64, coloring, epsilon, u, xp, model_terms, verify, seed
+    )
+    sample = stratified(tuple(x.shape), STRUCTURE_SAMPLE, plan.seed, f"{name}<structure>")
+    picks = list(sample) if sample is not None else list(range(int(x.size)))
+    alone = central_difference(lambda: forward(tensors), x, upstream64, epsilon, u, xp, picks)
+    at = xp.asarray(picks)
+    together, noise = numerical.value.reshape(-1)[at], numerical.noise.reshape(-1)[at]
+    excess = xp.abs(together - alone.value) - 4 * (noise + alone.noise)
+    excess = xp.where(xp.isnan(together) & xp.isnan(alone.value), 0.0, excess)
+    worst = int(xp.argmax(xp.where(xp.isnan(excess), xp.inf, excess)))
+    if not float(excess[worst]) <= 0:
+        index = ", ".join(map(str, np.unravel_index(picks[worst], x.shape)))
+        raise StructureViolation(
+            f"element [{index}] of {name} has difference {float(together[worst]):.6g} when its group moves "
+            f"together but {float(alone.value[worst]):.6g} when it moves alone ({coloring.describe()})"
+        )
+    return numerical
 
 
 @dataclass(frozen=True, slots=True)

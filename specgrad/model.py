@@ -128,6 +128,23 @@ class Method:
     mode: Literal["elementwise", "directional"] = "elementwise"
     max_elements: int | None = None
     directions: int = 8
+    structured: bool = True  # elementwise: perturb groups the Jacobian's structure allows
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """Input axis `axis` moves output axis `out_axis` only within the window [lo, hi]
+    around the element's mapped position (structure.center); lo = hi = 0: independent."""
+
+    axis: int
+    out_axis: int
+    lo: int = 0
+    hi: int = 0
+
+
+#: a tensor's declared Jacobian structure: detected (auto), none (dense), every element
+#: moves only its own outputs (elementwise), or explicit links
+Structure = Literal["auto", "dense", "elementwise"] | tuple[Link, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +165,10 @@ class Spec:
     contracts_off: frozenset[str] = frozenset()  # contract kinds the spec switched off
     nondet_tol: float = 0.0  # backward twice may differ by this much, relative
     second_order: Spec | None = None  # NAME.second_order: backward checked as a layer
+    structure: Mapping[str, Structure] = field(default_factory=lambda: MappingProxyType({}))
+
+    def structure_of(self, name: str) -> Structure:
+        return self.structure.get(name, "auto")
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -330,6 +351,7 @@ def _second_order(raw: RawSpec, first: Spec) -> Spec | None:
         binding=binding,
         tensors=(*first.tensors, grad_out),
         cases=_cases(raw, (*first.tensors, grad_out)),
+        structure=_frozen({}),  # backward's Jacobian has a structure of its own: detected
     )
 
 
@@ -357,4 +379,25 @@ def _first_order(raw: RawSpec) -> Spec:
         method=Method(**(raw.data.get("method") or {})),
         contracts_off=frozenset(k for k, on in (raw.data.get("contracts") or {}).items() if not on),
         nondet_tol=float(raw.data.get("nondet_tol", 0.0)),
+        structure=_structure(raw.data.get("structure", "auto"), tensors),
     )
+
+
+def _structure(data: Any, tensors: tuple[TensorSpec, ...]) -> Mapping[str, Structure]:
+    """`structure: KIND` applies to every tensor; a mapping names tensors (the rest: auto)."""
+    given = {t.name: data for t in tensors} if isinstance(data, str) else dict(data)
+    out: dict[str, Structure] = {}
+    for name, value in given.items():
+        if isinstance(value, str):
+            out[name] = value  # type: ignore[assignment]
+        else:
+            out[name] = tuple(
+                Link(
+                    int(v["axis"]),
+                    int(v.get("output_axis", v["axis"])),
+                    -int(v.get("radius", 0)),
+                    int(v.get("radius", 0)),
+                )
+                for v in value
+            )
+    return _frozen(out)

@@ -32,6 +32,8 @@ from specgrad.contracts import PROBED, Probe, same
 from specgrad.errors import SpecError
 from specgrad.gradient_check import (
     NOTHING_TO_VERIFY,
+    STRUCTURE_SAMPLE,
+    VERIFIED_GROUPS,
     Verdict,
     bound,
     joint_kink_check,
@@ -43,7 +45,8 @@ from specgrad.gradient_check import (
     refine,
 )
 from specgrad.model import LayerBinding, Spec
-from specgrad.numerics.finite_diff import InconsistentOutput, PerturbationError
+from specgrad.numerics.colored import StructureViolation, footprints
+from specgrad.numerics.finite_diff import InconsistentOutput, NumericalGradient, PerturbationError
 from specgrad.numerics.inputs import make_inputs, make_upstream
 from specgrad.numerics.sampling import stratified
 from specgrad.numerics.taylor import TaylorResult
@@ -51,6 +54,7 @@ from specgrad.numerics.tolerance import FLOAT_DTYPES, Tolerance
 from specgrad.projections import directional, taylor
 from specgrad.results import CheckResult, Status
 from specgrad.routes import Route, routes
+from specgrad.structure import Coloring, StructureMismatch, coloring, detect, elementwise, worthwhile
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
@@ -108,6 +112,7 @@ class CaseRun:
         self.routes: dict[str, Route] | None = None  # how each tensor's numerical gradient is taken
         self.measured: dict[str, Any] | None = None  # the analytical gradients' measured rounding
         self.kinked: dict[str, int] = {}  # tensors whose gradient check found kinks, and how many
+        self.methods: dict[str, str] = {}  # how each tensor's differences were taken, where not plain
 
     # -- orchestration --------------------------------------------------------------
 
@@ -396,6 +401,14 @@ class CaseRun:
             return self._result(
                 name, Status.ERROR, self._perturbation_text(name, exc), duration=time.perf_counter() - start
             )
+        except StructureViolation as exc:
+            return self._result(
+                name,
+                Status.ERROR,
+                f"structure error: the spec's structure for {name} is wrong: {exc}",
+                method="colored",
+                duration=time.perf_counter() - start,
+            )
         status = Status.FAIL if not v.passed else Status.PASS
         if v.passed and v.message.startswith("inconclusive"):
             status = Status.ERROR
@@ -456,17 +469,70 @@ class CaseRun:
             # every direction crosses the tensor's kinks: only elements can be judged there
             v = self._elementwise(name, route, case_scale, upstream_scale)
             return replace(v, method="elementwise (the directions crossed kinks)")
-        return self._elementwise(name, route, case_scale, upstream_scale)
+        v = self._elementwise(name, route, case_scale, upstream_scale)
+        return replace(v, method=self.methods.get(name, v.method))
+
+    def _coloring(self, name: str, route: Route) -> Coloring | None:
+        """The groups the tensor's elements are differenced in: from the spec's declared
+        structure, else detected (None: element by element). A declared structure that does
+        not fit the outputs is a StructureViolation."""
+        plan, xp = self.plan, self.xp
+        declared = self.spec.structure_of(name)
+        if declared == "dense" or not plan.method.structured:
+            return None
+        x = route.tensors[name]
+        shape = tuple(int(n) for n in x.shape)
+        out_shapes = [tuple(int(n) for n in g.shape) for g in self.upstream64 if g is not None]
+        if declared == "auto":
+            epsilon = plan.spec.tolerances[route.dtype].epsilon
+            probe = footprints(lambda: self._evaluate(route.tensors), x, self.upstream64, epsilon, xp)
+            links = detect(shape, out_shapes, probe, plan.seed)
+            if not links:
+                return None
+            origin = "detected"
+        else:
+            links, origin = (elementwise(shape) if declared == "elementwise" else declared), "declared"
+        try:
+            colors = coloring(shape, links, out_shapes, origin)
+        except StructureMismatch as exc:
+            if origin == "declared":
+                raise StructureViolation(str(exc)) from None
+            return None
+        return colors if worthwhile(colors, VERIFIED_GROUPS + 2 * STRUCTURE_SAMPLE) else None
+
+    def _numerical(
+        self, name: str, route: Route, model: bool
+    ) -> tuple[NumericalGradient, tuple[int, ...] | None]:
+        """The tensor's differences: colored where a structure applies and costs less than
+        the sample (if any), else element by element (a stratified sample with max_elements).
+        A detected structure that fails its cross-check falls back to element by element; a
+        declared one is the spec's error (StructureViolation)."""
+        plan, xp = self.plan, self.xp
+        colors = self._coloring(name, route)
+        limit = plan.method.max_elements
+        if colors is not None and (limit is None or 2 * colors.size <= 2 * limit):
+            try:
+                numerical = numerical_gradient(
+                    name, route, plan, self._evaluate, self.upstream64, xp, None, model, colors
+                )
+                self.methods[name] = f"colored: {colors.describe()}"
+                return numerical, None
+            except StructureViolation as exc:
+                if colors.origin == "declared":
+                    raise
+                self.methods[name] = f"elementwise (the detected structure failed its cross-check: {exc})"
+        sample = (
+            None if limit is None else stratified(tuple(route.tensors[name].shape), limit, plan.seed, name)
+        )
+        numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp, sample, model)
+        return numerical, sample
 
     def _elementwise(self, name: str, route: Route, case_scale: float, upstream_scale: float) -> Verdict:
         plan, xp, analytical = self.plan, self.xp, self.grads[name]
-        sample = None
-        if plan.method.max_elements is not None:
-            sample = stratified(tuple(analytical.shape), plan.method.max_elements, plan.seed, name)
         measured = self._measured(route).get(name)
         # the error model's term sizes are read only where the rounding is not measured
         model = measured is None and not plan.tolerance_for(name)[1].hand_set
-        numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp, sample, model)
+        numerical, sample = self._numerical(name, route, model)
         if measured is not None and sample is not None:
             measured = measured.reshape(-1)[xp.asarray(sample)]
         b = bound(name, plan, route, numerical, case_scale, upstream_scale, xp, measured)

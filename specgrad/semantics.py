@@ -43,6 +43,7 @@ def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
             "(every tensor has grad: false or an integer dtype)",
         )
     yield from _case_issues(raw, names, dtypes)
+    yield from _structure_issues(raw, {n: t for s in sections.values() for n, t in s.items()})
     yield from _binding_issues(raw, list(sections["parameters"]))
     if "second_order" in data:
         if data.get("convention", "functional") != "functional":
@@ -82,7 +83,7 @@ def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
 
 
 #: numeric fields that must hold whole numbers (JSON Schema's "integer" admits 2.0)
-_INTEGER_FIELDS = {"shape", "seed", "max_elements", "directions"}
+_INTEGER_FIELDS = {"shape", "seed", "max_elements", "directions", "axis", "output_axis", "radius"}
 
 
 def _number_issues(raw: RawSpec, value: Any, path: JsonPath) -> Iterator[SpecIssue]:
@@ -226,6 +227,39 @@ def _case_issues(raw: RawSpec, names: list[str], dtypes: list[str]) -> Iterator[
                 [t["dtype"]] if t.get("dtype") else dtypes,
                 t["shape"],
             )
+
+
+def _structure_issues(raw: RawSpec, tensors: dict[str, Any]) -> Iterator[SpecIssue]:
+    """Declared links name tensors of the spec, axes they have, each axis once."""
+    given = raw.data.get("structure")
+    if not isinstance(given, dict):
+        return
+    for name, links in given.items():
+        if name not in tensors:
+            yield raw.issue(
+                ("structure", name), f"no tensor named '{name}'{did_you_mean(name, list(tensors))}", key=True
+            )
+            continue
+        if isinstance(links, str):
+            continue
+        rank = len(tensors[name]["shape"])
+        axes: set[int] = set()
+        outs: set[int] = set()
+        for i, link in enumerate(links):
+            axis, out = link["axis"], link.get("output_axis", link["axis"])
+            if axis >= rank:
+                yield raw.issue(
+                    ("structure", name, i, "axis"),
+                    f"{name} has {rank} axes (0 to {rank - 1}), not axis {axis}",
+                )
+            if axis in axes or out in outs:
+                yield raw.issue(
+                    ("structure", name, i),
+                    f"axis {axis} -> output_axis {out}: each axis of {name} and of the outputs "
+                    "is linked once",
+                )
+            axes.add(axis)
+            outs.add(out)
 
 
 def _layer_io_issues(raw: RawSpec, layer: dict[str, Any]) -> Iterator[SpecIssue]:

@@ -186,16 +186,23 @@ class _Stencil:
 
     def gradient(self, parts: list[tuple[Any, ...]], shape: tuple[int, ...]) -> NumericalGradient:
         xp = self.xp
-        up, down, power, terms, fanout, low, high, a, b = (
+        sums = (
             xp.stack([xp.asarray(p[i], dtype=xp.float64) for p in parts]).reshape(shape)
             if parts
             else xp.zeros(shape, dtype=xp.float64)
             for i in range(9)
         )
+        return self.from_sums(*sums)
+
+    def from_sums(
+        self, up: Any, down: Any, power: Any, terms: Any, fanout: Any, low: Any, high: Any, a: Any, b: Any
+    ) -> NumericalGradient:
+        """The gradient from per-element sums over outputs (`_contract`) and steps taken."""
+        xp = self.xp
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             plus, minus = up / xp.where(a > 0, a, 1.0), down / xp.where(b > 0, b, 1.0)
-            value = (up * (b / a) + down * (a / b)) / (a + b) if parts else up
+            value = (up * (b / a) + down * (a / b)) / (a + b) if up.size else up
             steps = xp.where(a + b > 0, a + b, 1.0)
             noise = self.noise(power, steps)
             return NumericalGradient(value, noise, plus, minus, terms / steps, fanout, low, high)
@@ -211,11 +218,13 @@ def _evaluate_at(
     xp: ModuleType,
 ) -> tuple[Any, list[Any]]:
     """Set flat[j] to orig + h rounded to the dtype (never equal to orig) and evaluate;
-    returns |step taken| in float64 and the differentiated outputs as float64 copies."""
+    returns |step taken| in float64 and the differentiated outputs as float64 copies.
+    `h` is a float or, for several elements, an array of steps of one sign."""
     flat[j] = orig.astype(xp.float64) + h
     stuck = flat[j] == orig  # h is below half an ulp of x_j in this dtype: take one ulp
     if bool(xp.any(stuck)):
-        away = xp.nextafter(orig, xp.asarray(xp.inf if h > 0 else -xp.inf, dtype=orig.dtype))
+        toward = xp.where(xp.asarray(h) > 0, xp.inf, -xp.inf).astype(orig.dtype)
+        away = xp.nextafter(orig, toward)
         flat[j] = xp.where(stuck, away, flat[j])
     step = xp.abs(flat[j].astype(xp.float64) - orig.astype(xp.float64))
     return step, _outputs64(evaluate(), active, xp)

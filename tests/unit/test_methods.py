@@ -36,11 +36,17 @@ def test_directional_falls_back_to_elements_at_kinks(tmp_path: Path) -> None:
 
 def test_sampled_elements_are_recorded_and_judged(tmp_path: Path) -> None:
     big = {"x": {"shape": [20, 30]}}
-    r = run(tmp_path, SQUARE, inputs=big, method={"max_elements": 40})
+    r = run(tmp_path, SQUARE, inputs=big, method={"max_elements": 40}, structure="dense")
     assert r["x"].status is Status.PASS and r["x"].sample is not None and len(r["x"].sample) <= 40
     assert r["x"].comparison is not None and r["x"].comparison.size == len(r["x"].sample)
     assert r["x"].to_dict()["sample"] == {"seed": 42, "flat_indices": list(r["x"].sample)}
-    wrong = run(tmp_path, WRONG_ONE.replace("d[1, 2]", "d[-1, -1]"), inputs=big, method={"max_elements": 40})
+    wrong = run(
+        tmp_path,
+        WRONG_ONE.replace("d[1, 2]", "d[-1, -1]"),
+        inputs=big,
+        method={"max_elements": 40},
+        structure="dense",
+    )
     assert wrong["x"].status is Status.FAIL and "x[19, 29]" in wrong["x"].message  # a corner
 
 
@@ -80,3 +86,10 @@ def test_fast_mode_reports_a_forward_failing_at_a_moved_point_as_the_checks_erro
     one = {"x": {"shape": [4], "fill": {"kind": "constant", "value": 0.25}}}
     r = run(tmp_path, src, inputs=one, method={"mode": "directional"})
     assert r["x"].status is Status.ERROR and "rows must sum to one" in r["x"].message
+
+
+def test_a_structure_is_cheaper_than_a_sample_and_wins(tmp_path: Path) -> None:
+    """An elementwise layer costs two calls for every element: no sample is needed."""
+    r = run(tmp_path, SQUARE, inputs={"x": {"shape": [20, 30]}}, method={"max_elements": 40})
+    assert r["x"].status is Status.PASS and r["x"].sample is None
+    assert r["x"].method.startswith("colored: 1 group,")
