@@ -141,8 +141,8 @@ class Coloring:
                     along[at[inside]] = np.arange(len(pos))[inside]
                 shaped = [1] * len(out_shape)
                 shaped[link.out_axis] = n_out
-                along = along.reshape(shaped)
-                owner = np.where((owner < 0) | (along < 0), -1, owner + along * mult)
+                placed = along.reshape(shaped)
+                owner = np.where((owner < 0) | (placed < 0), -1, owner + placed * mult)
             owners.append(np.broadcast_to(owner, out_shape).reshape(-1).copy())
         result = tuple(owners)
         self._owner_cache[residues] = result
