@@ -64,6 +64,9 @@ VERIFIED_GROUPS = 16
 #: elements differenced one by one as well, to hold the colored values to (corners first)
 STRUCTURE_SAMPLE = 8
 
+#: out-of-bound (and kink-suspect) colored elements confirmed alone, at most
+CONFIRMED = 64
+
 
 def structured(
     name: str,
@@ -89,8 +92,30 @@ def structured(
     )
     sample = stratified(tuple(x.shape), STRUCTURE_SAMPLE, plan.seed, f"{name}<structure>")
     picks = list(sample) if sample is not None else list(range(int(x.size)))
+    confirm_alone(name, route, plan, forward, upstream64, xp, numerical, picks, coloring)
+    return numerical
+
+
+def confirm_alone(
+    name: str,
+    route: Route,
+    plan: CasePlan,
+    forward: Forward,
+    upstream64: Sequence[Any | None],
+    xp: ModuleType,
+    numerical: NumericalGradient,
+    picks: Sequence[int],
+    coloring: Coloring,
+) -> None:
+    """The flat elements `picks` differenced alone, at the same step, must give the colored
+    values within four times their noise; StructureViolation otherwise. The runner also
+    holds every element a colored comparison finds out of bound to this: a group-mate's
+    outputs counted as its own would otherwise make it look wrong, or look right."""
+    tensors = route.tensors
+    x = tensors[name]
+    epsilon, u = plan.spec.tolerances[route.dtype].epsilon, UNIT_ROUNDOFF[route.dtype]
     alone = central_difference(lambda: forward(tensors), x, upstream64, epsilon, u, xp, picks)
-    at = xp.asarray(picks)
+    at = xp.asarray(list(picks))
     together, noise = numerical.value.reshape(-1)[at], numerical.noise.reshape(-1)[at]
     excess = xp.abs(together - alone.value) - 4 * (noise + alone.noise)
     excess = xp.where(xp.isnan(together) & xp.isnan(alone.value), 0.0, excess)
@@ -101,7 +126,6 @@ def structured(
             f"element [{index}] of {name} has difference {float(together[worst]):.6g} when its group moves "
             f"together but {float(alone.value[worst]):.6g} when it moves alone ({coloring.describe()})"
         )
-    return numerical
 
 
 @dataclass(frozen=True, slots=True)

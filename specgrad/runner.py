@@ -31,11 +31,13 @@ from specgrad.compile import CasePlan
 from specgrad.contracts import PROBED, Probe, same
 from specgrad.errors import SpecError
 from specgrad.gradient_check import (
+    CONFIRMED,
     NOTHING_TO_VERIFY,
     STRUCTURE_SAMPLE,
     VERIFIED_GROUPS,
     Verdict,
     bound,
+    confirm_alone,
     joint_kink_check,
     judge,
     kink_candidates,
@@ -113,6 +115,7 @@ class CaseRun:
         self.measured: dict[str, Any] | None = None  # the analytical gradients' measured rounding
         self.kinked: dict[str, int] = {}  # tensors whose gradient check found kinks, and how many
         self.methods: dict[str, str] = {}  # how each tensor's differences were taken, where not plain
+        self.structured_off: set[str] = set()  # tensors whose detected structure failed its cross-check
 
     # -- orchestration --------------------------------------------------------------
 
@@ -478,7 +481,7 @@ class CaseRun:
         not fit the outputs is a StructureViolation."""
         plan, xp = self.plan, self.xp
         declared = self.spec.structure_of(name)
-        if declared == "dense" or not plan.method.structured:
+        if declared == "dense" or not plan.method.structured or name in self.structured_off:
             return None
         x = route.tensors[name]
         shape = tuple(int(n) for n in x.shape)
@@ -502,7 +505,7 @@ class CaseRun:
 
     def _numerical(
         self, name: str, route: Route, model: bool
-    ) -> tuple[NumericalGradient, tuple[int, ...] | None]:
+    ) -> tuple[NumericalGradient, tuple[int, ...] | None, Coloring | None]:
         """The tensor's differences: colored where a structure applies and costs less than
         the sample (if any), else element by element (a stratified sample with max_elements).
         A detected structure that fails its cross-check falls back to element by element; a
@@ -516,31 +519,56 @@ class CaseRun:
                     name, route, plan, self._evaluate, self.upstream64, xp, None, model, colors
                 )
                 self.methods[name] = f"colored: {colors.describe()}"
-                return numerical, None
+                return numerical, None, colors
             except StructureViolation as exc:
                 if colors.origin == "declared":
                     raise
-                self.methods[name] = f"elementwise (the detected structure failed its cross-check: {exc})"
+                self._abandon(name, exc)
         sample = (
             None if limit is None else stratified(tuple(route.tensors[name].shape), limit, plan.seed, name)
         )
         numerical = numerical_gradient(name, route, plan, self._evaluate, self.upstream64, xp, sample, model)
-        return numerical, sample
+        return numerical, sample, None
+
+    def _abandon(self, name: str, exc: StructureViolation) -> None:
+        self.methods[name] = f"elementwise (the detected structure failed its cross-check: {exc})"
+        self.structured_off.add(name)
 
     def _elementwise(self, name: str, route: Route, case_scale: float, upstream_scale: float) -> Verdict:
         plan, xp, analytical = self.plan, self.xp, self.grads[name]
         measured = self._measured(route).get(name)
         # the error model's term sizes are read only where the rounding is not measured
         model = measured is None and not plan.tolerance_for(name)[1].hand_set
-        numerical, sample = self._numerical(name, route, model)
-        if measured is not None and sample is not None:
-            measured = measured.reshape(-1)[xp.asarray(sample)]
-        b = bound(name, plan, route, numerical, case_scale, upstream_scale, xp, measured)
-        estimate = plain(numerical, sample)
-        v = judge(name, plan, analytical, estimate, b, case_scale, xp)
-        # out-of-bound elements first: the first chunk that refines none of them stops the search
-        violating = list(v.comparison.violating)
-        suspects = violating + sorted(set(kink_candidates(estimate, b, xp)) - set(violating))
+        while True:
+            numerical, sample, colors = self._numerical(name, route, model)
+            picked = measured
+            if measured is not None and sample is not None:
+                picked = measured.reshape(-1)[xp.asarray(sample)]
+            b = bound(name, plan, route, numerical, case_scale, upstream_scale, xp, picked)
+            estimate = plain(numerical, sample)
+            v = judge(name, plan, analytical, estimate, b, case_scale, xp)
+            # out-of-bound elements first: the first chunk that refines none of them stops the search
+            violating = list(v.comparison.violating)
+            suspects = violating + sorted(set(kink_candidates(estimate, b, xp)) - set(violating))
+            if colors is None or not suspects:
+                break
+            try:  # a colored value out of bound is first confirmed alone
+                confirm_alone(
+                    name,
+                    route,
+                    plan,
+                    self._evaluate,
+                    self.upstream64,
+                    xp,
+                    numerical,
+                    suspects[:CONFIRMED],
+                    colors,
+                )
+                break
+            except StructureViolation as exc:
+                if colors.origin == "declared":
+                    raise
+                self._abandon(name, exc)
         if not suspects:
             return v
         try:

@@ -231,7 +231,7 @@ def detect(
         steps = [base[a] + k for k in range(WALK) if base[a] + k < n_in]
         if n_in >= 2 * WALK:  # and a quarter of the axis away: a constant footprint is no window
             steps.append(base[a] + n_in // 4 if base[a] < n_in // 2 else base[a] - n_in // 4)
-        walk = [(*base[:a], i, *base[a + 1:]) for i in steps]
+        walk = [(*base[:a], i, *base[a + 1 :]) for i in steps]
         masks = [probe(index) for index in walk]
         for d in range(min(len(o) for o in out_shapes)):
             found = _link(a, d, walk, masks, shape, out_shapes)
