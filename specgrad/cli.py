@@ -20,6 +20,7 @@ from specgrad.compile import CasePlan, compile_spec
 from specgrad.errors import Location, SpecError, SpecIssue, UsageError
 from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES
+from specgrad.parallel import cores
 from specgrad.reporting.console import ConsoleReporter
 from specgrad.reporting.json_report import JsonReporter
 from specgrad.results import EXIT_INTERNAL, CheckResult, RunSummary, Status
@@ -97,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", parents=[common, select], help="run the gradient checks")
     p.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report")
     p.add_argument("--fail-fast", "-x", action="store_true", help="stop at the first failure")
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=_positive,
+        metavar="N",
+        help="worker processes (default: the machine's cores; 1 runs in this process); "
+        "results are the same for any N",
+    )
     p.add_argument("-q", "--quiet", action="count", default=0, help="only failures and the count")
     p.add_argument("-v", "--verbose", action="count", default=0, help="every check, with noise floors")
     p.set_defaults(func=cmd_validate)
@@ -254,9 +263,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     summary = RunSummary()
     results: list[CheckResult] = []
     try:
-        for spec in _load(files, summary, reporter):
+        planned = [(spec, _plans(spec, args, matcher)) for spec in _load(files, summary, reporter)]
+        planned = [(spec, plans) for spec, plans in planned if plans]
+        workers = min(args.jobs or cores(), sum(len(plans) for _, plans in planned))
+        if workers > 1:
+            _run_parallel(planned, args, workers, summary, reporter)
+        for spec, plans in planned if workers <= 1 else ():
             results = []
-            _run_one(spec, _plans(spec, args, matcher), summary, reporter, args.fail_fast, results)
+            _run_one(spec, plans, summary, reporter, args.fail_fast, results)
             summary.results.extend(results)
             reporter.spec_results(results)
             results = []
@@ -326,6 +340,43 @@ def _run_one(
         reporter.spec_errors(exc.issues)
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other specs
         _internal(summary, reporter, spec.path, "checking", exc)
+
+
+def _run_parallel(
+    planned: list[tuple[Spec, tuple[CasePlan, ...]]],
+    args: argparse.Namespace,
+    workers: int,
+    summary: RunSummary,
+    reporter: ConsoleReporter,
+) -> None:
+    """The specs' plans across `workers` processes, reported spec by spec in order."""
+    from specgrad.parallel import CompileOptions, run_jobs
+
+    dtypes = _dtypes(args.dtype)
+    options = CompileOptions(
+        dtypes=tuple(dtypes) if dtypes is not None else None,
+        seed=args.seed,
+        keyword=args.keyword,
+        mode=_mode(args),
+        max_elements=args.max_elements,
+    )
+    for spec, outcome in run_jobs(planned, options, workers):
+        summary.specs_checked += 1
+        results = outcome.results
+        failed = [i for i, r in enumerate(results) if r.status in (Status.FAIL, Status.ERROR)]
+        if args.fail_fast and failed:
+            results = results[: failed[0] + 1]
+        if outcome.error:
+            summary.spec_errors.extend(outcome.error)
+            reporter.spec_errors(list(outcome.error))
+        if outcome.internal:
+            _internal(summary, reporter, spec.path, "checking", RuntimeError(outcome.internal))
+        summary.results.extend(results)
+        reporter.spec_results(results)
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+        if args.fail_fast and failed:
+            break
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
