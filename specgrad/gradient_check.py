@@ -58,8 +58,16 @@ def numerical_gradient(
     )
 
 
-#: colored groups that get the interference check (seeded; every group where there are fewer)
-VERIFIED_GROUPS = 16
+#: colored groups that get the interference check (seeded): VERIFIED_GROUPS and one in
+#: VERIFIED_SHARE of the rest. A wrong window interferes in every group (one caught pair
+#: per group in two); a coupling only some elements have needs its group among these
+VERIFIED_GROUPS = 4
+VERIFIED_SHARE = 16
+
+
+def verified(groups: int) -> int:
+    return min(groups, VERIFIED_GROUPS + groups // VERIFIED_SHARE)
+
 
 #: elements differenced one by one as well, to hold the colored values to (corners first)
 STRUCTURE_SAMPLE = 8
@@ -85,7 +93,7 @@ def structured(
     x = tensors[name]
     epsilon, u = plan.spec.tolerances[route.dtype].epsilon, UNIT_ROUNDOFF[route.dtype]
     rng = stream(plan.seed, "<structure>", name)
-    verify = set(rng.permutation(coloring.size)[:VERIFIED_GROUPS].tolist())
+    verify = set(rng.permutation(coloring.size)[: verified(coloring.size)].tolist())
     seed = int(rng.integers(2**32))
     numerical = colored_difference(
         lambda: forward(tensors), x, upstream64, coloring, epsilon, u, xp, model_terms, verify, seed

@@ -28,6 +28,9 @@ from specgrad.numerics.tolerance import FLOAT_DTYPES, UNIT_ROUNDOFF
 
 Forward = Callable[[Mapping[str, Any]], Sequence[Any]]
 
+#: single elements each tensor's precision is judged on (a majority of those that move)
+PRECISION_PICKS = 4
+
 #: relative probe each precision resolves and the next coarser one rounds away
 _PROBES = (("float64", 1e-10), ("float32", 1e-5), ("float16", 3e-3))
 
@@ -42,10 +45,16 @@ class Route:
 
 
 def routes(
-    plan: CasePlan, forward: Forward, tensors: dict[str, Any], reference: Sequence[Any], xp: ModuleType
+    plan: CasePlan,
+    forward: Forward,
+    tensors: dict[str, Any],
+    reference: Sequence[Any],
+    xp: ModuleType,
+    probe: bool = True,
 ) -> dict[str, Route]:
     """A route for every differentiable tensor of the case (`reference`: forward's outputs at
-    the case's point in the check's dtype)."""
+    the case's point in the check's dtype). `probe=False` takes each tensor's own precision
+    without the probes (fast mode; the runner probes where a directional check fails)."""
     run, note = tensors, ""
     if plan.dtype != "float64":
         run, note = _oracle(plan, forward, tensors, reference, xp)
@@ -66,7 +75,11 @@ def routes(
         if not t.grad:
             continue
         own = str(run[t.name].dtype)
-        level = _resolved(t.name, own, run, base, units, forward, reference, xp) if base is not None else own
+        level = (
+            _resolved(t.name, own, run, base, units, forward, reference, xp)
+            if base is not None and probe
+            else own
+        )
         why = [note] if note else []
         if UNIT_ROUNDOFF[level] > UNIT_ROUNDOFF[own]:
             why.append(
@@ -156,7 +169,7 @@ def _resolved(
     xp: ModuleType,
 ) -> str:
     """The finest precision whose changes of tensor `name` the outputs follow, judged on (up
-    to) 8 single elements that the coarsest probe moves; `own` when it moves none (a tensor
+    to) PRECISION_PICKS single elements that the coarsest probe moves; `own` when it moves none (a tensor
     that moves nothing says nothing about precision).
 
     One element at a time: moving many at once, some would sit on a rounding boundary of a
@@ -167,7 +180,7 @@ def _resolved(
     the wrong amount. An element only counts against a precision when the outputs should
     have shown its change: a saturated tanh is insensitive, not imprecise."""
     flat = run[name].reshape(-1)
-    picks = sorted({int(i) for i in xp.linspace(0, flat.size - 1, min(8, flat.size)).tolist()})
+    picks = sorted({int(i) for i in xp.linspace(0, flat.size - 1, min(PRECISION_PICKS, flat.size)).tolist()})
     # outputs returned in float32 cannot show a float64 change, whatever the inputs' dtype
     finest = max([UNIT_ROUNDOFF[own], *units])
     levels = [(lv, size) for lv, size in _PROBES if UNIT_ROUNDOFF[lv] >= finest]

@@ -34,7 +34,6 @@ from specgrad.gradient_check import (
     CONFIRMED,
     NOTHING_TO_VERIFY,
     STRUCTURE_SAMPLE,
-    VERIFIED_GROUPS,
     Verdict,
     bound,
     confirm_alone,
@@ -45,6 +44,7 @@ from specgrad.gradient_check import (
     numerical_gradient,
     plain,
     refine,
+    verified,
 )
 from specgrad.model import LayerBinding, Spec
 from specgrad.numerics.colored import StructureViolation, footprints
@@ -115,6 +115,7 @@ class CaseRun:
         self.measured: dict[str, Any] | None = None  # the analytical gradients' measured rounding
         self.kinked: dict[str, int] = {}  # tensors whose gradient check found kinks, and how many
         self.methods: dict[str, str] = {}  # how each tensor's differences were taken, where not plain
+        self.probed = plan.method.mode != "directional"  # routes' precision probes (fast mode: lazily)
         self.structured_off: set[str] = set()  # tensors whose detected structure failed its cross-check
 
     # -- orchestration --------------------------------------------------------------
@@ -396,7 +397,9 @@ class CaseRun:
             return self._result(name, Status.FAIL, self.grad_problems[name])
         start = time.perf_counter()
         if self.routes is None:
-            self.routes = routes(self.plan, self._evaluate, self.tensors, self.outputs, self.xp)
+            self.routes = routes(
+                self.plan, self._evaluate, self.tensors, self.outputs, self.xp, probe=self.probed
+            )
         route = self.routes[name]
         try:
             v = self._verdict(name, route)
@@ -412,6 +415,7 @@ class CaseRun:
                 method="colored",
                 duration=time.perf_counter() - start,
             )
+        route = self.routes[name]  # fast mode may have probed it since
         status = Status.FAIL if not v.passed else Status.PASS
         if v.passed and v.message.startswith("inconclusive"):
             status = Status.ERROR
@@ -467,6 +471,23 @@ class CaseRun:
             fast = directional(
                 name, route, plan, self._evaluate, self.upstream64, analytical, case_scale, upstream_scale, xp
             )
+            if fast is not None and not fast.passed and not self.probed:
+                # the routes took each tensor's own precision unprobed: a layer that computes in
+                # less inside fails on rounding; probe the precision, then judge again
+                self.routes = routes(self.plan, self._evaluate, self.tensors, self.outputs, xp)
+                self.probed = True
+                route = self.routes[name]
+                fast = directional(
+                    name,
+                    route,
+                    plan,
+                    self._evaluate,
+                    self.upstream64,
+                    analytical,
+                    case_scale,
+                    upstream_scale,
+                    xp,
+                )
             if fast is not None:
                 return fast
             # every direction crosses the tensor's kinks: only elements can be judged there
@@ -501,7 +522,7 @@ class CaseRun:
             if origin == "declared":
                 raise StructureViolation(str(exc)) from None
             return None
-        return colors if worthwhile(colors, VERIFIED_GROUPS + 2 * STRUCTURE_SAMPLE) else None
+        return colors if worthwhile(colors, verified(colors.size) + 2 * STRUCTURE_SAMPLE) else None
 
     def _numerical(
         self, name: str, route: Route, model: bool
@@ -650,7 +671,9 @@ class CaseRun:
 
     def _taylor_of(self, names: list[str]) -> TaylorResult | str:
         if self.routes is None:
-            self.routes = routes(self.plan, self._evaluate, self.tensors, self.outputs, self.xp)
+            self.routes = routes(
+                self.plan, self._evaluate, self.tensors, self.outputs, self.xp, probe=self.probed
+            )
         try:
             return taylor(
                 names,
