@@ -49,6 +49,7 @@ from specgrad.backends import get_backend  # noqa: E402
 from specgrad.bindings import make_evaluator  # noqa: E402
 from specgrad.compile import compile_spec  # noqa: E402
 from specgrad.numerics.finite_diff import central_difference  # noqa: E402
+from specgrad.process import tune_allocator  # noqa: E402
 from specgrad.runner import CaseRun  # noqa: E402
 from specgrad.validate import parse_spec  # noqa: E402
 
@@ -174,7 +175,9 @@ def per_element(case: Case, kind: str, repeat: int) -> tuple[float, bool]:
     for name in names:
         x = t[name]
         picks = (
-            np.linspace(0, x.size - 1, min(SAMPLE, x.size)).astype(int).tolist() if scaled else list(range(x.size))
+            np.linspace(0, x.size - 1, min(SAMPLE, x.size)).astype(int).tolist()
+            if scaled
+            else list(range(x.size))
         )
 
         def run(x: np.ndarray = x, picks: list[int] = picks, name: str = name) -> None:
@@ -233,7 +236,7 @@ def specgrad_case(case: Case, mode: str | None, repeat: int) -> tuple[float, str
 def torch_figures(repeat: int, only: str | None) -> dict[str, dict[str, Any]]:
     """Run in a separate process: torch.autograd.gradcheck, full and fast_mode."""
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     torch.set_num_threads(1)
     out: dict[str, dict[str, Any]] = {}
@@ -244,7 +247,7 @@ def torch_figures(repeat: int, only: str | None) -> dict[str, dict[str, Any]]:
         names = list(t)
 
         def fn(*args: Any, case: Case = case, names: list[str] = names) -> Any:
-            return eval(case.torch, {"F": F, "torch": torch}, dict(zip(names, args, strict=True)))  # noqa: S307
+            return eval(case.torch, {"F": F, "torch": torch}, dict(zip(names, args, strict=True)))
 
         args = tuple(t[n] for n in names)
         n_out = int(np.prod(fn(*args).shape))
@@ -262,7 +265,10 @@ def torch_figures(repeat: int, only: str | None) -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune_allocator()  # as `specgrad validate` does; every column runs in this tuned process
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", help="cases whose name contains this")
     parser.add_argument("--torch-json", action="store_true", help=argparse.SUPPRESS)
@@ -305,7 +311,8 @@ def main() -> None:
         print(
             f"| {case.name} | {case.elements:,} | {fmt(floor, scaled)} | {fmt(seed, scaled)} | "
             f"{fmt(loop, scaled)} | {loop / floor:.2f} | {fmt(default)} | {default / seed:.2g} | "
-            f"{fmt(fast)} | {fmt(gc_full)} | {fmt(gc_fast)} | {ratio_fast} | {verdicts}; fast {fast_verdicts} |",
+            f"{fmt(fast)} | {fmt(gc_full)} | {fmt(gc_fast)} | {ratio_fast} | "
+            f"{verdicts}; fast {fast_verdicts} |",
             flush=True,
         )
 

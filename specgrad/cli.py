@@ -21,6 +21,7 @@ from specgrad.errors import Location, SpecError, SpecIssue, UsageError
 from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES
 from specgrad.parallel import cores
+from specgrad.process import tune_allocator
 from specgrad.reporting.console import ConsoleReporter
 from specgrad.reporting.json_report import JsonReporter
 from specgrad.results import EXIT_INTERNAL, CheckResult, RunSummary, Status
@@ -255,6 +256,7 @@ def _mode(args: argparse.Namespace) -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    tune_allocator()
     files = discover(args.paths)
     matcher = compile_expression(args.keyword) if args.keyword else None
     _dtypes(args.dtype)

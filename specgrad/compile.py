@@ -61,7 +61,7 @@ def check_id(spec: str, dtype: str, case: str, target: str) -> str:
 
 #: --mode fast: directions per tensor (unless the spec chose the directional method itself),
 #: and the contracts it leaves out because each takes calls of its own
-FAST_DIRECTIONS = 2
+FAST_DIRECTIONS = 1
 FAST_OMITTED = ("backward_deterministic", "zero_upstream", "layout", "taylor")
 
 

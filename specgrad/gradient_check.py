@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from specgrad.compile import CasePlan
-from specgrad.numerics.colored import StructureViolation, colored_difference
+from specgrad.numerics.colored import Stacking, StackingRefused, StructureViolation, colored_difference
 from specgrad.numerics.compare import Comparison, compare
 from specgrad.numerics.finite_diff import NumericalGradient, central_difference, joint_sides
 from specgrad.numerics.inputs import stream
@@ -37,15 +37,12 @@ def numerical_gradient(
     xp: ModuleType,
     indices: Sequence[int] | None = None,
     model_terms: bool = True,
-    coloring: Coloring | None = None,
 ) -> NumericalGradient:
     """Perturb `name` along its route: the step and the noise are those of the precision
     forward resolves it at. With `indices` (a sample), only those flat elements, as flat
-    arrays in that order; `model_terms` as in `central_difference`. With a `coloring`,
-    group by group (`structured`)."""
+    arrays in that order; `model_terms` as in `central_difference`. (`structured` takes
+    them group by group.)"""
     tensors = route.tensors
-    if coloring is not None and indices is None:
-        return structured(name, route, plan, forward, upstream64, xp, coloring, model_terms)
     return central_difference(
         lambda: forward(tensors),
         tensors[name],
@@ -85,23 +82,83 @@ def structured(
     xp: ModuleType,
     coloring: Coloring,
     model_terms: bool = True,
-) -> NumericalGradient:
+) -> tuple[NumericalGradient, str]:
     """Every element's difference, group by group, cross-checked: interference within
-    VERIFIED_GROUPS groups (numerics.colored), and STRUCTURE_SAMPLE elements differenced
-    alone must give the same values within their noise (StructureViolation otherwise)."""
+    `verified` groups (numerics.colored), and STRUCTURE_SAMPLE elements differenced alone
+    must give the same values within their noise (StructureViolation otherwise). Groups of
+    a batch input go several to a forward call where the layer takes stacked copies of its
+    batch (`stacking`); the second element says so."""
     tensors = route.tensors
     x = tensors[name]
     epsilon, u = plan.spec.tolerances[route.dtype].epsilon, UNIT_ROUNDOFF[route.dtype]
     rng = stream(plan.seed, "<structure>", name)
     verify = set(rng.permutation(coloring.size)[: verified(coloring.size)].tolist())
     seed = int(rng.integers(2**32))
-    numerical = colored_difference(
-        lambda: forward(tensors), x, upstream64, coloring, epsilon, u, xp, model_terms, verify, seed
-    )
+    stack = stacking(name, route, plan, forward, upstream64, coloring)
+    how = ""
+    try:
+        numerical = colored_difference(
+            lambda: forward(tensors),
+            x,
+            upstream64,
+            coloring,
+            epsilon,
+            u,
+            xp,
+            model_terms,
+            verify,
+            seed,
+            stack,
+        )
+        if stack is not None:
+            how = f", {stack.copies} stacked copies of the batch per call"
+    except StackingRefused as exc:
+        numerical = colored_difference(
+            lambda: forward(tensors), x, upstream64, coloring, epsilon, u, xp, model_terms, verify, seed
+        )
+        how = f" (the batch does not stack: {exc})"
     sample = stratified(tuple(x.shape), STRUCTURE_SAMPLE, plan.seed, f"{name}<structure>")
     picks = list(sample) if sample is not None else list(range(int(x.size)))
     confirm_alone(name, route, plan, forward, upstream64, xp, numerical, picks, coloring)
-    return numerical
+    return numerical, how
+
+
+#: stacked calls hold about this much (within the memory budget): enough copies to make a
+#: call's fixed cost vanish, not so many that the copies stop fitting in cache
+STACK_BYTES = 16 << 20
+
+#: fewer copies than this per call are not worth stacking (a large batch is arithmetic-bound)
+MIN_COPIES = 8
+
+
+def stacking(
+    name: str,
+    route: Route,
+    plan: CasePlan,
+    forward: Forward,
+    upstream64: Sequence[Any | None],
+    coloring: Coloring,
+) -> Stacking | None:
+    """Stacked evaluation for an input whose outputs all lead with its batch axis, in as
+    many copies per call as STACK_BYTES (or a smaller `method.max_memory`) holds (None: not
+    applicable, or fewer than MIN_COPIES fit). Whether the layer really is batch independent is checked on the
+    first stacked call (numerics.colored)."""
+    tensor = plan.spec.tensor(name)
+    x = route.tensors[name]
+    active = [g for g in upstream64 if g is not None]
+    if tensor.role != "input" or x.ndim == 0 or coloring.size < 2 or not active:
+        return None
+    n = x.shape[0]
+    if any(g.ndim == 0 or g.shape[0] != n for g in active):
+        return None
+    batched = tuple(
+        t.name
+        for t in plan.spec.inputs
+        if t.name != name and route.tensors[t.name].ndim and route.tensors[t.name].shape[0] == n
+    )
+    per_copy = x.nbytes + sum(route.tensors[b].nbytes for b in batched) + sum(3 * g.nbytes for g in active)
+    copies = min(STACK_BYTES, plan.method.max_memory) // max(per_copy, 1)
+    return Stacking(forward, route.tensors, name, batched, int(copies)) if copies >= MIN_COPIES else None
 
 
 def confirm_alone(

@@ -119,6 +119,10 @@ class SecondOrderBinding:
 Binding = FunctionBinding | LayerBinding | SecondOrderBinding
 
 
+#: --max-memory's default: the memory stacked evaluations of one check may hold at once
+DEFAULT_MAX_MEMORY = 1 << 30
+
+
 @dataclass(frozen=True, slots=True)
 class Method:
     """How gradients are checked: every element (`elementwise`, optionally a stratified
@@ -129,6 +133,7 @@ class Method:
     max_elements: int | None = None
     directions: int = 8
     structured: bool = True  # elementwise: perturb groups the Jacobian's structure allows
+    max_memory: int = DEFAULT_MAX_MEMORY  # bytes a check's stacked evaluations may take
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 from specgrad.compile import CasePlan
 from specgrad.errors import SpecError, SpecIssue
 from specgrad.model import Spec
+from specgrad.process import tune_allocator
 from specgrad.results import CheckResult, Status
 
 #: the thread-count variables of the BLAS and OpenMP runtimes numpy and cupy link against
@@ -238,6 +239,7 @@ def _work(job: Job) -> Outcome:
     from specgrad.runner import CaseRun
     from specgrad.validate import parse_spec
 
+    tune_allocator()
     try:
         key = (job.path, job.options)
         if key not in _COMPILED:

@@ -58,16 +58,19 @@ def routes(
     run, note = tensors, ""
     if plan.dtype != "float64":
         run, note = _oracle(plan, forward, tensors, reference, xp)
+    base: list[Any] | None = None
+    units: list[float] = []
     try:
-        outputs = forward(run)
-        base = _float_outputs(outputs, reference, xp)
-        # the rounding of each output in the dtype forward returned it in (a layer may
-        # compute in float32 whatever it is given)
-        units = [
-            UNIT_ROUNDOFF.get(str(getattr(o, "dtype", "")), UNIT_ROUNDOFF["float64"])
-            for o, ref in zip(outputs, reference, strict=True)
-            if str(getattr(ref, "dtype", "")) in FLOAT_DTYPES
-        ]
+        if probe:
+            outputs = forward(run)
+            base = _float_outputs(outputs, reference, xp)
+            # the rounding of each output in the dtype forward returned it in (a layer may
+            # compute in float32 whatever it is given)
+            units = [
+                UNIT_ROUNDOFF.get(str(getattr(o, "dtype", "")), UNIT_ROUNDOFF["float64"])
+                for o, ref in zip(outputs, reference, strict=True)
+                if str(getattr(ref, "dtype", "")) in FLOAT_DTYPES
+            ]
     except (Exception, SystemExit):  # noqa: BLE001 - user code: the gradient check reports it
         base, units = None, []
     out = {}
@@ -75,11 +78,7 @@ def routes(
         if not t.grad:
             continue
         own = str(run[t.name].dtype)
-        level = (
-            _resolved(t.name, own, run, base, units, forward, reference, xp)
-            if base is not None and probe
-            else own
-        )
+        level = _resolved(t.name, own, run, base, units, forward, reference, xp) if base is not None else own
         why = [note] if note else []
         if UNIT_ROUNDOFF[level] > UNIT_ROUNDOFF[own]:
             why.append(

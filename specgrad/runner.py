@@ -44,6 +44,7 @@ from specgrad.gradient_check import (
     numerical_gradient,
     plain,
     refine,
+    structured,
     verified,
 )
 from specgrad.model import LayerBinding, Spec
@@ -536,10 +537,10 @@ class CaseRun:
         limit = plan.method.max_elements
         if colors is not None and (limit is None or 2 * colors.size <= 2 * limit):
             try:
-                numerical = numerical_gradient(
-                    name, route, plan, self._evaluate, self.upstream64, xp, None, model, colors
+                numerical, how = structured(
+                    name, route, plan, self._evaluate, self.upstream64, xp, colors, model
                 )
-                self.methods[name] = f"colored: {colors.describe()}"
+                self.methods[name] = f"colored: {colors.describe()}{how}"
                 return numerical, None, colors
             except StructureViolation as exc:
                 if colors.origin == "declared":

@@ -18,7 +18,8 @@ A failure raises StructureViolation with the element and output it was seen at.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -31,6 +32,7 @@ from specgrad.numerics.finite_diff import (
     _evaluate_at,
     _outputs64,
     _Stencil,
+    stepped,
 )
 from specgrad.structure import Coloring, Group
 
@@ -44,6 +46,52 @@ class StructureViolation(Exception):
     """The colored differences contradict the structure they were taken under."""
 
 
+class StackingRefused(Exception):
+    """Stacked copies of the batch do not give what one batch gives: the layer is not
+    batch independent, or does not take another batch size."""
+
+
+@dataclass(frozen=True)
+class Stacking:
+    """Evaluate `copies` perturbed copies of the batch in one forward call, stacked along
+    axis 0: the perturbed input and the `batched` inputs (those with the batch axis) are
+    tiled, parameters are not, and each output's axis 0 is cut back into copies.
+    For batch-independent layers whose forward costs little per sample, calls, not
+    arithmetic, are what a check pays for."""
+
+    forward: Callable[[Mapping[str, Any]], Outputs]
+    tensors: Mapping[str, Any]
+    name: str  # the perturbed input
+    batched: tuple[str, ...]  # the other inputs tiled with it
+    copies: int  # per call (memory budget)
+
+    def outputs(self, elements: list[Any], values: list[Any], active: Any, xp: ModuleType) -> list[list[Any]]:
+        """float64 outputs with the flat `elements[i]` of `name` set to `values[i]`."""
+        x = self.tensors[self.name]
+        n = len(values)
+        big = xp.concatenate([x] * n, axis=0)
+        rows = big.reshape(n, -1)
+        for i, (e, v) in enumerate(zip(elements, values, strict=True)):
+            rows[i, e] = v
+        point = dict(self.tensors)
+        point[self.name] = big
+        for b in self.batched:
+            point[b] = xp.concatenate([self.tensors[b]] * n, axis=0)
+        raw = self.forward(point)
+        out: list[list[Any]] = [[] for _ in range(n)]
+        for k, g, _ in active:
+            if (
+                k >= len(raw)
+                or not hasattr(raw[k], "shape")
+                or tuple(raw[k].shape) != (n * g.shape[0], *g.shape[1:])
+            ):
+                raise StackingRefused(f"output {k} is not {n} copies of its shape {tuple(g.shape)} stacked")
+            stacked = xp.asarray(raw[k]).astype(xp.float64).reshape(n, *g.shape)
+            for i in range(n):
+                out[i].append(stacked[i])
+        return out
+
+
 def colored_difference(
     evaluate: Callable[[], Outputs],
     x: Any,
@@ -55,14 +103,22 @@ def colored_difference(
     model_terms: bool = True,
     verify: Collection[int] = (),
     seed: int = 0,
+    stacking: Stacking | None = None,
 ) -> NumericalGradient:
     """dL/dx like `finite_diff.central_difference` (every element, tensor-shaped), taken
-    group by group; the groups numbered in `verify` get the interference check."""
+    group by group; the groups numbered in `verify` get the interference check. With
+    `stacking`, the groups' evaluations go `stacking.copies` to a forward call (the first
+    call is checked against an evaluation of its own: StackingRefused)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        run = _ColoredRun(evaluate, x, upstream, coloring, unit_roundoff, xp, model_terms, seed)
+        run = _ColoredRun(evaluate, x, upstream, coloring, unit_roundoff, xp, model_terms, seed, stacking)
+        pending: list[_Pending] = []
         for number, group in enumerate(coloring.groups()):
-            run.group(group, epsilon, number in verify)
+            pending.append(run.prepare(group, epsilon, number in verify))
+            if stacking is None or sum(len(p.values) for p in pending) >= stacking.copies:
+                run.flush(pending)
+                pending = []
+        run.flush(pending)
         zeros = xp.zeros(x.shape, dtype=xp.float64)
         up, down, power, terms, fanout, a, b = (s.reshape(x.shape) for s in run.sums)
         return run.stencil.from_sums(up, down, power, terms, fanout, zeros, zeros, a, b)
@@ -93,6 +149,18 @@ def _host(xp: ModuleType, array: Any) -> np.ndarray:
     return np.asarray(array.get() if hasattr(array, "get") and xp is not np else array)
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A group's stepped values, waiting for their evaluations."""
+
+    group: Group
+    elements: Any  # on the device
+    values: list[Any]  # up, down[, mixed]
+    a: Any  # steps taken up and down, float64
+    b: Any
+    sigma: Any  # the mix: True where the mixed evaluation takes the up value
+
+
 class _ColoredRun:
     """The running per-element sums of one tensor's colored differences."""
 
@@ -106,8 +174,10 @@ class _ColoredRun:
         xp: ModuleType,
         model_terms: bool,
         seed: int,
+        stacking: Stacking | None = None,
     ) -> None:
         self.stencil = _Stencil(evaluate, x, upstream, unit_roundoff, xp, model_terms=model_terms)
+        self.stacking, self.checked = stacking, False
         self.evaluate, self.coloring, self.xp, self.u = evaluate, coloring, xp, unit_roundoff
         self.model_terms = model_terms
         n = self.stencil.flat.size
@@ -133,25 +203,69 @@ class _ColoredRun:
             self.placed[key] = (shifted, xp.asarray(unowned) if unowned.size else None, power)
         return self.placed[key]
 
-    def group(self, group: Group, epsilon: float, verify: bool) -> None:
-        xp, flat, active = self.xp, self.stencil.flat, self.stencil.active
+    def prepare(self, group: Group, epsilon: float, verify: bool) -> _Pending:
+        """The group's stepped values: up, down and (verified groups) a seeded mix of both."""
+        xp = self.xp
         elements = xp.asarray(group.elements)
-        m = len(group.elements)
-        orig = flat[elements].copy()
+        orig = self.stencil.flat[elements].copy()
         h = epsilon * xp.maximum(xp.abs(orig.astype(xp.float64)), 1.0)
-        mixed, sigma = None, None
+        up, a = stepped(orig, h, xp)
+        down, b = stepped(orig, -h, xp)
+        values = [up, down]
+        sigma = None
+        if verify:
+            sigma = xp.asarray(self.rng.integers(0, 2, len(group.elements)).astype(bool))
+            values.append(xp.where(sigma, up, down))
+        return _Pending(group, elements, values, a, b, sigma)
+
+    def flush(self, pending: list[_Pending]) -> None:
+        if not pending:
+            return
+        elements = [p.elements for p in pending for _ in p.values]
+        values = [v for p in pending for v in p.values]
         try:
-            a, plus = _evaluate_at(self.evaluate, flat, elements, orig, h, active, xp)
-            up_values = flat[elements].copy()
-            b, minus = _evaluate_at(self.evaluate, flat, elements, orig, -h, active, xp)
-            if verify:
-                sigma = xp.asarray(self.rng.integers(0, 2, m).astype(bool))
-                flat[elements] = xp.where(sigma, up_values, flat[elements])
-                mixed = _outputs64(self.evaluate(), active, xp)
+            if self.stacking is None:
+                outputs = [self._in_place(e, v) for e, v in zip(elements, values, strict=True)]
+            else:
+                outputs = self.stacking.outputs(elements, values, self.stencil.active, self.xp)
+                if not self.checked:  # the first stacked copy against a call of its own
+                    self._same(outputs[0], self._in_place(elements[0], values[0]))
+                    self.checked = True
+        except StackingRefused:
+            raise
         except (Exception, SystemExit) as exc:  # user code: attributed to the group's first element
-            raise PerturbationError(int(group.elements[0]), exc) from exc
+            if self.stacking is not None:
+                raise StackingRefused(
+                    f"forward on stacked copies raised {type(exc).__name__}: {exc}"
+                ) from exc
+            raise PerturbationError(int(pending[0].group.elements[0]), exc) from exc
+        at = 0
+        for p in pending:
+            self.accumulate(p, outputs[at : at + len(p.values)])
+            at += len(p.values)
+
+    def _in_place(self, elements: Any, values: Any) -> list[Any]:
+        flat = self.stencil.flat
+        orig = flat[elements].copy()
+        flat[elements] = values
+        try:
+            return _outputs64(self.evaluate(), self.stencil.active, self.xp)
         finally:
             flat[elements] = orig
+
+    def _same(self, stacked: list[Any], alone: list[Any]) -> None:
+        xp = self.xp
+        for k, (s, a) in enumerate(zip(stacked, alone, strict=True)):
+            limit = INTERFERENCE_ULPS * self.u * (xp.abs(a) + self.scales[k])
+            if not bool(xp.all(xp.abs(s - a) <= limit)):
+                raise StackingRefused(f"output {k} of a stacked copy differs from the same batch alone")
+
+    def accumulate(self, p: _Pending, outputs: list[list[Any]]) -> None:
+        xp, group, elements, a, b, sigma = self.xp, p.group, p.elements, p.a, p.b, p.sigma
+        m = len(group.elements)
+        plus, minus = outputs[0], outputs[1]
+        mixed = outputs[2] if len(outputs) > 2 else None
+        active = self.stencil.active
         up, down, power, terms, fanout, steps_a, steps_b = self.sums
         steps_a[elements], steps_b[elements] = a, b
         totals = [xp.zeros(m, dtype=xp.float64) for _ in range(5)]

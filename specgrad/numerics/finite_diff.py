@@ -149,6 +149,7 @@ class _Stencil:
         # an element that moved no output at all may still have moved them by less than
         # their resolution: its noise is that of every output
         self.resolution = sum((xp.sum(w) for w in self.weights), 0.0)
+        self.buffers = [xp.empty(int(w.size), dtype=xp.float64) for w in self.weights]
 
     def at(self, j: int, epsilon: float) -> tuple[Any, ...]:
         """(up, down, a, b, power, terms, fanout) at flat element j with the step epsilon
@@ -173,6 +174,7 @@ class _Stencil:
             self.xp,
             self.per_output,
             self.model_terms,
+            self.buffers,
         )
         return (*parts, a, b)
 
@@ -238,14 +240,18 @@ def _evaluate_at(
         if flat[j] == orig:  # h is below half an ulp of x_j in this dtype: take one ulp
             flat[j] = xp.nextafter(orig, xp.asarray(xp.inf if h > 0 else -xp.inf, dtype=orig.dtype))
         return abs(float(flat[j]) - start), _outputs64(evaluate(), active, xp)
-    flat[j] = orig.astype(xp.float64) + h
-    stuck = flat[j] == orig  # h is below half an ulp of x_j in this dtype: take one ulp
+    flat[j], step = stepped(orig, h, xp)
+    return step, _outputs64(evaluate(), active, xp)
+
+
+def stepped(orig: Any, h: Any, xp: ModuleType) -> tuple[Any, Any]:
+    """(orig + h rounded to orig's dtype, never equal to orig; |step taken| in float64)."""
+    values = (orig.astype(xp.float64) + h).astype(orig.dtype)
+    stuck = values == orig  # h is below half an ulp of x_j in this dtype: take one ulp
     if bool(xp.any(stuck)):
         toward = xp.where(xp.asarray(h) > 0, xp.inf, -xp.inf).astype(orig.dtype)
-        away = xp.nextafter(orig, toward)
-        flat[j] = xp.where(stuck, away, flat[j])
-    step = xp.abs(flat[j].astype(xp.float64) - orig.astype(xp.float64))
-    return step, _outputs64(evaluate(), active, xp)
+        values = xp.where(stuck, xp.nextafter(orig, toward), values)
+    return values, xp.abs(values.astype(xp.float64) - orig.astype(xp.float64))
 
 
 def _outputs64(outputs: Outputs, active: Active, xp: ModuleType) -> list[Any]:
@@ -277,25 +283,26 @@ def _contract(
     xp: ModuleType,
     per_output: bool = False,
     model_terms: bool = True,
+    buffers: list[Any] | None = None,
 ) -> tuple[Any, ...]:
     """<g, f+ - f0>, <g, f0 - f->, the rounding power of the outputs that moved (`weights`:
     2 g^2 f0^2 per output; an output that did not move differs by exactly 0 and adds no
     rounding noise), sum |g (f+ - f-)|, how many outputs moved, and the sums over outputs
     of the smaller and the larger of each output's two one-sided slopes (times g).
-    Contractions are dot products: one pass over the outputs each, no temporaries."""
+    Contractions are dot products over a reused buffer (`buffers`, one per output): a pass
+    over the outputs each, no temporaries."""
     up, down, power, terms, fanout, low, high = 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0
-    for (_, g, _), f0, w, fp, fm in zip(active, base, weights, plus, minus, strict=True):
-        gf = g.reshape(-1)
-        rise, fall = (fp - f0).reshape(-1), (f0 - fm).reshape(-1)
-        moved = (fp != fm).reshape(-1)
-        up = up + xp.dot(gf, rise)
-        down = down + xp.dot(gf, fall)
-        power = power + xp.dot(w, moved.astype(xp.float64))
+    for k, ((_, g, _), f0, w, fp, fm) in enumerate(zip(active, base, weights, plus, minus, strict=True)):
+        gf, f0f, fpf, fmf = g.reshape(-1), f0.reshape(-1), fp.reshape(-1), fm.reshape(-1)
+        buf = buffers[k] if buffers is not None else xp.empty(gf.size, dtype=xp.float64)
+        up = up + xp.dot(gf, xp.subtract(fpf, f0f, out=buf))
+        down = down + xp.dot(gf, xp.subtract(f0f, fmf, out=buf))
+        power = power + xp.dot(w, xp.not_equal(fpf, fmf, out=buf))
         if model_terms:
-            terms = terms + xp.sum(xp.abs(gf * (rise + fall)))
-            fanout = fanout + xp.count_nonzero(moved)
+            fanout = fanout + xp.sum(buf)
+            terms = terms + xp.sum(xp.abs(gf * (fpf - fmf)))
         if per_output:
-            right, left = gf * rise, gf * fall
+            right, left = gf * (fpf - f0f), gf * (f0f - fmf)
             low = low + xp.sum(xp.minimum(right / a, left / b))
             high = high + xp.sum(xp.maximum(right / a, left / b))
     return up, down, power, terms, fanout, low, high

@@ -35,12 +35,12 @@ def stratified(shape: tuple[int, ...], n: int, seed: int, name: str) -> tuple[in
 
 
 def directions(shape: tuple[int, ...], k: int, seed: int, name: str) -> np.ndarray:
-    """k seeded directions (float64, [k, *shape]) with random signs and every component of
-    size COMPONENT_FLOOR or more, scaled to a root-mean-square of one."""
+    """k seeded directions (float64, [k, *shape]) with random signs and components of size
+    COMPONENT_FLOOR to COMPONENT_FLOOR + 1 (one uniform draw each: the directions of a
+    large tensor cost less than its forward), scaled to a root-mean-square of one."""
     rng = stream(seed, "<directional>", name)
-    z = rng.normal(0.0, 1.0, (k, *shape))
-    u = np.sign(z) * (COMPONENT_FLOOR + np.abs(z))
-    u[u == 0] = 1.0
+    s = 2.0 * rng.random((k, *shape)) - 1.0
+    u = np.copysign(COMPONENT_FLOOR + np.abs(s), s)
     rms = np.sqrt(np.mean(u.reshape(k, -1) ** 2, axis=1)).reshape((k,) + (1,) * len(shape))
     return u / np.where(rms > 0, rms, 1.0)
 
