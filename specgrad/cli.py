@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     select.add_argument("--fast", action="store_true", help="the same as --mode fast")
     select.add_argument(
+        "--max-memory",
+        type=_size,
+        metavar="SIZE",
+        help="memory a check's batched evaluations may hold at once, e.g. 512M or 2G (default 1G); "
+        "no dense Jacobian is ever built",
+    )
+    select.add_argument(
         "--max-elements",
         type=_positive,
         metavar="N",
@@ -242,7 +249,17 @@ def _plans(spec: Spec, args: argparse.Namespace, matcher: Matcher | None) -> tup
         select=matcher,
         mode=_mode(args),
         max_elements=args.max_elements,
+        max_memory=args.max_memory,
     )
+
+
+def _size(text: str) -> int:
+    """Bytes from '1048576', '512K', '64M', '2G' (binary units)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}")
+    return int(float(match.group(1)) * units[match.group(2).upper()])
 
 
 #: --mode choices
@@ -363,6 +380,7 @@ def _run_parallel(
         keyword=args.keyword,
         mode=_mode(args),
         max_elements=args.max_elements,
+        max_memory=args.max_memory,
     )
     for spec, outcome in run_jobs(planned, options, workers):
         summary.specs_checked += 1

@@ -78,11 +78,13 @@ def compile_spec(
     select: Matcher | None = None,
     mode: str | None = None,
     max_elements: int | None = None,
+    max_memory: int | None = None,
 ) -> tuple[CasePlan, ...]:
     """Plans for the spec's dtypes (filtered by `dtypes`) and cases, checks filtered by
     `select`; `mode` "fast" makes every gradient check directional, "per-element" perturbs
     one element at a time (no structure), "default" keeps the spec's method; `max_elements`
-    caps the elements checked per tensor (both override the spec's method)."""
+    caps the elements checked per tensor, `max_memory` the bytes a check's batched
+    evaluations may hold (all override the spec's method)."""
     method = spec.method
     omitted: tuple[str, ...] = ()
     if mode == "fast":
@@ -93,6 +95,8 @@ def compile_spec(
         method = replace(method, mode="elementwise", structured=False)
     if max_elements is not None:
         method = replace(method, max_elements=max_elements)
+    if max_memory is not None:
+        method = replace(method, max_memory=max_memory)
     plans = []
     for dtype in spec.dtypes:
         if dtypes is not None and dtype not in dtypes:
@@ -117,6 +121,12 @@ def compile_spec(
                 )
     if spec.second_order is not None:
         plans += compile_spec(
-            spec.second_order, dtypes=dtypes, seed=seed, select=select, mode=mode, max_elements=max_elements
+            spec.second_order,
+            dtypes=dtypes,
+            seed=seed,
+            select=select,
+            mode=mode,
+            max_elements=max_elements,
+            max_memory=max_memory,
         )
     return tuple(plans)

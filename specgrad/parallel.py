@@ -51,6 +51,7 @@ class CompileOptions:
     keyword: str | None = None
     mode: str | None = None
     max_elements: int | None = None
+    max_memory: int | None = None
 
     def plans(self, spec: Spec) -> tuple[CasePlan, ...]:
         from specgrad.compile import compile_spec
@@ -59,7 +60,13 @@ class CompileOptions:
         select = compile_expression(self.keyword) if self.keyword else None
         dtypes = list(self.dtypes) if self.dtypes is not None else None
         return compile_spec(
-            spec, dtypes=dtypes, seed=self.seed, select=select, mode=self.mode, max_elements=self.max_elements
+            spec,
+            dtypes=dtypes,
+            seed=self.seed,
+            select=select,
+            mode=self.mode,
+            max_elements=self.max_elements,
+            max_memory=self.max_memory,
         )
 
 

@@ -448,6 +448,10 @@ def test_bad_callable(write, cli, name: str) -> None:  # type: ignore[no-untyped
         (["validate", "{dir}", "--json", "{dir}"], r"--json .*: is a folder, expected a file path"),
         (["validate", "--json", "{dir}/s.yaml", "{dir}"], r"refusing to write the report over a spec file"),
         (["validate", "{dir}", "--json", "{dir}/s.yaml/r.json"], r"--json .*: cannot create its folder"),
+        (["validate", "{dir}", "--mode", "quick"], r"argument --mode: invalid choice: 'quick'"),
+        (["validate", "{dir}", "--fast", "--mode", "per-element"], r"--fast and --mode per-element contradict"),
+        (["validate", "{dir}", "--max-memory", "12Q"], r"--max-memory: expected a size such as 512M"),
+        (["validate", "{dir}", "-j", "0"], r"argument -j/--jobs"),
         (["frobnicate"], r"invalid choice"),
         (["validate", "{empty}"], r"no spec files"),
     ],
@@ -524,3 +528,23 @@ def test_module_entry_point_in_a_fresh_interpreter(tmp_path: Path) -> None:
     assert "bad.yaml:7:18: inputs.x.shape[1]: expected a value >= 1" in result.out
     assert result.out.splitlines()[-1] == "150 passed, 0 failed"
     assert "\x1b[" not in result.out  # no escape codes when piped
+
+
+def test_modes_report_how_gradients_were_checked(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """default: colored where a structure applies; per-element: one element at a time;
+    fast (and its alias --fast): projections, with the note that it is not per element."""
+    write("layers.py", LAYERS)
+    write("s.yaml", GOOD.replace("[2, 3]", "[16, 40]").replace("[3, 4]", "[40, 24]"))
+    methods = {}
+    for flags in ([], ["--mode", "per-element"], ["--mode", "fast"], ["--fast"]):
+        report = tmp_path / "r.json"
+        result = cli("validate", tmp_path, "--json", report, "-j", "1", *flags)
+        assert result.code == 0, result.text
+        doc = json.loads(report.read_text())
+        methods[" ".join(flags)] = {c["target"]: c["method"] for c in doc["checks"] if c["kind"] == "gradient"}
+        if "fast" in " ".join(flags):
+            assert "not element by element" in result.out and any("fast mode" in n for n in doc["notes"])
+            assert not any(c["target"] == "contract.taylor" for c in doc["checks"])
+    assert methods[""]["x"].startswith("colored: 40 groups, structure detected: axis 0->0")
+    assert methods["--mode per-element"] == {"x": "elementwise", "w": "elementwise"}
+    assert methods["--mode fast"] == methods["--fast"] == {"x": "directional", "w": "directional"}

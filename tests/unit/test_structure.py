@@ -310,3 +310,71 @@ def test_bad_structure_declarations_are_located_spec_errors(
         parse_spec(path)
     text = "\n".join(str(i) for i in info.value.issues)
     assert message in text and "s.yaml:" in text
+
+
+# -- per-sample batching --------------------------------------------------------------------
+
+SOFTMAX_ROWS = """
+def forward(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+def backward(g, x):
+    y = forward(x)
+    return y * (g - (g * y).sum(axis=1, keepdims=True))
+"""
+
+#: every row is centred on the batch's column means: rows are not independent
+BATCH_CENTRED = """
+def forward(x):
+    return np.tanh(x - x.mean(axis=0))
+def backward(g, x):
+    d = g * (1 - np.tanh(x - x.mean(axis=0)) ** 2)
+    return d - d.mean(axis=0)
+"""
+
+
+def test_groups_of_a_batch_input_go_stacked_into_one_call(tmp_path: Path) -> None:
+    r = run(tmp_path, SOFTMAX_ROWS, inputs={"x": {"shape": [16, 40]}})
+    assert r["x"].status is Status.PASS
+    assert r["x"].method.startswith("colored: 40 groups, structure detected: axis 0->0")
+    assert "stacked copies of the batch per call" in r["x"].method
+
+
+def test_a_batch_that_does_not_stack_is_evaluated_as_itself(tmp_path: Path) -> None:
+    r = run(tmp_path, BATCH_CENTRED, inputs={"x": {"shape": [16, 40]}})
+    assert r["x"].status is Status.PASS
+    assert "the batch does not stack" in r["x"].method and "stacked copies" not in r["x"].method
+
+
+def test_the_memory_budget_bounds_the_stacked_copies(tmp_path: Path) -> None:
+    from specgrad.backends import get_backend
+    from specgrad.compile import compile_spec
+    from specgrad.runner import run_spec
+
+    (tmp_path / "m_rows.py").write_text("import numpy as np\n" + SOFTMAX_ROWS)
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "specgrad: 1\nname: t\ndescription: d\nforward: m_rows:forward\nbackward: m_rows:backward\n"
+        "inputs:\n  x: {shape: [16, 40]}\ndtypes: [float64]\ncases: [random]\n"
+    )
+    spec = parse_spec(path)
+    numpy = get_backend("numpy")
+    roomy = {r.target: r for r in run_spec(spec, compile_spec(spec, max_memory=1 << 30), numpy)}
+    tight = {r.target: r for r in run_spec(spec, compile_spec(spec, max_memory=64 << 10), numpy)}
+    assert "stacked" in roomy["x"].method and "stacked" not in tight["x"].method
+    assert roomy["x"].status is tight["x"].status is Status.PASS
+    assert roomy["x"].comparison is not None and tight["x"].comparison is not None
+    assert roomy["x"].comparison.worst_ratio == pytest.approx(tight["x"].comparison.worst_ratio, rel=1e-6)
+
+
+def test_the_allocator_is_tuned_once_where_there_is_glibc() -> None:
+    import sys
+
+    from specgrad.process import tune_allocator
+
+    tuned = tune_allocator()
+    assert tune_allocator() is tuned
+    if sys.platform.startswith("linux"):
+        import platform
+
+        assert tuned or platform.libc_ver()[0] != "glibc"
