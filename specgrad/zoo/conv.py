@@ -1,8 +1,10 @@
 """2-D convolution (cross-correlation, NCHW), with stride and zero padding.
 
-im2col: the kernel's strided windows are stacked into columns and contracted with the
-weights in one matmul (BLAS on numpy, cuBLAS on cupy), forward and backward; the backward
-scatters column gradients back with one strided add per kernel offset. Namespace generic.
+Forward is a sum over kernel offsets of one matmul each (the weights of that offset
+times the strided window of the padded input: BLAS on numpy, cuBLAS on cupy), which copies
+each window once and no more; backward is im2col (the windows stacked into columns, one
+matmul for dw and one for the column gradients, scattered back with one strided add per
+offset). Namespace generic.
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ def _columns(x: Any, w: Any, stride: int, padding: int, xp: Any) -> tuple[Any, i
 
 def forward(x: Any, w: Any, b: Any, stride: int = 1, padding: int = 0) -> Any:
     xp = namespace(x, w, b)
-    cols, oh, ow = _columns(x, w, stride, padding, xp)
-    out = xp.matmul(w.reshape(w.shape[0], -1), cols)
-    return out.reshape(x.shape[0], w.shape[0], oh, ow) + b[None, :, None, None]
+    oh, ow = _geometry(x, w, stride, padding)
+    xpad = _pad(x, padding, xp)
+    n, c, k = x.shape[0], x.shape[1], w.shape[0]
+    out = xp.zeros((n, k, oh * ow), dtype=x.dtype)
+    for t, win in enumerate(_windows(w.shape[2], w.shape[3], oh, ow, stride)):
+        i, j = divmod(t, w.shape[3])
+        out += xp.matmul(w[:, :, i, j], xpad[win].reshape(n, c, oh * ow))
+    return out.reshape(n, k, oh, ow) + b[None, :, None, None]
 
 
 def backward(g: Any, x: Any, w: Any, b: Any, stride: int = 1, padding: int = 0) -> tuple[Any, Any, Any]:

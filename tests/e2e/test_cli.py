@@ -449,7 +449,10 @@ def test_bad_callable(write, cli, name: str) -> None:  # type: ignore[no-untyped
         (["validate", "--json", "{dir}/s.yaml", "{dir}"], r"refusing to write the report over a spec file"),
         (["validate", "{dir}", "--json", "{dir}/s.yaml/r.json"], r"--json .*: cannot create its folder"),
         (["validate", "{dir}", "--mode", "quick"], r"argument --mode: invalid choice: 'quick'"),
-        (["validate", "{dir}", "--fast", "--mode", "per-element"], r"--fast and --mode per-element contradict"),
+        (
+            ["validate", "{dir}", "--fast", "--mode", "per-element"],
+            r"--fast and --mode per-element contradict",
+        ),
         (["validate", "{dir}", "--max-memory", "12Q"], r"--max-memory: expected a size such as 512M"),
         (["validate", "{dir}", "-j", "0"], r"argument -j/--jobs"),
         (["frobnicate"], r"invalid choice"),
@@ -541,7 +544,9 @@ def test_modes_report_how_gradients_were_checked(tmp_path: Path, write, cli) -> 
         result = cli("validate", tmp_path, "--json", report, "-j", "1", *flags)
         assert result.code == 0, result.text
         doc = json.loads(report.read_text())
-        methods[" ".join(flags)] = {c["target"]: c["method"] for c in doc["checks"] if c["kind"] == "gradient"}
+        methods[" ".join(flags)] = {
+            c["target"]: c["method"] for c in doc["checks"] if c["kind"] == "gradient"
+        }
         if "fast" in " ".join(flags):
             assert "not element by element" in result.out and any("fast mode" in n for n in doc["notes"])
             assert not any(c["target"] == "contract.taylor" for c in doc["checks"])
