@@ -108,7 +108,8 @@ def colored_difference(
     """dL/dx like `finite_diff.central_difference` (every element, tensor-shaped), taken
     group by group; the groups numbered in `verify` get the interference check. With
     `stacking`, the groups' evaluations go `stacking.copies` to a forward call (the first
-    call is checked against an evaluation of its own: StackingRefused)."""
+    call's first and last copies are checked against evaluations of their own:
+    StackingRefused)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         run = _ColoredRun(evaluate, x, upstream, coloring, unit_roundoff, xp, model_terms, seed, stacking)
@@ -228,8 +229,9 @@ class _ColoredRun:
                 outputs = [self._in_place(e, v) for e, v in zip(elements, values, strict=True)]
             else:
                 outputs = self.stacking.outputs(elements, values, self.stencil.active, self.xp)
-                if not self.checked:  # the first stacked copy against a call of its own
-                    self._same(outputs[0], self._in_place(elements[0], values[0]))
+                if not self.checked:  # the first and last stacked copies against calls of their own
+                    for i in {0, len(values) - 1}:
+                        self._same(outputs[i], self._in_place(elements[i], values[i]))
                     self.checked = True
         except StackingRefused:
             raise

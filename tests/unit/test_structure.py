@@ -346,6 +346,22 @@ def test_a_batch_that_does_not_stack_is_evaluated_as_itself(tmp_path: Path) -> N
     assert "the batch does not stack" in r["x"].method and "stacked copies" not in r["x"].method
 
 
+#: rows scaled by their position in the batch: copy 0 of a stack looks right, the last does not
+POSITIONAL = SOFTMAX_ROWS.replace(
+    "    return e / e.sum(axis=1, keepdims=True)",
+    "    return e / e.sum(axis=1, keepdims=True) * (1 + np.arange(x.shape[0]))[:, None]",
+).replace("    y = forward(x)\n", "    s = (1 + np.arange(x.shape[0]))[:, None]\n    y = forward(x) / s\n").replace(
+    "    return y * (g - (g * y).sum(axis=1, keepdims=True))",
+    "    gs = g * s\n    return y * (gs - (gs * y).sum(axis=1, keepdims=True))",
+)
+
+
+def test_a_batch_position_dependence_is_caught_on_the_last_copy(tmp_path: Path) -> None:
+    r = run(tmp_path, POSITIONAL, inputs={"x": {"shape": [16, 40]}})
+    assert r["x"].status is Status.PASS, r["x"].message
+    assert "the batch does not stack" in r["x"].method
+
+
 def test_the_memory_budget_bounds_the_stacked_copies(tmp_path: Path) -> None:
     from specgrad.backends import get_backend
     from specgrad.compile import compile_spec
