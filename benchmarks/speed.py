@@ -57,6 +57,9 @@ from specgrad.validate import parse_spec  # noqa: E402
 SAMPLE = 400
 FULL_LIMIT = 20_000  # elements: above this the per-element columns are extrapolated
 JACOBIAN_LIMIT = 2 * 2**30  # bytes of dense Jacobian torch's full gradcheck may build
+#: runs of the millisecond columns (fast modes): their medians then span seconds, not a
+#: moment of a noisy machine
+QUICK_REPEAT = 41
 
 
 @dataclass
@@ -258,7 +261,8 @@ def torch_figures(repeat: int, only: str | None) -> dict[str, dict[str, Any]]:
         else:
             figures["full"] = median(lambda fn=fn, args=args: torch.autograd.gradcheck(fn, args), repeat)
         figures["fast"] = median(
-            lambda fn=fn, args=args: torch.autograd.gradcheck(fn, args, fast_mode=True), max(repeat, 5)
+            lambda fn=fn, args=args: torch.autograd.gradcheck(fn, args, fast_mode=True),
+            max(repeat, QUICK_REPEAT),
         )
         out[case.name] = figures
     return out
@@ -304,7 +308,7 @@ def main() -> None:
         seed, _ = per_element(case, "seed", args.repeat)
         loop, _ = per_element(case, "loop", args.repeat)
         default, verdicts = specgrad_case(case, None, args.repeat)
-        fast, fast_verdicts = specgrad_case(case, "fast", max(args.repeat, 5))
+        fast, fast_verdicts = specgrad_case(case, "fast", max(args.repeat, QUICK_REPEAT))
         tf = torch_out.get(case.name, {})
         gc_full, gc_fast = tf.get("full", "n/a"), tf.get("fast")
         ratio_fast = f"{fast / gc_fast:.2f}" if isinstance(gc_fast, float) else "-"

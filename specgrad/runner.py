@@ -115,6 +115,7 @@ class CaseRun:
         self.routes: dict[str, Route] | None = None  # how each tensor's numerical gradient is taken
         self.measured: dict[str, Any] | None = None  # the analytical gradients' measured rounding
         self.kinked: dict[str, int] = {}  # tensors whose gradient check found kinks, and how many
+        self.scales: tuple[float, float] | None = None  # see _scales
         self.methods: dict[str, str] = {}  # how each tensor's differences were taken, where not plain
         self.probed = plan.method.mode != "directional"  # routes' precision probes (fast mode: lazily)
         self.structured_off: set[str] = set()  # tensors whose detected structure failed its cross-check
@@ -466,8 +467,7 @@ class CaseRun:
         """Differences, bound, verdict; out-of-bound elements are looked at again at a finer
         step (curvature or a kink?) before a FAIL, and kinks are held to the spec's rule."""
         plan, xp, analytical = self.plan, self.xp, self.grads[name]
-        case_scale = _largest(self.grads.values(), xp)
-        upstream_scale = _largest(self.upstream64, xp)
+        case_scale, upstream_scale = self._scales()
         if plan.method.mode == "directional":
             fast = directional(
                 name, route, plan, self._evaluate, self.upstream64, analytical, case_scale, upstream_scale, xp
@@ -496,6 +496,12 @@ class CaseRun:
             return replace(v, method="elementwise (the directions crossed kinks)")
         v = self._elementwise(name, route, case_scale, upstream_scale)
         return replace(v, method=self.methods.get(name, v.method))
+
+    def _scales(self) -> tuple[float, float]:
+        """(largest analytical gradient of the case, largest upstream value), once per case."""
+        if self.scales is None:
+            self.scales = (_largest(self.grads.values(), self.xp), _largest(self.upstream64, self.xp))
+        return self.scales
 
     def _coloring(self, name: str, route: Route) -> Coloring | None:
         """The groups the tensor's elements are differenced in: from the spec's declared
@@ -683,7 +689,7 @@ class CaseRun:
                 self._evaluate,
                 self.upstream64,
                 self.grads,
-                _largest(self.grads.values(), self.xp),
+                self._scales()[0],
                 self.xp,
             )
         except PerturbationError as exc:

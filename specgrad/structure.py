@@ -42,6 +42,10 @@ WALK = 4
 #: a colouring pays off only if it needs at most this share of the per-element calls
 WORTH = 0.5
 
+#: owner maps (one int64 per output per residue tuple) are kept up to this size; beyond it
+#: (many residues of a large output: a 3-D convolution) they are recomputed per group
+OWNER_CACHE_BYTES = 256 << 20
+
 
 class StructureMismatch(Exception):
     """A declared structure does not fit the tensor or the outputs it is applied to."""
@@ -73,6 +77,7 @@ class Group:
 
     elements: np.ndarray
     owners: tuple[np.ndarray, ...]
+    shared: bool = True  # the owners are cached by the Coloring (other groups reuse them)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,8 @@ class Coloring:
                 for link, pos in zip(self.links, positions, strict=True):
                     offsets = np.add.outer(offsets, pos * strides[link.axis])
                 elements = (base + offsets).reshape(-1)
-                yield Group(elements, self._owners(residues, positions))
+                owners = self._owners(residues, positions)
+                yield Group(elements, owners, residues in self._owner_cache)
 
     def _owners(self, residues: tuple[int, ...], positions: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         """Per output, flat owner indices; they depend on the residues only (not on the
@@ -145,7 +151,9 @@ class Coloring:
                 owner = np.where((owner < 0) | (placed < 0), -1, owner + placed * mult)
             owners.append(np.broadcast_to(owner, out_shape).reshape(-1).copy())
         result = tuple(owners)
-        self._owner_cache[residues] = result
+        held = sum(o.nbytes for entry in self._owner_cache.values() for o in entry)
+        if held + sum(o.nbytes for o in result) <= OWNER_CACHE_BYTES:
+            self._owner_cache[residues] = result
         return result
 
 

@@ -190,19 +190,22 @@ class _ColoredRun:
         self.placed: dict[int, tuple[Any, Any, Any]] = {}
         self.buffers = [xp.empty(int(f0.size), dtype=xp.float64) for f0 in self.stencil.base]
 
-    def _placed(self, owner: np.ndarray, k: int, m: int) -> tuple[Any, Any, Any]:
+    def _placed(self, owner: np.ndarray, k: int, m: int, shared: bool) -> tuple[Any, Any, Any]:
         """An owner map on the device, cached (it depends on the group's residues only), with
         each element's rounding power: 2 g^2 f0^2 summed over the outputs of its window.
         Unlike `finite_diff`, outputs of the window that happen not to move count too (at
         most the window's size, a 3x3 one's 9, times the power: three times the noise)."""
-        key = id(owner)
-        if key not in self.placed:
-            xp = self.xp
-            unowned = np.nonzero(owner < 0)[0]
-            shifted = xp.asarray(owner + 1)
-            power = xp.bincount(shifted, weights=self.stencil.weights[k], minlength=m + 1)[1:]
-            self.placed[key] = (shifted, xp.asarray(unowned) if unowned.size else None, power)
-        return self.placed[key]
+        key = id(owner)  # stable only for owners the Coloring keeps (`shared`)
+        if key in self.placed:
+            return self.placed[key]
+        xp = self.xp
+        unowned = np.nonzero(owner < 0)[0]
+        shifted = xp.asarray(owner + 1)
+        power = xp.bincount(shifted, weights=self.stencil.weights[k], minlength=m + 1)[1:]
+        placed = (shifted, xp.asarray(unowned) if unowned.size else None, power)
+        if shared:
+            self.placed[key] = placed
+        return placed
 
     def prepare(self, group: Group, epsilon: float, verify: bool) -> _Pending:
         """The group's stepped values: up, down and (verified groups) a seeded mix of both."""
@@ -274,7 +277,7 @@ class _ColoredRun:
         for k, ((_, g, _), f0, fp, fm, owner) in enumerate(
             zip(active, self.stencil.base, plus, minus, group.owners, strict=True)
         ):
-            shifted, unowned, power_of = self._placed(owner, k, m)
+            shifted, unowned, power_of = self._placed(owner, k, m, group.shared)
             gf, f0f, fpf, fmf, buf = (
                 g.reshape(-1),
                 f0.reshape(-1),

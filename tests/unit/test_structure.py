@@ -347,12 +347,16 @@ def test_a_batch_that_does_not_stack_is_evaluated_as_itself(tmp_path: Path) -> N
 
 
 #: rows scaled by their position in the batch: copy 0 of a stack looks right, the last does not
-POSITIONAL = SOFTMAX_ROWS.replace(
-    "    return e / e.sum(axis=1, keepdims=True)",
-    "    return e / e.sum(axis=1, keepdims=True) * (1 + np.arange(x.shape[0]))[:, None]",
-).replace("    y = forward(x)\n", "    s = (1 + np.arange(x.shape[0]))[:, None]\n    y = forward(x) / s\n").replace(
-    "    return y * (g - (g * y).sum(axis=1, keepdims=True))",
-    "    gs = g * s\n    return y * (gs - (gs * y).sum(axis=1, keepdims=True))",
+POSITIONAL = (
+    SOFTMAX_ROWS.replace(
+        "    return e / e.sum(axis=1, keepdims=True)",
+        "    return e / e.sum(axis=1, keepdims=True) * (1 + np.arange(x.shape[0]))[:, None]",
+    )
+    .replace("    y = forward(x)\n", "    s = (1 + np.arange(x.shape[0]))[:, None]\n    y = forward(x) / s\n")
+    .replace(
+        "    return y * (g - (g * y).sum(axis=1, keepdims=True))",
+        "    gs = g * s\n    return y * (gs - (gs * y).sum(axis=1, keepdims=True))",
+    )
 )
 
 
@@ -394,3 +398,33 @@ def test_the_allocator_is_tuned_once_where_there_is_glibc() -> None:
         import platform
 
         assert tuned or platform.libc_ver()[0] != "glibc"
+
+
+def test_owner_maps_beyond_the_cache_budget_are_recomputed_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    import specgrad.structure as structure
+
+    monkeypatch.setattr(structure, "OWNER_CACHE_BYTES", 1000)
+    links = (Link(2, 2, -1, 1), Link(3, 3, -1, 1))
+    small = coloring((2, 3, 9, 9), links, [(2, 4, 9, 9)], "declared")
+    groups = list(small.groups())
+    assert not small._owner_cache and not any(g.shared for g in groups)
+    monkeypatch.setattr(structure, "OWNER_CACHE_BYTES", 256 << 20)
+    again = coloring((2, 3, 9, 9), links, [(2, 4, 9, 9)], "declared")
+    for a, b in zip(groups, again.groups(), strict=True):
+        assert np.array_equal(a.elements, b.elements) and np.array_equal(a.owners[0], b.owners[0])
+    x = RNG.normal(size=(2, 3, 9, 9))
+    w, bias = RNG.normal(size=(4, 3, 3, 3)), RNG.normal(size=4)
+    g = RNG.normal(size=(2, 4, 9, 9))
+
+    def evaluate() -> tuple[Any, ...]:
+        return (conv.forward(x, w, bias, 1, 1),)
+
+    monkeypatch.setattr(structure, "OWNER_CACHE_BYTES", 1000)
+    uncached = colored_difference(
+        evaluate, x, [g], coloring(x.shape, links, [g.shape], "d"), 1e-4, 2.0**-53, np
+    )
+    monkeypatch.setattr(structure, "OWNER_CACHE_BYTES", 256 << 20)
+    cached = colored_difference(
+        evaluate, x, [g], coloring(x.shape, links, [g.shape], "d"), 1e-4, 2.0**-53, np
+    )
+    assert np.array_equal(uncached.value, cached.value) and np.array_equal(uncached.noise, cached.noise)
