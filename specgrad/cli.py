@@ -21,7 +21,7 @@ from specgrad.errors import Location, SpecError, SpecIssue, UsageError
 from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES
 from specgrad.parallel import cores
-from specgrad.process import tune_allocator
+from specgrad.process import one_blas_thread, tune_allocator
 from specgrad.reporting.console import ConsoleReporter
 from specgrad.reporting.json_report import JsonReporter
 from specgrad.results import EXIT_INTERNAL, CheckResult, RunSummary, Status
@@ -287,14 +287,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         workers = min(args.jobs or cores(), sum(len(plans) for _, plans in planned))
         if workers > 1:
             _run_parallel(planned, args, workers, summary, reporter)
-        for spec, plans in planned if workers <= 1 else ():
-            results = []
-            _run_one(spec, plans, summary, reporter, args.fail_fast, results)
-            summary.results.extend(results)
-            reporter.spec_results(results)
-            results = []
-            if args.fail_fast and summary.count(Status.FAIL) + summary.count(Status.ERROR):
-                break
+        with one_blas_thread():
+            for spec, plans in planned if workers <= 1 else ():
+                results = []
+                _run_one(spec, plans, summary, reporter, args.fail_fast, results)
+                summary.results.extend(results)
+                reporter.spec_results(results)
+                results = []
+                if args.fail_fast and summary.count(Status.FAIL) + summary.count(Status.ERROR):
+                    break
     except KeyboardInterrupt:
         summary.interrupted = True
         summary.results.extend(results)  # the interrupted spec's finished checks

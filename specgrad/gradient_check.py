@@ -18,14 +18,10 @@ from typing import Any
 import numpy as np
 
 from specgrad.compile import CasePlan
-from specgrad.numerics.colored import Stacking, StackingRefused, StructureViolation, colored_difference
 from specgrad.numerics.compare import Comparison, compare
 from specgrad.numerics.finite_diff import NumericalGradient, central_difference, joint_sides
-from specgrad.numerics.inputs import stream
-from specgrad.numerics.sampling import stratified
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, UNIT_ROUNDOFF, Tolerance
 from specgrad.routes import Forward, Route
-from specgrad.structure import Coloring
 
 
 def numerical_gradient(
@@ -53,144 +49,6 @@ def numerical_gradient(
         indices,
         model_terms=model_terms,
     )
-
-
-#: colored groups that get the interference check (seeded): VERIFIED_GROUPS and one in
-#: VERIFIED_SHARE of the rest. A wrong window interferes in every group (one caught pair
-#: per group in two); a coupling only some elements have needs its group among these
-VERIFIED_GROUPS = 4
-VERIFIED_SHARE = 16
-
-
-def verified(groups: int) -> int:
-    return min(groups, VERIFIED_GROUPS + groups // VERIFIED_SHARE)
-
-
-#: elements differenced one by one as well, to hold the colored values to (corners first)
-STRUCTURE_SAMPLE = 8
-
-#: out-of-bound (and kink-suspect) colored elements confirmed alone, at most
-CONFIRMED = 64
-
-
-def structured(
-    name: str,
-    route: Route,
-    plan: CasePlan,
-    forward: Forward,
-    upstream64: Sequence[Any | None],
-    xp: ModuleType,
-    coloring: Coloring,
-    model_terms: bool = True,
-) -> tuple[NumericalGradient, str]:
-    """Every element's difference, group by group, cross-checked: interference within
-    `verified` groups (numerics.colored), and STRUCTURE_SAMPLE elements differenced alone
-    must give the same values within their noise (StructureViolation otherwise). Groups of
-    a batch input go several to a forward call where the layer takes stacked copies of its
-    batch (`stacking`); the second element says so."""
-    tensors = route.tensors
-    x = tensors[name]
-    epsilon, u = plan.spec.tolerances[route.dtype].epsilon, UNIT_ROUNDOFF[route.dtype]
-    rng = stream(plan.seed, "<structure>", name)
-    verify = set(rng.permutation(coloring.size)[: verified(coloring.size)].tolist())
-    seed = int(rng.integers(2**32))
-    stack = stacking(name, route, plan, forward, upstream64, coloring)
-    how = ""
-    try:
-        numerical = colored_difference(
-            lambda: forward(tensors),
-            x,
-            upstream64,
-            coloring,
-            epsilon,
-            u,
-            xp,
-            model_terms,
-            verify,
-            seed,
-            stack,
-        )
-        if stack is not None:
-            how = f", {stack.copies} stacked copies of the batch per call"
-    except StackingRefused as exc:
-        numerical = colored_difference(
-            lambda: forward(tensors), x, upstream64, coloring, epsilon, u, xp, model_terms, verify, seed
-        )
-        how = f" (the batch does not stack: {exc})"
-    sample = stratified(tuple(x.shape), STRUCTURE_SAMPLE, plan.seed, f"{name}<structure>")
-    picks = list(sample) if sample is not None else list(range(int(x.size)))
-    confirm_alone(name, route, plan, forward, upstream64, xp, numerical, picks, coloring)
-    return numerical, how
-
-
-#: stacked calls hold about this much (within the memory budget): enough copies to make a
-#: call's fixed cost vanish, not so many that the copies stop fitting in cache
-STACK_BYTES = 16 << 20
-
-#: fewer copies than this per call are not worth stacking (a large batch is arithmetic-bound)
-MIN_COPIES = 8
-
-
-def stacking(
-    name: str,
-    route: Route,
-    plan: CasePlan,
-    forward: Forward,
-    upstream64: Sequence[Any | None],
-    coloring: Coloring,
-) -> Stacking | None:
-    """Stacked evaluation for an input whose outputs all lead with its batch axis, in as
-    many copies per call as STACK_BYTES (or a smaller `method.max_memory`) holds (None: not
-    applicable, or fewer than MIN_COPIES fit). Whether the layer really is batch independent is checked on the
-    first stacked call (numerics.colored)."""
-    tensor = plan.spec.tensor(name)
-    x = route.tensors[name]
-    active = [g for g in upstream64 if g is not None]
-    if tensor.role != "input" or x.ndim == 0 or coloring.size < 2 or not active:
-        return None
-    n = x.shape[0]
-    if any(g.ndim == 0 or g.shape[0] != n for g in active):
-        return None
-    batched = tuple(
-        t.name
-        for t in plan.spec.inputs
-        if t.name != name and route.tensors[t.name].ndim and route.tensors[t.name].shape[0] == n
-    )
-    per_copy = x.nbytes + sum(route.tensors[b].nbytes for b in batched) + sum(3 * g.nbytes for g in active)
-    copies = min(STACK_BYTES, plan.method.max_memory) // max(per_copy, 1)
-    return Stacking(forward, route.tensors, name, batched, int(copies)) if copies >= MIN_COPIES else None
-
-
-def confirm_alone(
-    name: str,
-    route: Route,
-    plan: CasePlan,
-    forward: Forward,
-    upstream64: Sequence[Any | None],
-    xp: ModuleType,
-    numerical: NumericalGradient,
-    picks: Sequence[int],
-    coloring: Coloring,
-) -> None:
-    """The flat elements `picks` differenced alone, at the same step, must give the colored
-    values within four times their noise; StructureViolation otherwise. The runner also
-    holds every element a colored comparison finds out of bound to this: a group-mate's
-    outputs counted as its own would otherwise make it look wrong, or look right."""
-    tensors = route.tensors
-    x = tensors[name]
-    epsilon, u = plan.spec.tolerances[route.dtype].epsilon, UNIT_ROUNDOFF[route.dtype]
-    alone = central_difference(lambda: forward(tensors), x, upstream64, epsilon, u, xp, picks)
-    at = xp.asarray(list(picks))
-    together, noise = numerical.value.reshape(-1)[at], numerical.noise.reshape(-1)[at]
-    excess = xp.abs(together - alone.value) - 4 * (noise + alone.noise)
-    excess = xp.where(xp.isnan(together) & xp.isnan(alone.value), 0.0, excess)
-    worst = int(xp.argmax(xp.where(xp.isnan(excess), xp.inf, excess)))
-    if not float(excess[worst]) <= 0:
-        index = ", ".join(map(str, np.unravel_index(picks[worst], x.shape)))
-        raise StructureViolation(
-            f"element [{index}] of {name} has difference {float(together[worst]):.6g} when its group moves "
-            f"together but {float(alone.value[worst]):.6g} when it moves alone ({coloring.describe()})"
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,12 @@ process boundary. Jobs are submitted largest first (estimated from the elements 
 perturbs) so a big convolution does not start last; results are handed back per spec in
 the order of the specs and of their plans, whatever order the jobs finish in.
 
-Workers are started with `spawn` after the BLAS thread variables are set to share the
-cores between them (unless the user set them): N workers with a multi-threaded BLAS each
-would oversubscribe the machine. A worker that dies (a segfault in user code) breaks the
-pool; the jobs it took down are rerun one at a time in a single worker, so only the one
-that kills its process is reported, as an ERROR of its checks.
+Workers are started with `spawn` after the BLAS thread variables are set to one thread
+(every check runs on one BLAS thread, in process too: see `process`), so N workers use N
+cores and a BLAS's thread-dependent sums never make figures depend on N. A worker that
+dies (a segfault in user code) breaks the pool; the jobs it took down are rerun one at a
+time in a single worker, so only the one that kills its process is reported, as an ERROR
+of its checks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from threadpoolctl import threadpool_limits
 
 from specgrad.compile import CasePlan
 from specgrad.errors import SpecError, SpecIssue
@@ -215,12 +218,11 @@ def _died(plan: CasePlan) -> list[CheckResult]:
 
 @contextmanager
 def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """A spawn pool whose workers see the shared-out thread counts (the variables stay set
-    while it lives: workers start on demand; this process's BLAS has long read them)."""
-    threads = str(max(1, cores() // max(workers, 1)))
+    """A spawn pool whose workers run BLAS on one thread (the variables stay set while it
+    lives: workers start on demand; this process's BLAS has long read them)."""
     saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
     for v in THREAD_VARIABLES:
-        os.environ.setdefault(v, threads)
+        os.environ[v] = "1"
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             try:
@@ -238,6 +240,7 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 # -- in the worker --------------------------------------------------------------------------
 
 _COMPILED: dict[tuple[str, CompileOptions], tuple[CasePlan, ...]] = {}
+_ONE_THREAD: list[object] = []
 
 
 def _work(job: Job) -> Outcome:
@@ -247,6 +250,7 @@ def _work(job: Job) -> Outcome:
     from specgrad.validate import parse_spec
 
     tune_allocator()
+    _ONE_THREAD.append(threadpool_limits(limits=1))  # for the worker's life (its env says so too)
     try:
         key = (job.path, job.options)
         if key not in _COMPILED:

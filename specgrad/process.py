@@ -1,4 +1,9 @@
-"""Process-wide settings a checking process makes once (the CLI and its workers).
+"""Process-wide settings a checking process makes (the CLI and its workers).
+
+Every check runs BLAS on one thread, whatever -j says: a BLAS's results depend on how many
+threads split its sums, so this is what makes figures identical for any number of workers
+(parallelism comes from the workers, `specgrad.parallel`). threadpoolctl sets it on the
+BLAS and OpenMP libraries numpy has loaded, `one_blas_thread` for the time of a run.
 
 glibc hands freed blocks of 128 KiB and more straight back to the kernel (mmap), so every
 new array of that size is fresh pages that fault in on first touch. A gradient check
@@ -14,6 +19,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from threadpoolctl import threadpool_limits
 
 #: glibc mallopt parameters
 _M_TRIM_THRESHOLD = -1
@@ -41,3 +50,10 @@ def tune_allocator() -> bool:
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
     return _tuned
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS and OpenMP limited to one thread in this process while the block runs."""
+    with threadpool_limits(limits=1):
+        yield

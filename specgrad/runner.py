@@ -31,12 +31,9 @@ from specgrad.compile import CasePlan
 from specgrad.contracts import PROBED, Probe, same
 from specgrad.errors import SpecError
 from specgrad.gradient_check import (
-    CONFIRMED,
     NOTHING_TO_VERIFY,
-    STRUCTURE_SAMPLE,
     Verdict,
     bound,
-    confirm_alone,
     joint_kink_check,
     judge,
     kink_candidates,
@@ -44,8 +41,6 @@ from specgrad.gradient_check import (
     numerical_gradient,
     plain,
     refine,
-    structured,
-    verified,
 )
 from specgrad.model import LayerBinding, Spec
 from specgrad.numerics.colored import StructureViolation, footprints
@@ -58,6 +53,7 @@ from specgrad.projections import directional, taylor
 from specgrad.results import CheckResult, Status
 from specgrad.routes import Route, routes
 from specgrad.structure import Coloring, StructureMismatch, coloring, detect, elementwise, worthwhile
+from specgrad.structured import CONFIRMED, STRUCTURE_SAMPLE, confirm_alone, structured, verified
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
@@ -472,9 +468,9 @@ class CaseRun:
             fast = directional(
                 name, route, plan, self._evaluate, self.upstream64, analytical, case_scale, upstream_scale, xp
             )
-            if fast is not None and not fast.passed and not self.probed:
+            if (fast is None or not fast.passed) and not self.probed:
                 # the routes took each tensor's own precision unprobed: a layer that computes in
-                # less inside fails on rounding; probe the precision, then judge again
+                # less inside fails on rounding, or looks kinked; probe the precision, judge again
                 self.routes = routes(self.plan, self._evaluate, self.tensors, self.outputs, xp)
                 self.probed = True
                 route = self.routes[name]

@@ -37,8 +37,9 @@ from specgrad.numerics.finite_diff import (
 from specgrad.structure import Coloring, Group
 
 #: an output may differ from what the structure predicts by this many units of roundoff of
-#: its magnitude plus its output's largest: a forward whose arithmetic mixes unrelated
-#: elements at rounding level (an FFT convolution) is not a structure error
+#: its magnitude plus its output's typical (median) one: a forward whose arithmetic mixes
+#: unrelated elements at rounding level (an FFT convolution) is not a structure error. Not
+#: the largest magnitude: one huge output would hide every coupling of the others
 INTERFERENCE_ULPS = 16
 
 
@@ -184,25 +185,20 @@ class _ColoredRun:
         n = self.stencil.flat.size
         # up, down, power, terms, fanout, a, b per element
         self.sums = [xp.zeros(n, dtype=xp.float64) for _ in range(7)]
-        self.scales = [float(xp.max(xp.abs(f0))) if f0.size else 0.0 for f0 in self.stencil.base]
+        self.scales = [float(xp.median(xp.abs(f0))) if f0.size else 0.0 for f0 in self.stencil.base]
         self.rng = np.random.default_rng(seed)
-        # id(host owner) -> (owner + 1 on the device, unowned outputs, rounding power per element)
-        self.placed: dict[int, tuple[Any, Any, Any]] = {}
+        # id(host owner) -> (owner + 1 on the device, unowned outputs)
+        self.placed: dict[int, tuple[Any, Any]] = {}
         self.buffers = [xp.empty(int(f0.size), dtype=xp.float64) for f0 in self.stencil.base]
 
-    def _placed(self, owner: np.ndarray, k: int, m: int, shared: bool) -> tuple[Any, Any, Any]:
-        """An owner map on the device, cached (it depends on the group's residues only), with
-        each element's rounding power: 2 g^2 f0^2 summed over the outputs of its window.
-        Unlike `finite_diff`, outputs of the window that happen not to move count too (at
-        most the window's size, a 3x3 one's 9, times the power: three times the noise)."""
+    def _placed(self, owner: np.ndarray, shared: bool) -> tuple[Any, Any]:
+        """An owner map on the device (shifted by one: 0 is no owner) and its unowned outputs,
+        cached where the Coloring keeps the map (it depends on the group's residues only)."""
         key = id(owner)  # stable only for owners the Coloring keeps (`shared`)
         if key in self.placed:
             return self.placed[key]
-        xp = self.xp
         unowned = np.nonzero(owner < 0)[0]
-        shifted = xp.asarray(owner + 1)
-        power = xp.bincount(shifted, weights=self.stencil.weights[k], minlength=m + 1)[1:]
-        placed = (shifted, xp.asarray(unowned) if unowned.size else None, power)
+        placed = (self.xp.asarray(owner + 1), self.xp.asarray(unowned) if unowned.size else None)
         if shared:
             self.placed[key] = placed
         return placed
@@ -277,7 +273,7 @@ class _ColoredRun:
         for k, ((_, g, _), f0, fp, fm, owner) in enumerate(
             zip(active, self.stencil.base, plus, minus, group.owners, strict=True)
         ):
-            shifted, unowned, power_of = self._placed(owner, k, m, group.shared)
+            shifted, unowned = self._placed(owner, group.shared)
             gf, f0f, fpf, fmf, buf = (
                 g.reshape(-1),
                 f0.reshape(-1),
@@ -290,7 +286,11 @@ class _ColoredRun:
                 xp.subtract(left, right, out=buf)
                 xp.multiply(buf, gf, out=buf)
                 total += xp.bincount(shifted, weights=buf, minlength=m + 1)[1:]
-            totals[2] += power_of
+            # rounding power of the outputs that moved, as finite_diff._contract counts it (an
+            # unmoved output adds no noise; counting it would let a large one hide errors)
+            xp.not_equal(fpf, fmf, out=buf)
+            xp.multiply(buf, self.stencil.weights[k], out=buf)
+            totals[2] += xp.bincount(shifted, weights=buf, minlength=m + 1)[1:]
             if self.model_terms:
                 xp.subtract(fpf, fmf, out=buf)
                 xp.multiply(buf, gf, out=buf)

@@ -428,3 +428,65 @@ def test_owner_maps_beyond_the_cache_budget_are_recomputed_not_kept(monkeypatch:
         evaluate, x, [g], coloring(x.shape, links, [g.shape], "d"), 1e-4, 2.0**-53, np
     )
     assert np.array_equal(uncached.value, cached.value) and np.array_equal(uncached.noise, cached.noise)
+
+
+# -- found in review: silent passes the grouped path must not allow ----------------------------
+
+#: a large second output moves only where x > 0: counted unmoved, it inflated the noise of the
+#: elements where it stays put, and hid a 3% error there
+LARGE_UNMOVED = """
+def forward(x, w):
+    return x * w, 1e10 + np.maximum(x, 0)
+def backward(g, x, w):
+    gy, gz = g
+    return gy * w * np.where(x > 0, 1.0, 1.03) + gz * (x > 0), gy * x
+"""
+
+#: y[3, 20] also depends on x[1, 7]; the backward credits it to x[3, 20]: exactly what a
+#: colored difference shows when the two share a group (elementwise probes see no coupling)
+CREDITED_TO_THE_WRONG_ELEMENT = """
+def forward(x):
+    y = np.tanh(x)
+    y[3, 20] += 0.7 * x[1, 7]
+    return y
+def backward(g, x):
+    d = g * (1 - np.tanh(x) ** 2)
+    d[3, 20] += 0.7 * g[3, 20]
+    return d
+"""
+
+
+def test_a_large_output_that_does_not_move_adds_no_noise(tmp_path: Path) -> None:
+    r = run(tmp_path, LARGE_UNMOVED, inputs={"x": {"shape": [8, 16]}}, parameters={"w": {"shape": [8, 16]}})
+    assert r["x"].status is Status.FAIL
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("huge", [False, True])
+def test_a_gradient_credited_to_a_group_mate_fails_for_every_seed(
+    tmp_path: Path, seed: int, huge: bool
+) -> None:
+    """The seeded mix of the interference check misses such a pair half the time; the
+    whole-tensor difference (`structured.across`) does not, and a huge output elsewhere
+    (which once set the tolerance of every output) hides nothing."""
+    source = CREDITED_TO_THE_WRONG_ELEMENT
+    if huge:
+        source = source.replace("    return y\n", "    y[5, 30] += 1e10\n    return y\n")
+    inputs = {"x": {"shape": [6, 32], "fill": {"kind": "uniform", "low": -1, "high": 1}}}
+    r = run(tmp_path, source, inputs=inputs, seed=seed, contracts={"taylor": False})
+    assert r["x"].status is Status.FAIL, r["x"].method
+    assert "wrong at 2 of 192 elements" in r["x"].message  # x[3, 20] (extra) and x[1, 7] (missing)
+
+
+def test_fast_mode_probes_the_precision_before_falling_back_to_elements(tmp_path: Path) -> None:
+    """A layer that computes in float32 whatever it is given: its float64 step measures
+    rounding, which looked like kinks to the directions and failed element by element."""
+    source = (
+        "def forward(x):\n    return np.tanh(x.astype(np.float32)).astype(x.dtype) * 3\n"
+        "def backward(g, x):\n    return (g * 3 * (1 - np.tanh(x.astype(np.float32)) ** 2)).astype(x.dtype)\n"
+    )
+    for dtype in ("float32", "float64"):
+        r = run(
+            tmp_path, source, inputs={"x": {"shape": [8, 16]}}, dtypes=[dtype], method={"mode": "directional"}
+        )
+        assert r["x"].status is Status.PASS, r["x"].message
