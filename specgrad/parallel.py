@@ -139,6 +139,8 @@ def run_jobs(
             except BrokenProcessPool:
                 lost.append(key)
                 continue
+            except Exception as exc:  # noqa: BLE001 - a result that cannot come back is that plan's error
+                done[key] = Outcome([], internal=f"a worker's result could not come back: {exc!r}")
             if done[key].interrupted and (stop is None or key < stop):
                 stop = key
                 for other, k in futures.items():
