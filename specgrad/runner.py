@@ -552,6 +552,10 @@ class CaseRun:
                 if colors.origin == "declared":
                     raise
                 self._abandon(name, exc)
+            except PerturbationError:
+                # forward failed with a whole group moved: element by element names the element
+                self.methods[name] = "elementwise (forward failed with a colored group moved)"
+                self.structured_off.add(name)
         sample = (
             None if limit is None else stratified(tuple(route.tensors[name].shape), limit, plan.seed, name)
         )

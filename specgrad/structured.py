@@ -91,7 +91,7 @@ def structured(
             stack,
         )
         if stack is not None:
-            how = f", {stack.copies} stacked copies of the batch per call"
+            how = f", up to {stack.copies} stacked copies of the batch per call"
     except StackingRefused as exc:
         numerical = colored_difference(
             lambda: forward(tensors), x, upstream64, coloring, epsilon, u, xp, model_terms, verify, seed

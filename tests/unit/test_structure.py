@@ -490,3 +490,35 @@ def test_fast_mode_probes_the_precision_before_falling_back_to_elements(tmp_path
             tmp_path, source, inputs={"x": {"shape": [8, 16]}}, dtypes=[dtype], method={"mode": "directional"}
         )
         assert r["x"].status is Status.PASS, r["x"].message
+
+
+def test_a_forward_that_fails_in_a_group_is_traced_to_its_element(tmp_path: Path) -> None:
+    source = (
+        "def forward(x):\n    if x[2, 5] > 2.0:\n        raise ValueError('x[2, 5] left the domain')\n"
+        "    return np.tanh(x)\n"
+        "def backward(g, x):\n    return g * (1 - np.tanh(x) ** 2)\n"
+    )
+    inputs = {"x": {"shape": [8, 16], "fill": {"kind": "constant", "value": 1.9999999}}}
+    r = run(tmp_path, source, inputs=inputs)
+    assert r["x"].status is Status.ERROR and "perturbing x[2, 5]: forward raised ValueError" in r["x"].message
+
+
+def test_strided_windows_over_lengths_that_do_not_divide_are_detected_wide_enough(tmp_path: Path) -> None:
+    """A stride-2 3x3 conv over 9 elements gives 5 outputs: the window drifts against the
+    mapped position along the axis, so the probes' offsets are widened by one."""
+    x = RNG.normal(size=(2, 3, 9, 9))
+    w, b = RNG.normal(size=(4, 3, 3, 3)), RNG.normal(size=4)
+    links = _detected(lambda x: conv.forward(x, w, b, 2, 1), x)
+    assert links is not None and Link(2, 2, -2, 1) in links and Link(3, 3, -2, 1) in links
+    source = (
+        "from specgrad.zoo import conv\n"
+        "def forward(x, w, b):\n    return conv.forward(x, w, b, 2, 1)\n"
+        "def backward(g, x, w, b):\n    return conv.backward(g, x, w, b, 2, 1)\n"
+    )
+    r = run(
+        tmp_path,
+        source,
+        inputs={"x": {"shape": [2, 3, 9, 9]}},
+        parameters={"w": {"shape": [4, 3, 3, 3]}, "b": {"shape": [4]}},
+    )
+    assert r["x"].status is Status.PASS and r["x"].method.startswith("colored: 147 groups"), r["x"].method
