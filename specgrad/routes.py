@@ -179,6 +179,12 @@ def _resolved(
     the wrong amount. An element only counts against a precision when the outputs should
     have shown its change: a saturated tanh is insensitive, not imprecise."""
     flat = run[name].reshape(-1)
+    # probes relative to |x_e| + the tensor's own size where that is under one: a tensor of
+    # values near 1e-3 (a layer norm's input, say) moved by 3e-3 leaves the linear regime,
+    # and the coarsest probe must stay in it for the finer ones to be judged against it
+    finite = xp.abs(flat[xp.isfinite(flat)].astype(xp.float64))
+    scale = min(1.0, float(xp.sqrt(xp.mean(finite * finite)))) if finite.size else 1.0
+    scale = scale if scale > 0 else 1.0
     picks = sorted({int(i) for i in xp.linspace(0, flat.size - 1, min(PRECISION_PICKS, flat.size)).tolist()})
     # outputs returned in float32 cannot show a float64 change, whatever the inputs' dtype
     finest = max([UNIT_ROUNDOFF[own], *units])
@@ -190,7 +196,7 @@ def _resolved(
 
     def change(e: int, size: float) -> list[Any] | None:
         if (e, size) not in changes:
-            changes[e, size] = _change(flat, e, size, base, forward, run, reference, xp)
+            changes[e, size] = _change(flat, e, size, base, forward, run, reference, xp, scale)
         return changes[e, size]
 
     moving = [
@@ -235,11 +241,12 @@ def _change(
     run: dict[str, Any],
     reference: Sequence[Any],
     xp: ModuleType,
+    scale: float = 1.0,
 ) -> list[Any] | None:
-    """How the outputs change when element `e` moves by `size` relative (in place, then
-    restored); None when forward raises there (the real run reports it)."""
+    """How the outputs change when element `e` moves by `size` relative to |x_e| + `scale`
+    (in place, then restored); None when forward raises there (the real run reports it)."""
     orig = flat[e].copy()
-    flat[e] = orig + size * (abs(float(orig)) + 1.0)
+    flat[e] = orig + size * (abs(float(orig)) + scale)
     try:
         moved = _float_outputs(forward(run), reference, xp)
     except (Exception, SystemExit):  # noqa: BLE001 - user code

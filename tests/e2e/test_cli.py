@@ -553,3 +553,22 @@ def test_modes_report_how_gradients_were_checked(tmp_path: Path, write, cli) -> 
     assert methods[""]["x"].startswith("colored: 40 groups, structure detected: axis 0->0")
     assert methods["--mode per-element"] == {"x": "elementwise", "w": "elementwise"}
     assert methods["--mode fast"] == methods["--fast"] == {"x": "directional", "w": "directional"}
+
+
+@pytest.mark.e2e
+def test_overflow_is_a_finding_not_a_warning_on_stderr(tmp_path: Path) -> None:
+    (tmp_path / "expl.py").write_text(
+        "import numpy as np\n"
+        "def forward(x, y):\n    return np.exp(x * y)\n"
+        "def backward(g, x, y):\n    e = np.exp(x * y)\n    return g * e * y, g * e * x\n"
+    )
+    (tmp_path / "s.yaml").write_text(
+        "specgrad: 1\nname: expl\ndescription: overflows in the wide case\n"
+        "forward: expl:forward\nbackward: expl:backward\n"
+        "inputs:\n  x: {shape: [40, 40], fill: {kind: normal, std: 4}}\n"
+        "  y: {shape: [40, 40], fill: {kind: normal, std: 4}}\n"
+        "dtypes: [float64]\n"
+    )
+    result = run_subprocess(["validate", ".", "-q", "-j", "1"], tmp_path)
+    assert result.code == 1 and "contract.finite" in result.out
+    assert "Warning" not in result.err and "Traceback" not in result.text, result.err

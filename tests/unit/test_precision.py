@@ -295,3 +295,27 @@ def test_a_layer_half_a_percent_different_in_float64_gets_no_oracle(tmp_path: Pa
     )
     r = run(tmp_path, src, dtypes=["float32"])
     assert r["x"].status is Status.PASS and "does the layer branch on the dtype?" in r["x"].note
+
+
+def test_tiny_inputs_are_probed_in_their_linear_regime(tmp_path: Path) -> None:
+    """A layer norm of values near 1e-3: probes relative to |x| + 1 moved them by 3e-3,
+    out of the linear regime, and the check fell to float16 steps (found in review)."""
+    from tests.unit.test_runner import run
+
+    source = (
+        "from specgrad.zoo import norm\n"
+        "def forward(x, g, b):\n    return norm.layernorm_forward(x, g, b, 1e-12)\n"
+        "def backward(go, x, g, b):\n    return norm.layernorm_backward(go, x, g, b, 1e-12)\n"
+    )
+    r = run(
+        tmp_path,
+        source,
+        inputs={"x": {"shape": [16, 64], "fill": {"kind": "normal", "std": 1e-3}}},
+        parameters={
+            "g": {"shape": [64], "fill": {"kind": "uniform", "low": 0.5, "high": 1.5}},
+            "b": {"shape": [64]},
+        },
+        dtypes=["float32", "float64"],
+    )
+    assert all(r[t].status is Status.PASS for t in ("x", "g", "b")), r["x"].message
+    assert r["x"].numerical_dtype == "float64"
