@@ -195,7 +195,7 @@ def across(
     coloring: Coloring,
 ) -> None:
     """The colored values against one difference along a seeded direction that moves every
-    element at once, by its own step h_j times a random size in +-[0.5, 1.5): L(x + t) -
+    element at once, by its own step h_j times a random size in +-[0.5, 1): L(x + t) -
     L(x - t) must equal sum_j t_j D_j (t the steps taken, float64 throughout). What is left
     under a right structure is truncation, O(h^2) (the cubic term is measured from the same
     difference at half the steps: d(1) - 2 d(1/2) = 3/4 of it), and rounding. An element
@@ -223,7 +223,8 @@ def across(
     # random signs and sizes: two elements whose contamination cancels under equal moves
     # (a pair credited each other's outputs) must not move alike
     rng = stream(plan.seed, "<across>", name)
-    sizes = (rng.integers(0, 2, flat.size) * 2.0 - 1.0) * (0.5 + rng.random(flat.size))
+    # sizes at most one step: an element never crosses a kink its own differences did not
+    sizes = (rng.integers(0, 2, flat.size) * 2.0 - 1.0) * (0.5 + 0.5 * rng.random(flat.size))
     v = xp.where(smooth, xp.asarray(sizes), 0.0)
     orig = flat.copy()
     h = epsilon * xp.maximum(xp.abs(orig.astype(xp.float64)), 1.0)
