@@ -1,4 +1,4 @@
-"""The three calling conventions behind one interface the runner drives.
+"""The calling conventions behind one interface the runner drives.
 
 functional  forward(*tensors, **attrs) -> out;          backward(g, *tensors, **attrs) -> grads
 cached      forward(*tensors, **attrs) -> (out, cache); backward(g, cache) -> grads
@@ -6,6 +6,8 @@ second      (a functional layer's NAME.second_order) forward = its backward on (
             grad_out) -> grads; backward = double_backward(v, grad_out, *tensors, **attrs)
 layer       obj = Class(**init); parameters set at their paths; obj.forward(*inputs, **attrs);
             obj.backward(g) -> input grads; parameter grads read from their paths
+autograd    forward(*tensors, **attrs) -> out in a framework with autodiff; backward is
+            the framework's VJP of it (specgrad.adapted)
 
 Every evaluation of a layer object starts from a fresh instance, so caches and gradients
 that real layers accumulate across calls never leak between evaluations.
@@ -16,12 +18,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Protocol
 
+import numpy as np
+
+from specgrad import frameworks
 from specgrad.access import AccessPath
 from specgrad.errors import SpecError, did_you_mean
 from specgrad.imports import resolve
-from specgrad.model import FunctionBinding, LayerBinding, SecondOrderBinding, Spec
+from specgrad.model import AutogradBinding, FunctionBinding, LayerBinding, SecondOrderBinding, Spec
 
 
 class ContractError(Exception):
@@ -260,10 +266,37 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def make_evaluator(spec: Spec) -> Evaluator:
-    """Import the spec's callables (located SpecError if that fails) and bind them."""
+def make_evaluator(spec: Spec, xp: ModuleType = np) -> Evaluator:
+    """Import the spec's callables (located SpecError if that fails) and bind them. An
+    implementation in another framework than the engine's (`xp`) gets its arrays through
+    the framework's adapter (frameworks.Unavailable if that framework cannot be loaded)."""
+    from specgrad.adapted import Autograd, Converted
+
+    adapter = frameworks.adapter(spec.framework)
+    native = spec.framework == "numpy" and xp is np
+    if not native:
+        adapter.load()
+    binding = spec.binding
+    if isinstance(binding, AutogradBinding):
+        inner: Evaluator = Autograd(
+            forward_fn=resolve(binding.forward, spec.path.parent),
+            adapter=adapter,
+            order=tuple(t.name for t in spec.tensors),
+            differentiable=tuple(t.name for t in spec.tensors if t.grad),
+            attrs=spec.attrs,
+        )
+    else:
+        inner = _bound(spec)
+    return inner if native else Converted(inner, adapter, xp)
+
+
+def _bound(spec: Spec) -> Evaluator:
     folder = spec.path.parent
     binding = spec.binding
+    if binding is None:
+        raise TypeError(f"{spec.name} states a contract with several implementations: bind each one")
+    if isinstance(binding, AutogradBinding):
+        raise TypeError("an autograd binding is bound by make_evaluator")
     if isinstance(binding, FunctionBinding):
         return FunctionEvaluator(
             forward_fn=resolve(binding.forward, folder),
@@ -300,6 +333,13 @@ def _check_signature(factory: Callable[..., Any], binding: LayerBinding) -> None
     except TypeError as exc:
         where = binding.locations.get("layer.init", binding.factory.location)
         raise SpecError.at(where, "layer.init", f"{binding.factory.target}{signature}: {exc}") from None
+
+
+def forward_only(evaluator: Evaluator, tensors: Mapping[str, Any]) -> Any:
+    """Forward's raw outputs alone, for the numerical differences' many calls: evaluators
+    that record state for backward (autodiff) skip the recording where they can."""
+    plain = getattr(evaluator, "evaluate", None)
+    return plain(tensors) if plain is not None else evaluator.forward(tensors)[0]
 
 
 def round_trip(

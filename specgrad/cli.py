@@ -66,7 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"specgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("paths", nargs="+", type=Path, help="spec files or folders (recursive)")
+    common.add_argument("paths", nargs="*", type=Path, help="spec files or folders (recursive)")
+    common.add_argument(
+        "--from-package",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also the specs an installed package ships (entry point group specgrad.specs)",
+    )
     select = argparse.ArgumentParser(add_help=False)
     select.add_argument(
         "-k",
@@ -146,6 +153,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def spec_paths(args: argparse.Namespace) -> list[tuple[Path, bool]]:
+    """The spec files the command line names: its paths and the --from-package folders."""
+    from specgrad.packages import spec_folder
+
+    paths = [*args.paths, *(spec_folder(name) for name in args.from_package)]
+    if not paths:
+        raise UsageError("give spec files or folders, or --from-package NAME")
+    return discover(paths)
+
+
 def discover(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
     """(file, named explicitly) for the spec files under `paths`: *.yaml / *.yml,
     recursively, skipping hidden folders."""
@@ -189,12 +206,16 @@ def _load(
     from specgrad.validate import parse_spec
 
     specs: dict[str, Spec] = {}
+    bases: list[Spec] = []
     for file, named in files:
         try:
             if not named and not _looks_like_spec(file):
                 summary.notes.append(f"skipped {file}: no top-level 'specgrad:' key, not a spec")
                 continue
             spec = parse_spec(file)
+            if spec.abstract:  # a base: valid, checked only as part of the specs extending it
+                bases.append(spec)
+                continue
             if spec.name in specs:  # check ids would collide
                 first = specs[spec.name].name_location
                 raise SpecError.at(
@@ -209,7 +230,7 @@ def _load(
                 reporter.spec_errors(exc.issues)
         except Exception as exc:  # noqa: BLE001 - a bug must not stop the other specs
             _internal(summary, reporter, file, "reading", exc)
-    return list(specs.values())
+    return [*specs.values(), *bases]
 
 
 _SPEC_KEY = re.compile(r"^specgrad[ \t]*:", re.MULTILINE)
@@ -274,7 +295,7 @@ def _mode(args: argparse.Namespace) -> str | None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     tune_allocator()
-    files = discover(args.paths)
+    files = spec_paths(args)
     matcher = compile_expression(args.keyword) if args.keyword else None
     _dtypes(args.dtype)
     _check_report_path(args.json, [f for f, _ in files])
@@ -284,6 +305,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         planned = [(spec, _plans(spec, args, matcher)) for spec in _load(files, summary, reporter)]
         planned = [(spec, plans) for spec, plans in planned if plans]
+        _frameworks(planned, summary)
         workers = min(args.jobs or cores(), sum(len(plans) for _, plans in planned))
         if workers > 1:
             _run_parallel(planned, args, workers, summary, reporter)
@@ -315,6 +337,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"--json {args.json}: cannot write the report: {exc}") from None
     return summary.exit_code
+
+
+def _frameworks(planned: list[tuple[Spec, tuple[CasePlan, ...]]], summary: RunSummary) -> None:
+    """Which framework versions each spec runs with (and was verified with, where it says)."""
+    from specgrad.frameworks import versions
+
+    for spec, _ in planned:
+        used = [s.framework for s in spec.implementations or (spec,)]
+        found = versions(used, spec.verified_with)
+        summary.frameworks[spec.name] = found
+        for name, v in found.items():
+            if v["verified_with"] is not None and v["installed"] != v["verified_with"]:
+                summary.notes.append(
+                    f"{spec.name} was verified with {name} {v['verified_with']}; "
+                    f"{name} {v['installed'] or '(not installed)'} is installed here"
+                )
 
 
 def _check_report_path(path: Path | None, specs: list[Path]) -> None:
@@ -403,15 +441,19 @@ def _run_parallel(
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    files = discover(args.paths)
+    files = spec_paths(args)
     summary = RunSummary()
     reporter = ConsoleReporter()
     specs = _load(files, summary, reporter)
     for spec in specs:
+        if spec.abstract:
+            print(f"ok {spec.path} ({spec.name}: abstract, a base for specs that extend it)")
+            continue
         n = sum(len(p.targets) for p in compile_spec(spec))
+        impls = f", {len(spec.implementations)} implementations" if spec.implementations else ""
         print(
             f"ok {spec.path} ({spec.name}: {len(spec.dtypes)} dtype(s) x {len(spec.cases)} "
-            f"case(s), {n} checks)"
+            f"case(s){impls}, {n} checks)"
         )
     for note in summary.notes:
         print(f"note: {note}")
@@ -421,7 +463,7 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    files = discover(args.paths)
+    files = spec_paths(args)
     matcher = compile_expression(args.keyword) if args.keyword else None
     summary = RunSummary()
     specs = _load(files, summary, ConsoleReporter(stream=sys.stderr))  # stdout: ids only

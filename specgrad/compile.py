@@ -1,13 +1,16 @@
 """Stage 3: a Spec becomes CasePlans, one per dtype x input case, each naming its checks.
 
 Check id grammar:  NAME[DTYPE,CASE]::TARGET  where TARGET is a tensor name (its gradient
-check) or `contract.KIND` (a contract check). Ids are stable: they depend only on the spec.
+check) or `contract.KIND` (a contract check). With several implementations, each one's
+checks are NAME@IMPL[DTYPE,CASE]::TARGET and their agreement with the reference is
+NAME[DTYPE,CASE]::agree.IMPL. Ids are stable: they depend only on the spec.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from specgrad.model import Case, Method, Spec
 from specgrad.numerics.tolerance import UNIT_ROUNDOFF, Tolerance
@@ -24,6 +27,7 @@ CONTRACTS = (
     "finite",
     "no_mutation",
     "taylor",
+    "jvp",  # only where the binding asks for it (jvp: autograd)
 )
 
 
@@ -38,6 +42,9 @@ class CasePlan:
     tolerance: Tolerance
     targets: tuple[str, ...]  # selected: differentiable tensor names and contract.KIND
     method: Method = field(default_factory=Method)
+    #: checks: the spec's own checks; agreement: the implementations of `spec` compared
+    #: with its reference (targets agree.IMPL)
+    kind: Literal["checks", "agreement"] = "checks"
 
     def check_id(self, target: str) -> str:
         return check_id(self.spec.name, self.dtype, self.case.name, target)
@@ -52,6 +59,8 @@ class CasePlan:
 
     @property
     def gradient_targets(self) -> tuple[str, ...]:
+        if self.kind == "agreement":
+            return ()
         return tuple(t for t in self.targets if not t.startswith("contract."))
 
 
@@ -66,7 +75,7 @@ FAST_OMITTED = ("backward_deterministic", "zero_upstream", "layout", "taylor")
 
 
 def all_targets(spec: Spec) -> tuple[str, ...]:
-    contracts = (c for c in CONTRACTS if c not in spec.contracts_off)
+    contracts = (c for c in CONTRACTS if c not in spec.contracts_off and (c != "jvp" or spec.jvp))
     return (*(t.name for t in spec.tensors if t.grad), *(f"contract.{c}" for c in contracts))
 
 
@@ -85,6 +94,23 @@ def compile_spec(
     one element at a time (no structure), "default" keeps the spec's method; `max_elements`
     caps the elements checked per tensor, `max_memory` the bytes a check's batched
     evaluations may hold (all override the spec's method)."""
+    if spec.abstract:
+        return ()
+    if spec.implementations:
+        own = [
+            plan
+            for impl in spec.implementations
+            for plan in compile_spec(
+                impl,
+                dtypes=dtypes,
+                seed=seed,
+                select=select,
+                mode=mode,
+                max_elements=max_elements,
+                max_memory=max_memory,
+            )
+        ]
+        return (*own, *_agreement_plans(spec, dtypes, seed, select))
     method = spec.method
     omitted: tuple[str, ...] = ()
     if mode == "fast":
@@ -130,3 +156,32 @@ def compile_spec(
             max_memory=max_memory,
         )
     return tuple(plans)
+
+
+def _agreement_plans(
+    spec: Spec, dtypes: Sequence[str] | None, seed: int | None, select: Matcher | None
+) -> list[CasePlan]:
+    """Per dtype and case, each non-reference implementation against the reference."""
+    others = [f"agree.{s.implementation}" for s in spec.implementations if s.implementation != spec.reference]
+    plans = []
+    for dtype in spec.dtypes:
+        if dtypes is not None and dtype not in dtypes:
+            continue
+        for case in spec.cases:
+            targets = tuple(
+                t for t in others if select is None or select(check_id(spec.name, dtype, case.name, t))
+            )
+            if targets:
+                plans.append(
+                    CasePlan(
+                        spec,
+                        dtype,
+                        case,
+                        spec.seed if seed is None else seed,
+                        spec.tolerances[dtype],
+                        targets,
+                        spec.method,
+                        kind="agreement",
+                    )
+                )
+    return plans

@@ -207,3 +207,61 @@ class _Builder:
             return float(low.replace(".", "")) if low.endswith((".inf", ".nan")) else float(value)
         self._fail(node, path, f"unsupported YAML tag {tag!r} for value {value!r}")
         return None
+
+
+def load_extended(path: Path | str) -> RawSpec:
+    """`load_spec`, with the chain of `extends:` bases merged in (base first). Mappings
+    merge key by key, anything else the spec gives replaces the base's, and null removes
+    a key; every value keeps the location it was written at, in whichever file. The
+    base's `abstract: true` is not inherited."""
+    return _extended(load_spec(path), ())
+
+
+def _extended(raw: RawSpec, chain: tuple[Path, ...]) -> RawSpec:
+    data = raw.data
+    if not isinstance(data, dict) or not isinstance(data.get("extends"), str):
+        return raw  # no base (a malformed `extends` is the schema's to report)
+    here = raw.path.resolve()
+    base_path = (raw.path.parent / data["extends"]).resolve()
+    where = raw.locate(("extends",))
+    if base_path in (*chain, here):
+        cycle = " -> ".join(str(p) for p in (*chain, here, base_path))
+        raise SpecError.at(where, "extends", f"spec bases extend each other in a cycle: {cycle}")
+    if not base_path.is_file():
+        raise SpecError.at(
+            where, "extends", f"no base spec file {base_path} (paths are relative to this file)"
+        )
+    base = _extended(load_spec(base_path), (*chain, here))
+    own = {k: v for k, v in data.items() if k != "extends"}
+    inherited = {k: v for k, v in base.data.items() if k != "abstract"} if isinstance(base.data, dict) else {}
+    merged = _merge(inherited, own)
+    locations = {p: loc for p, loc in base.locations.items() if not _overridden(p, own)}
+    keys = {p: loc for p, loc in base.key_locations.items() if not _overridden(p, own)}
+    locations.update(raw.locations)
+    keys.update(raw.key_locations)
+    return RawSpec(raw.path, merged, locations, keys)
+
+
+def _merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in own.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _overridden(path: JsonPath, own: Any) -> bool:
+    """Whether the spec itself replaces the value at `path` (or a value above it), so the
+    base's location there no longer applies."""
+    node = own
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, dict):
+            return True
+    return False

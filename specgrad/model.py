@@ -116,7 +116,30 @@ class SecondOrderBinding:
     convention: Literal["second_order"] = "second_order"
 
 
-Binding = FunctionBinding | LayerBinding | SecondOrderBinding
+@dataclass(frozen=True, slots=True)
+class AutogradBinding:
+    """`backward: autograd`: the framework's automatic differentiation derives the VJP of
+    forward (and the JVP, with `jvp: autograd`), so its rules are what gets checked."""
+
+    forward: ImportRef
+    convention: Literal["autograd"] = "autograd"
+
+
+Binding = FunctionBinding | LayerBinding | SecondOrderBinding | AutogradBinding
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementTolerance:
+    """The differential check's bound for one dtype: None fields keep the measured budget
+    (see `agreement`); a spec's rtol/atol replace it."""
+
+    rtol: float | None = None
+    atol: float | None = None
+    reason: str | None = None
+
+    @property
+    def hand_set(self) -> bool:
+        return self.rtol is not None or self.atol is not None
 
 
 #: --max-memory's default: the memory stacked evaluations of one check may hold at once
@@ -154,10 +177,13 @@ Structure = Literal["auto", "dense", "elementwise"] | tuple[Link, ...]
 
 @dataclass(frozen=True, slots=True)
 class Spec:
+    """A layer's contract. With several implementations, `binding` is None and each one
+    is a Spec of its own in `implementations` (name NAME@IMPL), sharing everything else."""
+
     name: str
     description: str
     path: Path
-    binding: Binding
+    binding: Binding | None
     tensors: tuple[TensorSpec, ...]
     attrs: Mapping[str, Any]
     dtypes: tuple[str, ...]
@@ -171,6 +197,19 @@ class Spec:
     nondet_tol: float = 0.0  # backward twice may differ by this much, relative
     second_order: Spec | None = None  # NAME.second_order: backward checked as a layer
     structure: Mapping[str, Structure] = field(default_factory=lambda: MappingProxyType({}))
+    framework: str = "numpy"  # what the binding's callables take and return
+    jvp: bool = False  # check the framework's forward mode too (contract.jvp)
+    implementation: str = ""  # this implementation's name (NAME@IMPL); "" in the short form
+    implementations: tuple[Spec, ...] = ()
+    reference: str = ""  # the implementation the others are compared with
+    agreement: Mapping[str, AgreementTolerance] = field(default_factory=lambda: MappingProxyType({}))
+    verified_with: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    abstract: bool = False  # a base for other specs (extends:), not checked itself
+
+    @property
+    def contract(self) -> str:
+        """The name of the spec the contract is stated in (NAME of NAME@IMPL)."""
+        return self.name.partition("@")[0]
 
     def structure_of(self, name: str) -> Structure:
         return self.structure.get(name, "auto")
@@ -284,22 +323,26 @@ def _wide_fills(tensors: tuple[TensorSpec, ...]) -> dict[str, Fill]:
     return out
 
 
-def _binding(raw: RawSpec) -> Binding:
-    data = raw.data
+def _binding(raw: RawSpec, prefix: tuple[str, ...] = ()) -> Binding:
+    """The binding written at `prefix` (the top level, or implementations.NAME)."""
+    data = _at(raw.data, prefix)
+
+    def ref(*field: str) -> ImportRef:
+        path = (*prefix, *field)
+        return ImportRef(_at(raw.data, path), raw.locate(path), ".".join(path))
+
     convention = data.get("convention", "functional")
     if convention != "layer":
-        return FunctionBinding(
-            convention=convention,
-            forward=ImportRef(data["forward"], raw.locate(("forward",)), "forward"),
-            backward=ImportRef(data["backward"], raw.locate(("backward",)), "backward"),
-        )
+        if data["backward"] == AUTOGRAD:
+            return AutogradBinding(ref("forward"))
+        return FunctionBinding(convention=convention, forward=ref("forward"), backward=ref("backward"))
     layer = data["layer"]
     params = {
         name: ParamLocation(parse_path(p["value"]), parse_path(p["grad"]) if "grad" in p else None)
         for name, p in (layer.get("params") or {}).items()
     }
     return LayerBinding(
-        factory=ImportRef(layer["class"], raw.locate(("layer", "class")), "layer.class"),
+        factory=ref("layer", "class"),
         init=_frozen(layer.get("init") or {}),
         forward=layer.get("forward", "forward"),
         backward=layer.get("backward", "backward"),
@@ -308,16 +351,30 @@ def _binding(raw: RawSpec) -> Binding:
         input_grads=_frozen({k: parse_path(v) for k, v in layer["input_grads"].items()})
         if "input_grads" in layer
         else None,
-        locations=_frozen(_layer_locations(raw)),
+        locations=_frozen(_layer_locations(raw, prefix)),
     )
 
 
-def _layer_locations(raw: RawSpec) -> dict[str, Location]:
-    layer = raw.data["layer"]
+#: `backward: autograd`
+AUTOGRAD = "autograd"
+
+
+def _at(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _layer_locations(raw: RawSpec, prefix: tuple[str, ...]) -> dict[str, Location]:
+    """Where each layer field was written, keyed by its field name relative to the binding
+    ('layer.init'), for errors; located in the file at prefix + field."""
+    layer = _at(raw.data, prefix)["layer"]
     fields: list[tuple[str | int, ...]] = [("layer", f) for f in ("init", "forward", "backward", "output")]
     fields += [("layer", "params", n, part) for n, p in (layer.get("params") or {}).items() for part in p]
     fields += [("layer", "input_grads", n) for n in layer.get("input_grads") or {}]
-    return {".".join(map(str, f)): raw.locate(f, key=f[-1] in ("forward", "backward")) for f in fields}
+    return {
+        ".".join(map(str, f)): raw.locate((*prefix, *f), key=f[-1] in ("forward", "backward")) for f in fields
+    }
 
 
 def _tolerances(raw: RawSpec) -> Mapping[str, Tolerance]:
@@ -363,16 +420,54 @@ def _second_order(raw: RawSpec, first: Spec) -> Spec | None:
 def spec_from_validated(raw: RawSpec) -> Spec:
     """Build the model from data that passed schema and semantic validation."""
     first = _first_order(raw)
+    if "implementations" in raw.data:
+        return replace(first, implementations=_implementations(raw, first))
     return replace(first, second_order=_second_order(raw, first))
+
+
+def _implementations(raw: RawSpec, contract: Spec) -> tuple[Spec, ...]:
+    """Each implementation as a spec of its own: the contract's tensors, cases and
+    tolerances with its binding, framework and attrs."""
+    out = []
+    for name, data in raw.data["implementations"].items():
+        out.append(
+            replace(
+                contract,
+                name=f"{contract.name}@{name}",
+                binding=_binding(raw, ("implementations", name)),
+                attrs=_frozen({**contract.attrs, **(data.get("attrs") or {})}),
+                framework=data.get("framework", "numpy"),
+                jvp=data.get("jvp") == AUTOGRAD,
+                implementation=name,
+                name_location=raw.locate(("implementations", name), key=True),
+            )
+        )
+    return tuple(out)
+
+
+def _agreement(raw: RawSpec) -> Mapping[str, AgreementTolerance]:
+    given = raw.data.get("agreement") or {}
+    return _frozen(
+        {d: AgreementTolerance(t.get("rtol"), t.get("atol"), t.get("reason")) for d, t in given.items()}
+    )
 
 
 def _first_order(raw: RawSpec) -> Spec:
     tensors = _tensors(raw)
+    data = raw.data
+    several = "implementations" in data
+    bound = not several and ("forward" in data or "layer" in data)
     return Spec(
         name=raw.data["name"],
         description=raw.data["description"],
         path=raw.path,
-        binding=_binding(raw),
+        binding=_binding(raw) if bound else None,
+        abstract=bool(data.get("abstract", False)),
+        framework=data.get("framework", "numpy"),
+        jvp=data.get("jvp") == AUTOGRAD,
+        reference=data.get("reference", next(iter(data["implementations"]))) if several else "",
+        agreement=_agreement(raw),
+        verified_with=_frozen(data.get("verified_with") or {}),
         tensors=tensors,
         attrs=_frozen(raw.data.get("attrs") or {}),
         dtypes=tuple(raw.data.get("dtypes", ["float32", "float64"])),

@@ -25,14 +25,16 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-from threadpoolctl import threadpool_limits
+from typing import TYPE_CHECKING
 
 from specgrad.compile import CasePlan
 from specgrad.errors import SpecError, SpecIssue
 from specgrad.model import Spec
-from specgrad.process import tune_allocator
+from specgrad.process import one_blas_thread, tune_allocator
 from specgrad.results import CheckResult, Status
+
+if TYPE_CHECKING:
+    from specgrad.runner import Bindings
 
 #: the thread-count variables of the BLAS and OpenMP runtimes numpy and cupy link against
 THREAD_VARIABLES = (
@@ -89,10 +91,11 @@ class Outcome:
     error: tuple[SpecIssue, ...] | None = None
     internal: str | None = None
     interrupted: bool = False
+    contained: bool = False  # the error stops one implementation of several, not the spec
 
     @property
     def stopped(self) -> bool:
-        return bool(self.error or self.internal or self.interrupted)
+        return bool((self.error and not self.contained) or self.internal or self.interrupted)
 
 
 def cores() -> int:
@@ -186,16 +189,18 @@ def _assemble(
     while cursor < len(specs) and (stop is None or cursor <= stop[0]):
         spec, plans = specs[cursor]
         results: list[CheckResult] = []
+        errors: list[SpecIssue] = []
         last: Outcome | None = None
         for i in range(len(plans)):
             last = done.get((cursor, i))
             if last is None:
                 return ready, cursor
             results += last.results
+            errors += [e for e in last.error or () if e not in errors]
             if last.stopped:
                 break
         assert last is not None
-        ready.append((spec, replace(last, results=results)))
+        ready.append((spec, replace(last, results=results, error=tuple(errors) or None)))
         cursor += 1
     return ready, cursor
 
@@ -242,25 +247,34 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 # -- in the worker --------------------------------------------------------------------------
 
 _COMPILED: dict[tuple[str, CompileOptions], tuple[CasePlan, ...]] = {}
+_BOUND: dict[tuple[str, CompileOptions], Bindings] = {}
 _ONE_THREAD: list[object] = []
 
 
 def _work(job: Job) -> Outcome:
     from specgrad.backends import get_backend
-    from specgrad.bindings import make_evaluator
-    from specgrad.runner import CaseRun
+    from specgrad.runner import Bindings, run_plan
     from specgrad.validate import parse_spec
 
     tune_allocator()
-    _ONE_THREAD.append(threadpool_limits(limits=1))  # for the worker's life (its env says so too)
+    if not _ONE_THREAD:  # for the worker's life (its environment says so too)
+        limits = one_blas_thread()
+        limits.__enter__()
+        _ONE_THREAD.append(limits)
+    plan: CasePlan | None = None
     try:
         key = (job.path, job.options)
         if key not in _COMPILED:
             _COMPILED[key] = job.options.plans(parse_spec(Path(job.path)))
         plan = _COMPILED[key][job.index]
-        return Outcome(CaseRun(plan, make_evaluator(plan.spec), get_backend("numpy")).run())
+        backend = get_backend("numpy")
+        if key not in _BOUND:
+            _BOUND[key] = Bindings(backend)
+        return Outcome(run_plan(plan, _BOUND[key], backend))
     except SpecError as exc:
-        return Outcome([], error=tuple(exc.issues))
+        return Outcome(
+            [], error=tuple(exc.issues), contained=plan is not None and bool(plan.spec.implementation)
+        )
     except KeyboardInterrupt:
         return Outcome([], interrupted=True)
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other checks

@@ -52,8 +52,21 @@ def tune_allocator() -> bool:
     return _tuned
 
 
+_single: list[bool] = []
+
+
+def single_threaded() -> bool:
+    """Whether this process checks on one thread (frameworks loaded later follow it:
+    torch's and XLA's own thread pools are not BLAS libraries threadpoolctl sees)."""
+    return bool(_single)
+
+
 @contextmanager
 def one_blas_thread() -> Iterator[None]:
     """BLAS and OpenMP limited to one thread in this process while the block runs."""
-    with threadpool_limits(limits=1):
-        yield
+    _single.append(True)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        _single.pop()

@@ -45,10 +45,10 @@ def taylor(
         d = xp.abs(moves[n])
         error += ANALYTICAL_SIGMAS * UNIT_ROUNDOFF[dtype] * float(xp.sum(d * (a + case_scale)))
 
-    def loss(point: Mapping[str, Any]) -> tuple[float, float]:
-        return _loss(forward, point, upstream64, u, xp)
+    def at(point: Mapping[str, Any]) -> tuple[float, float]:
+        return loss(forward, point, upstream64, u, xp)
 
-    return taylor_test(loss, tensors, moves, grads, precision, error, xp)
+    return taylor_test(at, tensors, moves, grads, precision, error, xp)
 
 
 def directional(
@@ -104,7 +104,7 @@ def directional(
     c = compare(a_vec, n_vec, noise_vec, limit, xp)
     if c.passed:
         return Verdict(True, c, used, atol, "", method="directional")
-    base, base_noise = _loss(forward, tensors, upstream64, u_route, xp)
+    base, base_noise = loss(forward, tensors, upstream64, u_route, xp)
     for i in c.violating:
         d = units[i] * xp.maximum(xp.abs(x64), 1.0)
         second = []
@@ -140,10 +140,10 @@ def _loss_at(
     point = dict(tensors)
     point[name] = moved64.astype(x.dtype)
     step = point[name].astype(xp.float64) - x.astype(xp.float64)
-    return _loss(forward, point, upstream64, u, xp), step
+    return loss(forward, point, upstream64, u, xp), step
 
 
-def _loss(
+def loss(
     forward: Forward, point: Mapping[str, Any], upstream64: Sequence[Any | None], u: float, xp: ModuleType
 ) -> tuple[float, float]:
     """L = sum_k <f_k, g_k> at `point` in float64, and its rounding noise (outputs rounded

@@ -47,6 +47,8 @@ class CheckResult:
 
     @property
     def kind(self) -> str:
+        if self.target.startswith("agree."):
+            return "agreement"
         return "contract" if self.target.startswith("contract.") else "gradient"
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +91,8 @@ class RunSummary:
     spec_errors: list[SpecIssue] = field(default_factory=list)
     internal_errors: list[SpecIssue] = field(default_factory=list)  # bugs in specgrad itself
     notes: list[str] = field(default_factory=list)
+    #: per spec: {framework: {"installed": version, "verified_with": version}}
+    frameworks: dict[str, dict[str, dict[str, str | None]]] = field(default_factory=dict)
     specs_checked: int = 0
     interrupted: bool = False
 

@@ -23,6 +23,7 @@ from specgrad.backends import Backend
 from specgrad.bindings import (
     ContractError,
     Evaluator,
+    forward_only,
     grads_by_name,
     make_evaluator,
     raw_outputs_of,
@@ -30,7 +31,10 @@ from specgrad.bindings import (
 )
 from specgrad.compile import CasePlan
 from specgrad.contracts import PROBED, Probe, same
-from specgrad.errors import SpecError
+from specgrad.errors import SpecError, SpecIssue
+from specgrad.forward_mode import check_jvp
+from specgrad.forward_mode import describe as describe_jvp
+from specgrad.frameworks import Unavailable
 from specgrad.gradient_check import (
     NOTHING_TO_VERIFY,
     Verdict,
@@ -60,13 +64,68 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 def run_spec(spec: Spec, plans: Sequence[CasePlan], backend: Backend) -> Iterator[CheckResult]:
-    """Bind the spec's callables (SpecError if they cannot be imported), then run its plans
-    (those of NAME.second_order with the evaluator of that derived spec)."""
-    evaluators: dict[str, Evaluator] = {spec.name: make_evaluator(spec)}
+    """Run the spec's plans, binding each (derived) spec's callables on first use. Callables
+    that cannot be imported are a SpecError: it ends a spec with one binding there; with
+    several implementations, the others go on and the errors are raised at the end."""
+    bind = Bindings(backend)
+    issues: list[SpecIssue] = []
     for plan in plans:
-        if plan.spec.name not in evaluators:
-            evaluators[plan.spec.name] = make_evaluator(plan.spec)
-        yield from CaseRun(plan, evaluators[plan.spec.name], backend).run()
+        try:
+            yield from run_plan(plan, bind, backend)
+        except SpecError as exc:
+            if not spec.implementations:
+                raise
+            issues += [i for i in exc.issues if i not in issues]
+    if issues:
+        raise SpecError(issues)
+
+
+class Bindings:
+    """Evaluators by spec name, each bound once; what stopped a binding (a framework that
+    cannot be loaded, callables that cannot be imported) is raised again on every use."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._made: dict[str, Evaluator | Unavailable | SpecError] = {}
+
+    def __call__(self, spec: Spec) -> Evaluator:
+        if spec.name not in self._made:
+            try:
+                self._made[spec.name] = make_evaluator(spec, self.backend.xp)
+            except (Unavailable, SpecError) as exc:
+                self._made[spec.name] = exc
+        made = self._made[spec.name]
+        if isinstance(made, (Unavailable, SpecError)):
+            raise made
+        return made
+
+
+def run_plan(plan: CasePlan, bind: Bindings, backend: Backend) -> list[CheckResult]:
+    """One plan's results: its checks, or the agreement of implementations. An
+    implementation whose framework is unavailable has its checks skipped with the reason."""
+    if plan.kind == "agreement":
+        from specgrad.agreement import AgreementRun
+
+        return AgreementRun(plan, bind, backend).run()
+    try:
+        evaluator = bind(plan.spec)
+    except Unavailable as exc:
+        return [
+            CheckResult(
+                check_id=plan.check_id(t),
+                spec=plan.spec.name,
+                file=str(plan.spec.path),
+                dtype=plan.dtype,
+                case=plan.case.name,
+                target=t,
+                status=Status.SKIP,
+                message=f"not run: {exc}",
+                note=f"implementation {plan.spec.implementation or plan.spec.name} not run: {exc}",
+                seed=plan.seed,
+            )
+            for t in plan.targets
+        ]
+    return CaseRun(plan, evaluator, backend).run()
 
 
 def describe_exception(what: str, exc: BaseException, frames: int = 3) -> str:
@@ -134,6 +193,8 @@ class CaseRun:
         for target in self.plan.targets:
             if target == "contract.taylor" and target not in self.verdicts:
                 out.append(self._taylor())
+            elif target == "contract.jvp" and target not in self.verdicts:
+                out.append(self._jvp())
             elif target.startswith("contract."):
                 status, message = self.verdicts.get(target, (Status.ERROR, "not evaluated"))
                 out.append(self._result(target, status, message, duration=base))
@@ -688,6 +749,39 @@ class CaseRun:
             )
         return self._result("contract.taylor", status, text, duration=time.perf_counter() - start)
 
+    def _jvp(self) -> CheckResult:
+        """contract.jvp: the framework's forward mode against differences (forward_mode)."""
+        jvp = getattr(self.evaluator, "jvp", None)
+        if self.blocked or self.grad_problems or jvp is None:
+            why = self.blocked or "not run: backward's gradients are unusable (see contract.backward_grads)"
+            return self._result(
+                "contract.jvp", Status.ERROR, why if jvp else "the binding has no forward mode"
+            )
+        start = time.perf_counter()
+        if self.routes is None:
+            self.routes = routes(
+                self.plan, self._evaluate, self.tensors, self.outputs, self.xp, probe=self.probed
+            )
+        try:
+            findings = check_jvp(self.plan, jvp, self._evaluate, self.tensors, self.routes, self.xp)
+        except ContractError as exc:
+            return self._result("contract.jvp", Status.ERROR, f"forward mode (jvp): {exc}")
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
+            return self._result("contract.jvp", Status.ERROR, describe_exception("forward mode (jvp)", exc))
+        passed, message, comparison, kinks = describe_jvp(
+            findings, self.spec.implementation or self.spec.name
+        )
+        status = Status.PASS if passed else Status.FAIL
+        return self._result(
+            "contract.jvp",
+            status,
+            message,
+            comparison=comparison,
+            kinks=kinks,
+            method="forward mode vs differences",
+            duration=time.perf_counter() - start,
+        )
+
     def _taylor_of(self, names: list[str]) -> TaylorResult | str:
         if self.routes is None:
             self.routes = routes(
@@ -721,8 +815,7 @@ class CaseRun:
         return where + describe_exception("forward", cause)
 
     def _evaluate(self, tensors: Mapping[str, Any]) -> tuple[Any, ...]:
-        raw, _ = self.evaluator.forward(tensors)
-        return raw_outputs_of(raw)[0]
+        return raw_outputs_of(forward_only(self.evaluator, tensors))[0]
 
 
 class _Abort(Exception):

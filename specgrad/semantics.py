@@ -44,12 +44,21 @@ def semantic_issues(raw: RawSpec) -> Iterator[SpecIssue]:
         )
     yield from _case_issues(raw, names, dtypes)
     yield from _structure_issues(raw, {n: t for s in sections.values() for n, t in s.items()})
-    yield from _binding_issues(raw, list(sections["parameters"]))
+    for prefix in _binding_prefixes(data):
+        yield from _binding_issues(raw, list(sections["parameters"]), prefix)
+    yield from _implementation_issues(raw)
     if "second_order" in data:
         if data.get("convention", "functional") != "functional":
             yield raw.issue(
                 ("second_order",),
                 "second_order needs the functional convention (backward(grad_out, *tensors) is its forward)",
+                key=True,
+            )
+        elif data.get("backward") == "autograd":
+            yield raw.issue(
+                ("second_order",),
+                "second_order checks a hand-written backward as a layer of its own; with backward: autograd "
+                "there is none (the framework's double backward is its own business)",
                 key=True,
             )
         fixed = [
@@ -262,31 +271,37 @@ def _structure_issues(raw: RawSpec, tensors: dict[str, Any]) -> Iterator[SpecIss
             outs.add(out)
 
 
-def _layer_io_issues(raw: RawSpec, layer: dict[str, Any]) -> Iterator[SpecIssue]:
+def _layer_io_issues(raw: RawSpec, layer: dict[str, Any], at: JsonPath) -> Iterator[SpecIssue]:
     """`output` and `input_grads` paths parse, and input_grads covers every differentiable input."""
     if "output" in layer:
-        yield from _path_issue(raw, ("layer", "output"), layer["output"])
+        yield from _path_issue(raw, (*at, "output"), layer["output"])
     if "input_grads" not in layer:
         return
     inputs = raw.data.get("inputs") or {}
     for name, path in layer["input_grads"].items():
         if name not in inputs:
             yield raw.issue(
-                ("layer", "input_grads", name),
+                (*at, "input_grads", name),
                 f"no input named '{name}'{did_you_mean(name, list(inputs))}",
                 key=True,
             )
-        yield from _path_issue(raw, ("layer", "input_grads", name), path)
+        yield from _path_issue(raw, (*at, "input_grads", name), path)
     for name, tensor in inputs.items():
         if (
             tensor.get("grad", tensor.get("dtype") in (None, *FLOAT_DTYPES))
             and name not in layer["input_grads"]
         ):
             yield raw.issue(
-                ("layer", "input_grads"),
+                (*at, "input_grads"),
                 f"missing layer.input_grads.{name}: where the "
                 f"gradient of differentiable input '{name}' is read after backward",
             )
+
+
+def _node(data: Any, path: JsonPath) -> Any:
+    for part in path:
+        data = data[part]
+    return data
 
 
 def _path_issue(raw: RawSpec, where: JsonPath, text: str) -> Iterator[SpecIssue]:
@@ -296,16 +311,93 @@ def _path_issue(raw: RawSpec, where: JsonPath, text: str) -> Iterator[SpecIssue]
         yield raw.issue(where, str(exc))
 
 
-def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
+def _binding_prefixes(data: dict[str, Any]) -> list[JsonPath]:
+    """Where bindings are written: each implementation, else the top level."""
+    if "implementations" in data:
+        return [("implementations", name) for name in data["implementations"]]
+    return [()]
+
+
+#: the fields a binding is made of; with `implementations:` they go inside each one
+BINDING_FIELDS = ("framework", "convention", "forward", "backward", "layer", "jvp")
+
+
+def _implementation_issues(raw: RawSpec) -> Iterator[SpecIssue]:
     data = raw.data
+    impls = data.get("implementations")
+    if impls is None:
+        if "reference" in data:
+            yield raw.issue(
+                ("reference",), "reference names one of implementations:, which this spec has not", key=True
+            )
+        return
+    for key in BINDING_FIELDS:
+        if key in data:
+            yield raw.issue(
+                (key,),
+                f"with implementations:, '{key}' goes inside each implementation (the top level states the "
+                "contract: tensors, dtypes, cases, tolerances)",
+                key=True,
+            )
+    if "second_order" in data:
+        yield raw.issue(
+            ("second_order",),
+            "second_order is checked in the short form only (one forward/backward)",
+            key=True,
+        )
+    reference = data.get("reference")
+    if reference is not None and reference not in impls:
+        yield raw.issue(
+            ("reference",),
+            f"no implementation named '{reference}'{did_you_mean(reference, list(impls))} "
+            f"(implementations: {', '.join(impls)})",
+        )
+
+
+def _framework_issues(raw: RawSpec, block: dict[str, Any], at: JsonPath) -> Iterator[SpecIssue]:
+    """The framework is known, and has the autodiff `backward: autograd` / `jvp` ask of it
+    (built-in adapters only: a registered one is not imported to find out)."""
+    from specgrad import frameworks
+
+    name = block.get("framework", "numpy")
+    if not frameworks.known(name):
+        yield raw.issue((*at, "framework"), frameworks.unknown_message(name))
+        return
+    adapter = frameworks.BUILTIN.get(name)
+    autograd = block.get("backward") == "autograd"
+    if autograd and block.get("convention", "functional") != "functional":
+        yield raw.issue(
+            (*at, "backward"),
+            f"backward: autograd derives the VJP of a forward that returns its outputs: it needs the "
+            f"functional convention, not {block.get('convention')}",
+        )
+    elif autograd and adapter is not None and not adapter.autodiff:
+        with_autodiff = [n for n, a in frameworks.BUILTIN.items() if a.autodiff]
+        yield raw.issue(
+            (*at, "backward"),
+            f"backward: autograd needs a framework with automatic differentiation "
+            f"({', '.join(with_autodiff)}); this binding's framework is {name}",
+        )
+    if "jvp" in block:
+        if block.get("convention", "functional") != "functional":
+            yield raw.issue((*at, "jvp"), "jvp: autograd needs the functional convention")
+        elif adapter is not None and not adapter.forward_mode:
+            yield raw.issue(
+                (*at, "jvp"), f"jvp: autograd needs a framework with forward mode; {name} has none"
+            )
+
+
+def _binding_issues(raw: RawSpec, params: list[str], at: JsonPath) -> Iterator[SpecIssue]:
+    data = _node(raw.data, at)
+    yield from _framework_issues(raw, data, at)
     if data.get("convention", "functional") != "layer":
         if "layer" in data:
-            yield raw.issue(("layer",), "a layer: block needs convention: layer", key=True)
+            yield raw.issue((*at, "layer"), "a layer: block needs convention: layer", key=True)
         return
     for key in ("forward", "backward"):
         if key in data:
             yield raw.issue(
-                (key,),
+                (*at, key),
                 f"convention: layer takes method names in layer.{key}, not a top-level {key} import string",
                 key=True,
             )
@@ -313,25 +405,25 @@ def _binding_issues(raw: RawSpec, params: list[str]) -> Iterator[SpecIssue]:
     for name in params:
         if name not in located:
             yield raw.issue(
-                ("layer",),
+                (*at, "layer"),
                 f"missing layer.params.{name}: where parameter "
                 f"'{name}' lives on the object (value: path, grad: path)",
             )
-    yield from _layer_io_issues(raw, data["layer"])
+    yield from _layer_io_issues(raw, data["layer"], (*at, "layer"))
     for name, where in located.items():
         if name not in params:
             yield raw.issue(
-                ("layer", "params", name),
+                (*at, "layer", "params", name),
                 f"no parameter named '{name}'{did_you_mean(name, params)}",
                 key=True,
             )
         for part in ("value", "grad"):
             if part in where:
-                yield from _path_issue(raw, ("layer", "params", name, part), where[part])
-        tensor = (data.get("parameters") or {}).get(name, {})
+                yield from _path_issue(raw, (*at, "layer", "params", name, part), where[part])
+        tensor = (raw.data.get("parameters") or {}).get(name, {})
         if "grad" not in where and tensor.get("grad", tensor.get("dtype") in (None, *FLOAT_DTYPES)):
             yield raw.issue(
-                ("layer", "params", name),
+                (*at, "layer", "params", name),
                 f"missing grad: where the gradient of "
                 f"differentiable parameter '{name}' is read after backward",
             )

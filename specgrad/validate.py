@@ -17,7 +17,7 @@ from typing import Any
 import jsonschema
 
 from specgrad.errors import SpecError, SpecIssue, did_you_mean
-from specgrad.loader import JsonPath, RawSpec, load_spec
+from specgrad.loader import JsonPath, RawSpec, load_extended
 from specgrad.model import Spec, spec_from_validated
 from specgrad.semantics import semantic_issues
 
@@ -40,7 +40,7 @@ def _validator() -> jsonschema.Draft202012Validator:
 
 def parse_spec(path: Path | str) -> Spec:
     """load -> validate -> model. Raises SpecError carrying every located issue."""
-    raw = load_spec(path)
+    raw = load_extended(path)
     issues = list(validate_raw(raw))
     if issues:
         raise SpecError(issues)

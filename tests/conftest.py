@@ -59,9 +59,12 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     return _run
 
 
-def run_subprocess(args: list[str], cwd: Path, exe: list[str] | None = None) -> CliResult:
-    """Run the CLI in a fresh interpreter from `cwd` (the source tree on PYTHONPATH)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_subprocess(
+    args: list[str], cwd: Path, exe: list[str] | None = None, path: list[Path] | None = None
+) -> CliResult:
+    """Run the CLI in a fresh interpreter from `cwd` (the source tree, then `path`, on
+    PYTHONPATH)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [REPO, *(path or [])]))}
     env.pop("SPECGRAD_DEBUG", None)
     cmd = (exe or [sys.executable, "-m", "specgrad"]) + args
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

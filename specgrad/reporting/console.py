@@ -69,11 +69,10 @@ class ConsoleReporter:
             shown = [
                 r
                 for r in results
-                if self.verbosity > 0 or r.kind == "gradient" or r.status is not Status.PASS
+                if self.verbosity > 0 or r.kind != "contract" or r.status is not Status.PASS
             ]
-            self.console.print(
-                self._table(shown, results[0].spec, title=f"{results[0].spec}  ({results[0].file})")
-            )
+            contract = results[0].spec.partition("@")[0]
+            self.console.print(self._table(shown, contract, title=f"{contract}  ({results[0].file})"))
             if len(results) > len(shown):
                 self._line(f"  + {len(results) - len(shown)} contract checks passed (-v lists them)", "dim")
             for note in dict.fromkeys(r.note for r in results if r.note):
@@ -83,10 +82,13 @@ class ConsoleReporter:
             self.console.print()
 
     def _table(self, shown: list[CheckResult], spec: str, title: str) -> Table:
-        """Rows of a derived spec (NAME.second_order) show its suffix before the target."""
+        """Rows of a derived spec (NAME.second_order) show its suffix before the target; a
+        spec with several implementations has a column naming each row's."""
         table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, pad_edge=False)
+        several = any("@" in r.spec for r in shown)
         # err/bound: the worst element's error over its bound (the check's margin: < 1 inside)
-        columns = ["check", "dtype", "case", "max abs err", "max rel err", "noise floor", "err/bound"]
+        columns = ["implementation"] if several else []
+        columns += ["check", "dtype", "case", "max abs err", "max rel err", "noise floor", "err/bound"]
         columns.append("status")
         if self.verbosity > 0:
             columns += ["kinks", "method", "numerical in"]
@@ -95,8 +97,10 @@ class ConsoleReporter:
             table.add_column(col, justify="right" if numeric else "left")
         for r in shown:
             c = r.comparison
-            row = [
-                Text(r.target if r.spec == spec else f"{r.spec.removeprefix(spec + '.')}.{r.target}"),
+            own, _, impl = r.spec.partition("@")
+            row = [Text(impl or "-")] if several else []
+            row += [
+                Text(r.target if own == spec else f"{own.removeprefix(spec + '.')}.{r.target}"),
                 Text(r.dtype),
                 Text(r.case),
                 Text(_fmt(c.max_abs_err if c else None)),

@@ -46,6 +46,7 @@ class JsonReporter:
                 "spec_errors": len(summary.spec_errors),
             },
             "notes": summary.notes,
+            "frameworks": summary.frameworks,
             "internal_errors": [
                 {"file": str(i.location.file), "message": i.message} for i in summary.internal_errors
             ],

@@ -50,7 +50,7 @@ def test_zoo_validates(cli) -> None:  # type: ignore[no-untyped-def]
 
 def test_zoo_lint_and_list(cli) -> None:  # type: ignore[no-untyped-def]
     lint = cli("lint", SPECS)
-    assert lint.code == 0 and f"{len(list(SPECS.glob('*.yaml')))} spec(s) ok, 0 invalid" in lint.out
+    assert lint.code == 0 and f"{len(list(SPECS.rglob('*.yaml')))} spec(s) ok, 0 invalid" in lint.out
     listed = cli("list", SPECS, "-k", "conv2d and float64 and random")
     assert listed.code == 0
     assert listed.out.splitlines()[:3] == [

@@ -522,4 +522,3 @@ def test_strided_windows_over_lengths_that_do_not_divide_are_detected_wide_enoug
         parameters={"w": {"shape": [4, 3, 3, 3]}, "b": {"shape": [4]}},
     )
     assert r["x"].status is Status.PASS and r["x"].method.startswith("colored: 147 groups"), r["x"].method
-

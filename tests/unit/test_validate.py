@@ -287,7 +287,9 @@ def test_parse_spec_raises_with_all_issues(tmp_path: Path) -> None:
 
 fields = st.sampled_from(
     sorted(
-        set(BASE) | {"dtypes", "cases", "seed", "attrs", "tolerances", "convention", "layer", "parameters"}
+        set(BASE)
+        | {"dtypes", "cases", "seed", "attrs", "tolerances", "convention", "layer", "parameters"}
+        | {"framework", "implementations", "reference", "agreement", "verified_with", "abstract", "jvp"}
     )
 )
 values = st.recursive(
@@ -296,7 +298,7 @@ values = st.recursive(
         st.booleans(),
         st.integers(-5, 5),
         st.floats(allow_nan=False),
-        st.sampled_from(["float32", "random", "special", "x", "m:f", "layer", "normal"]),
+        st.sampled_from(["float32", "random", "special", "x", "m:f", "layer", "normal", "torch", "autograd"]),
     ),
     lambda inner: st.one_of(
         st.lists(inner, max_size=3),

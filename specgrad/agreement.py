@@ -1,0 +1,448 @@
+"""The differential check: implementations of one contract agree on identical inputs.
+
+Each implementation's own gradient check compares its backward with differences of its
+own forward, so a wrong forward whose backward is consistent with it passes there. Run on
+the identical inputs and upstream gradient, the implementations of one contract must
+agree on their outputs and gradients: one team's bug shows up as a disagreement with the
+reference implementation (`reference:`, default the first), check `NAME[..]::agree.IMPL`.
+
+Error budget, per element, in float64 arithmetic. Two correct implementations computing
+in dtype d differ by their rounding (another order of operations, another algorithm).
+Both are also run in float64 on the same (exactly representable) values, which measures
+each one's rounding r = |y_d - y_64|. The bound is
+
+    4 u_d (|a| + S)  +  min(2 (r_a + r_b), sqrt(u_d) S)  +  B_64
+
+with S the compared tensor's scale (its largest magnitude in either implementation) and
+B_64 = 4 u_64 (|a| + S) + sqrt(u_64) S, the bound their float64 results are held to
+first (~1.5e-8 S: far above float64 rounding of any sane computation, far below a bug).
+The cap sqrt(u_d) S keeps a bug in one implementation's low-precision path visible, as in
+the gradient check's measured rounding (numerics.tolerance). An implementation that
+refuses float64 has its rounding modelled instead: ANALYTICAL_SIGMAS u_d (|y| + S).
+A spec's `agreement: {DTYPE: {rtol, atol}}` replaces all of it by atol + rtol |reference|.
+
+At a kink (relu at 0, a max-pool tie) any value between the one-sided derivatives is a
+valid gradient and implementations legitimately differ (jnp.maximum(x, 0) gives 1/2 at 0,
+torch.relu 0). A gradient element out of bound is therefore probed on the reference in
+float64: where its one-sided derivatives differ (a jump that does not shrink with the
+step), both values inside them agree.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from specgrad.backends import Backend
+from specgrad.bindings import ContractError, Evaluator, forward_only, grads_by_name, raw_outputs_of
+from specgrad.compile import CasePlan
+from specgrad.frameworks import Unavailable
+from specgrad.model import Spec
+from specgrad.numerics.compare import Comparison, compare
+from specgrad.numerics.finite_diff import PerturbationError
+from specgrad.numerics.inputs import make_inputs, make_upstream
+from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, FLOAT_DTYPES, UNIT_ROUNDOFF, default_step
+from specgrad.projections import loss
+from specgrad.results import CheckResult, Status
+
+#: gradient elements out of bound probed for a kink before the disagreement stands
+KINK_PROBES = 64
+
+Bind = Callable[[Spec], Evaluator]
+
+
+@dataclass
+class Evaluation:
+    """One implementation's outputs and gradients at the case's point (or why not)."""
+
+    outputs: tuple[Any, ...] = ()
+    grads: dict[str, Any] = field(default_factory=dict)
+    problem: str = ""
+    status: Status = Status.ERROR  # of the checks the problem prevents
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One compared quantity (an output or a gradient) of an implementation."""
+
+    what: str
+    comparison: Comparison | None
+    text: str = ""  # why it disagrees ("" when it agrees)
+    kinks: int = 0  # elements accepted as different subgradients at a kink
+
+
+class AgreementRun:
+    """The agreement checks of one case: each non-reference implementation against the
+    reference, on identical inputs and upstream gradients."""
+
+    def __init__(self, plan: CasePlan, bind: Bind, backend: Backend) -> None:
+        self.plan, self.bind, self.backend = plan, bind, backend
+        self.xp = backend.xp
+        self.spec = plan.spec
+        self.impls = {s.implementation: s for s in self.spec.implementations}
+        #: per tensor: flat index -> the reference's one-sided derivatives there (None: smooth)
+        self._intervals: dict[str, dict[int, tuple[float, float] | None]] = {}
+
+    def run(self) -> list[CheckResult]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return self._run()
+
+    def _run(self) -> list[CheckResult]:
+        start = time.perf_counter()
+        plan, ref_name = self.plan, self.spec.reference
+        try:
+            self.host = make_inputs(self.spec, plan.case, plan.dtype, plan.seed)
+        except Exception as exc:  # noqa: BLE001 - e.g. an .npy file changed since validation
+            return [self._result(t, Status.ERROR, f"cannot make inputs: {exc}") for t in plan.targets]
+        self.upstream: list[np.ndarray | None] = []
+        ref = self._evaluate(self.impls[ref_name], self._upstream)
+        if ref.problem:
+            why = f"cannot compare: the reference implementation {ref_name} {ref.problem}"
+            return [self._result(t, ref.status, why) for t in plan.targets]
+        self.ref64 = self._evaluate64(self.impls[ref_name])
+        out = []
+        for target in plan.targets:
+            other = self.impls[target.removeprefix("agree.")]
+            out.append(self._agree(target, other, ref, self.ref64, start))
+            start = time.perf_counter()
+        return out
+
+    def _upstream(self, outputs: Sequence[Any]) -> list[np.ndarray | None]:
+        """The case's upstream gradient, from the reference's outputs: the one its own
+        gradient check uses (runner), given to every implementation."""
+        shapes = {i: tuple(o.shape) for i, o in enumerate(outputs) if _is_float(o)}
+        upstream = make_upstream(shapes, self.plan.dtype, self.plan.seed)
+        self.upstream = [upstream.get(i) for i in range(len(outputs))]
+        return self.upstream
+
+    # -- evaluation ---------------------------------------------------------------------
+
+    def _evaluate(
+        self,
+        impl: Spec,
+        upstream: Sequence[np.ndarray | None] | Callable[[Sequence[Any]], Sequence[np.ndarray | None]],
+        host: Mapping[str, Any] | None = None,
+    ) -> Evaluation:
+        """Forward and backward of `impl` on fresh engine copies of the case's inputs (or
+        `host`); `upstream` is the upstream gradient on the host, or makes it from the
+        outputs."""
+        from specgrad.runner import describe_exception
+
+        try:
+            evaluator = self.bind(impl)
+        except Unavailable as exc:
+            return Evaluation(problem=f"is not available: {exc}", status=Status.SKIP)
+        except Exception as exc:  # noqa: BLE001 - SpecError (reported by its own checks) or user code
+            return Evaluation(problem=f"could not be bound: {exc}")
+        values = self.host if host is None else host
+        tensors = {n: self.backend.asarray(a) for n, a in values.items()}
+        try:
+            raw, state = evaluator.forward(tensors)
+            outputs = raw_outputs_of(raw)[0]
+        except ContractError as exc:
+            return Evaluation(problem=f"broke its forward contract: {exc}")
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
+            return Evaluation(
+                problem=describe_exception("forward", exc).replace("forward raised", "raised in forward", 1)
+            )
+        if not all(self.backend.is_array(o) for o in outputs):
+            return Evaluation(
+                problem="returned an output that is not an array (see its forward_output check)"
+            )
+        if callable(upstream):
+            upstream = upstream(outputs)
+        if len(upstream) != len(outputs):
+            return Evaluation(outputs=tuple(outputs), problem="returned another number of outputs")
+        g = [None if u is None else self.backend.asarray(u) for u in upstream]
+        was_tuple = isinstance(raw, (tuple, list))
+        try:
+            grads = grads_by_name(evaluator.backward(state, tuple(g) if was_tuple else g[0]), impl)
+        except ContractError as exc:
+            return Evaluation(outputs=tuple(outputs), problem=f"broke its backward contract: {exc}")
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
+            text = describe_exception("backward", exc).replace("backward raised", "raised in backward", 1)
+            return Evaluation(outputs=tuple(outputs), problem=text)
+        bad = [n for n, v in grads.items() if not self.backend.is_array(v)]
+        if bad:
+            return Evaluation(
+                outputs=tuple(outputs), problem=f"returned no usable gradient of {', '.join(bad)}"
+            )
+        return Evaluation(
+            outputs=tuple(outputs), grads={n: self.xp.asarray(v).copy() for n, v in grads.items()}
+        )
+
+    def _evaluate64(self, impl: Spec) -> Evaluation | None:
+        """`impl` on float64 copies of the case's values (the tensors in the check's dtype),
+        with the upstream gradient in float64; None where it does not compute in float64."""
+        if self.plan.dtype == "float64":
+            return None
+        host64 = {
+            n: a.astype(np.float64) if self.spec.tensor(n).dtype is None and a.dtype.kind == "f" else a
+            for n, a in self.host.items()
+        }
+        up64 = [None if u is None else u.astype(np.float64) for u in self.upstream]
+        run = self._evaluate(impl, up64, host64)
+        floats = list(run.outputs) + list(run.grads.values())
+        if run.problem or any(_is_float(a) and str(a.dtype) != "float64" for a in floats):
+            return None
+        return run
+
+    # -- comparison ---------------------------------------------------------------------
+
+    def _agree(
+        self, target: str, impl: Spec, ref: Evaluation, ref64: Evaluation | None, start: float
+    ) -> CheckResult:
+        name, ref_name = impl.implementation, self.spec.reference
+        run = self._evaluate(impl, self.upstream)
+        if run.problem:
+            status = Status.SKIP if run.status is Status.SKIP else Status.ERROR
+            return self._result(target, status, f"cannot compare: {name} {run.problem}", start=start)
+        if len(run.outputs) != len(ref.outputs):
+            text = (
+                f"{name} returned {len(run.outputs)} output(s), {ref_name} (the reference) {len(ref.outputs)}"
+            )
+            return self._result(target, Status.FAIL, text, start=start)
+        run64 = self._evaluate64(impl) if ref64 is not None else None
+        findings = []
+        pairs: list[tuple[str, Any, Any, str | None]] = [
+            (f"output {i}", a, b, None) for i, (a, b) in enumerate(zip(run.outputs, ref.outputs, strict=True))
+        ]
+        pairs += [(f"gradient of {n}", run.grads[n], ref.grads[n], n) for n in ref.grads if n in run.grads]
+        for what, a, b, tensor in pairs:
+            a64 = b64 = None
+            if run64 is not None and ref64 is not None:
+                a64, b64 = _counterpart(what, run64), _counterpart(what, ref64)
+            findings.append(self._compare(what, a, b, a64, b64, tensor, impl))
+        return self._verdict(target, name, findings, start)
+
+    def _compare(
+        self, what: str, a: Any, b: Any, a64: Any, b64: Any, tensor: str | None, impl: Spec
+    ) -> Finding:
+        xp, dtype = self.xp, self.plan.dtype
+        if tuple(a.shape) != tuple(b.shape):
+            return Finding(what, None, f"{what}: shape {tuple(a.shape)}, the reference's {tuple(b.shape)}")
+        if not (_is_float(a) and _is_float(b)):
+            same = bool(xp.all(a == b))
+            return Finding(what, None, "" if same else f"{what}: {int(xp.sum(a != b))} element(s) differ")
+        a, b = a.astype(xp.float64), b.astype(xp.float64)
+        scale = max(_largest(a, xp), _largest(b, xp))
+        given = self.spec.agreement.get(dtype)
+        if given is not None and given.hand_set:
+            bound = (given.atol or 0.0) + (given.rtol or 0.0) * xp.abs(b)
+            how = f"the spec's agreement tolerance ({given.reason})"
+        else:
+            bound, how, c64 = self._budget(what, a, b, a64, b64, scale, impl.implementation, tensor)
+            if c64 is not None:  # the float64 results disagree already
+                return Finding(what, c64, how)
+        c = compare(a, b, xp.zeros_like(a), bound, xp)
+        kinks = 0
+        if not c.passed and tensor is not None:
+            c, kinks = self._kinks(tensor, a, b, bound, c)
+        if c.passed:
+            return Finding(what, c, kinks=kinks)
+        idx = ", ".join(map(str, c.worst_index))
+        name = impl.implementation
+        text = (
+            f"{what}: differs at {c.violations} of {c.size} elements; worst [{idx}]: "
+            f"{name} {c.analytical:.8g}, "
+            f"{self.spec.reference} {c.numerical:.8g}, |diff| {abs(c.analytical - c.numerical):.3g} > bound "
+            f"{c.bound:.3g} ({how}), {c.worst_ratio:.3g}x over"
+        )
+        return Finding(what, c, text, kinks)
+
+    def _budget(
+        self, what: str, a: Any, b: Any, a64: Any, b64: Any, scale: float, name: str, tensor: str | None
+    ) -> tuple[Any, str, Comparison | None]:
+        """(the measured bound (module docstring), how it was made, None); where the
+        float64 results it rests on disagree themselves, (None, why, their comparison)."""
+        xp, dtype = self.xp, self.plan.dtype
+        u64 = UNIT_ROUNDOFF["float64"]
+        magnitude = xp.maximum(xp.abs(a), xp.abs(b))
+        floor64 = 4 * u64 * (magnitude + scale) + math.sqrt(u64) * scale
+        if dtype == "float64":
+            return floor64, "float64 rounding", None
+        u = UNIT_ROUNDOFF[dtype]
+        if a64 is not None and b64 is not None and tuple(a64.shape) == tuple(b64.shape) == tuple(a.shape):
+            a64, b64 = a64.astype(xp.float64), b64.astype(xp.float64)
+            scale64 = max(_largest(a64, xp), _largest(b64, xp))
+            bound64 = 4 * u64 * (xp.maximum(xp.abs(a64), xp.abs(b64)) + scale64) + math.sqrt(u64) * scale64
+            c64 = compare(a64, b64, xp.zeros_like(a64), bound64, xp)
+            if not c64.passed and tensor is not None:
+                c64, _ = self._kinks(tensor, a64, b64, bound64, c64)
+            if not c64.passed:
+                idx = ", ".join(map(str, c64.worst_index))
+                text = (
+                    f"{what}: differs (run in float64 on the same values) at {c64.violations} of {c64.size} "
+                    f"elements; worst [{idx}]: {name} {c64.analytical:.10g}, {self.spec.reference} "
+                    f"{c64.numerical:.10g}, "
+                    f"|diff| {abs(c64.analytical - c64.numerical):.3g} > bound {c64.bound:.3g} (float64 "
+                    f"rounding), {c64.worst_ratio:.3g}x over"
+                )
+                return None, text, c64
+            rounding = 2 * (xp.abs(a - a64) + xp.abs(b - b64))
+            how = f"{dtype} rounding measured against float64, capped at sqrt(u) of the scale {scale:.3g}"
+        else:
+            rounding = ANALYTICAL_SIGMAS * u * (magnitude + scale)
+            how = f"{dtype} rounding modelled (an implementation does not compute in float64)"
+        capped = xp.minimum(rounding, math.sqrt(u) * scale)
+        return 4 * u * (magnitude + scale) + capped + floor64, how, None
+
+    def _kinks(self, tensor: str, a: Any, b: Any, bound: Any, c: Comparison) -> tuple[Comparison, int]:
+        """Out-of-bound gradient elements on a kink of the reference's loss, with both
+        values between its one-sided derivatives, agree; (the comparison without them,
+        how many)."""
+        if c.violations > KINK_PROBES:
+            return c, 0
+        ref = self.impls[self.spec.reference]
+        try:
+            evaluator = self.bind(ref)
+        except Exception:  # noqa: BLE001 - it was bound before: cannot happen, but never raise here
+            return c, 0
+        xp = self.xp
+        point, upstream, dtype = self._probe_point()
+
+        def forward(values: Mapping[str, Any]) -> tuple[Any, ...]:
+            return raw_outputs_of(forward_only(evaluator, values))[0]
+
+        lo, hi = xp.array(b.reshape(-1)), xp.array(b.reshape(-1))
+        accepted = 0
+        probed = self._intervals.setdefault(tensor, {})
+        for j in c.violating:
+            if j not in probed:
+                try:
+                    probed[j] = _one_sided(forward, point, tensor, j, upstream, dtype, xp)
+                except PerturbationError:
+                    return c, 0
+            interval = probed[j]
+            if interval is None:
+                continue
+            low, high = interval
+            if all(low <= float(v.reshape(-1)[j]) <= high for v in (a, b)):
+                lo[j], hi[j] = min(low, float(a.reshape(-1)[j])), max(high, float(a.reshape(-1)[j]))
+                accepted += 1
+        if not accepted:
+            return c, 0
+        shape = a.shape
+        return compare(a, b, xp.zeros_like(a), bound, xp, (lo.reshape(shape), hi.reshape(shape))), accepted
+
+    def _probe_point(self) -> tuple[dict[str, Any], list[Any | None], str]:
+        """The reference's tensors for kink probes: float64 copies where it computes in
+        float64, else the check's own."""
+        xp, dtype = self.xp, self.plan.dtype
+        point = {n: self.backend.asarray(a) for n, a in self.host.items()}
+        up = [None if u is None else xp.asarray(u).astype(xp.float64) for u in self.upstream]
+        if dtype != "float64" and self.ref64 is not None:
+            point = {
+                n: a.astype(xp.float64) if self.spec.tensor(n).dtype is None and _is_float(a) else a
+                for n, a in point.items()
+            }
+            dtype = "float64"
+        return point, up, dtype
+
+    def _verdict(self, target: str, name: str, findings: list[Finding], start: float) -> CheckResult:
+        bad = [f for f in findings if f.text]
+        compared = [f for f in findings if f.comparison is not None]
+        worst = max(compared, key=lambda f: f.comparison.worst_ratio if f.comparison else 0.0, default=None)
+        kinks = sum(f.kinks for f in findings)
+        if bad:
+            head = f"{name} disagrees with {self.spec.reference} (the reference) on identical inputs:"
+            text = "\n".join([head, *(f"  {f.text}" for f in bad)])
+            shown = next((f.comparison for f in bad if f.comparison is not None), None)
+            return self._result(target, Status.FAIL, text, shown, kinks, start)
+        return self._result(target, Status.PASS, "", worst.comparison if worst else None, kinks, start)
+
+    def _result(
+        self,
+        target: str,
+        status: Status,
+        message: str,
+        comparison: Comparison | None = None,
+        kinks: int = 0,
+        start: float | None = None,
+    ) -> CheckResult:
+        plan = self.plan
+        note = ""
+        if kinks:
+            note = (
+                f"{kinks} gradient element(s) sit on kinks where the implementations pick different "
+                "subgradients, both between the one-sided derivatives"
+            )
+        return CheckResult(
+            check_id=plan.check_id(target),
+            spec=self.spec.name,
+            file=str(self.spec.path),
+            dtype=plan.dtype,
+            case=plan.case.name,
+            target=target,
+            status=status,
+            message=message,
+            comparison=comparison,
+            note=note,
+            kinks=kinks,
+            seed=plan.seed,
+            method="agreement",
+            duration=0.0 if start is None else time.perf_counter() - start,
+        )
+
+
+def _one_sided(
+    forward: Callable[[Mapping[str, Any]], Sequence[Any]],
+    point: Mapping[str, Any],
+    tensor: str,
+    j: int,
+    upstream: Sequence[Any | None],
+    dtype: str,
+    xp: ModuleType,
+) -> tuple[float, float] | None:
+    """[lo, hi] between the one-sided derivatives of L = sum <g, f> along element j, where
+    they differ by a jump that does not shrink with the step (a kink); else None."""
+    u = UNIT_ROUNDOFF[dtype]
+    x = point[tensor]
+    flat = x.reshape(-1)
+    x0 = float(flat[j])
+    base, base_noise = loss(forward, point, upstream, u, xp)
+    sides = []
+    for h in (default_step(dtype) * max(abs(x0), 1.0), default_step(dtype) * max(abs(x0), 1.0) / 4):
+        values = []
+        for sign in (1, -1):
+            moved = dict(point)
+            y = x.copy()
+            y.reshape(-1)[j] = x0 + sign * h
+            taken = float(y.reshape(-1)[j]) - x0
+            moved[tensor] = y
+            value, noise = loss(forward, moved, upstream, u, xp)
+            values.append(((value - base) / taken, (noise + base_noise) / abs(taken)))
+        sides.append(values)
+    (plus, n_plus), (minus, n_minus) = sides[1]
+    (coarse_plus, _), (coarse_minus, _) = sides[0]
+    jump, coarse_jump = abs(plus - minus), abs(coarse_plus - coarse_minus)
+    noise = n_plus + n_minus
+    if jump <= 8 * noise or jump < 0.75 * coarse_jump:  # smooth: the jump shrinks 4x with the step
+        return None
+    slack = abs(plus - coarse_plus) + abs(minus - coarse_minus) + noise
+    return min(plus, minus) - slack, max(plus, minus) + slack
+
+
+def _counterpart(what: str, run: Evaluation) -> Any:
+    if what.startswith("output "):
+        i = int(what.split()[1])
+        return run.outputs[i] if i < len(run.outputs) else None
+    return run.grads.get(what.removeprefix("gradient of "))
+
+
+def _is_float(array: Any) -> bool:
+    return str(array.dtype) in FLOAT_DTYPES
+
+
+def _largest(array: Any, xp: ModuleType) -> float:
+    if array.size == 0:
+        return 0.0
+    return float(xp.max(xp.abs(xp.where(xp.isfinite(array), array, 0.0))))

@@ -1,0 +1,360 @@
+"""End to end: shared specs across frameworks, the agreement check, forward mode, spec
+packages. Tests that need torch or jax skip with the reason where it is missing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, dedent, run_subprocess
+
+EXAMPLE = REPO / "examples" / "shared_spec"
+
+try:
+    import torch
+except ImportError:
+    torch = None
+try:
+    import jax
+except ImportError:
+    jax = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed: pip install torch==2.13.0")
+needs_jax = pytest.mark.skipif(jax is None, reason="jax is not installed: pip install jax")
+
+LAYERS = """\
+import numpy as np
+
+def forward(x, w):
+    return x @ w
+
+def backward(g, x, w):
+    return g @ w.T, x.T @ g
+
+def scaled_forward(x, w):
+    return 1.001 * (x @ w)
+
+def scaled_backward(g, x, w):
+    return 1.001 * (g @ w.T), 1.001 * (x.T @ g)
+
+def wrong_backward(g, x, w):
+    return g @ w.T, 1.01 * (x.T @ g)
+
+def relu(x):
+    return np.maximum(x, 0)
+
+def relu_backward(g, x):
+    return g * (x > 0)
+
+def relu_half_backward(g, x):
+    return g * np.where(x == 0, 0.5, x > 0)
+
+def relu_two_backward(g, x):
+    return g * np.where(x == 0, 2.0, x > 0)
+"""
+
+SHARED = """\
+specgrad: 1
+name: mm
+description: x @ w, three teams
+inputs:
+  x: {shape: [3, 5]}
+parameters:
+  w: {shape: [5, 4]}
+dtypes: [float32, float64]
+implementations:
+  reference: {forward: layers:forward, backward: layers:backward}
+  scaled: {forward: layers:scaled_forward, backward: layers:scaled_backward}
+  wrong: {forward: layers:forward, backward: layers:wrong_backward}
+"""
+
+
+def _report(path: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads(path.read_text())
+
+
+def _by_id(doc: dict) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {c["id"]: c for c in doc["checks"]}
+
+
+def test_agreement_catches_a_forward_bug_its_own_checks_cannot(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """`scaled` is wrong (1.001 x) but self-consistent: its own checks pass, agreement fails;
+    `wrong` has a backward bug: its own gradient check and agreement both fail."""
+    write("layers.py", LAYERS)
+    write("mm.yaml", SHARED)
+    report = tmp_path / "r.json"
+    result = cli("validate", tmp_path, "--json", report, "-j", "1")
+    assert result.code == 1
+    checks = _by_id(_report(report))
+    for dtype in ("float32", "float64"):
+        own = [c for i, c in checks.items() if i.startswith(f"mm@scaled[{dtype},")]
+        assert own and all(c["status"] in ("PASS", "SKIP") for c in own)
+        agree = checks[f"mm[{dtype},random]::agree.scaled"]
+        assert agree["status"] == "FAIL" and agree["kind"] == "agreement"
+        assert "scaled disagrees with reference (the reference) on identical inputs" in agree["message"]
+        assert "output 0: differs" in agree["message"] and "gradient of w: differs" in agree["message"]
+        assert checks[f"mm@wrong[{dtype},random]::w"]["status"] == "FAIL"
+        wrong = checks[f"mm[{dtype},random]::agree.wrong"]
+        assert wrong["status"] == "FAIL" and "gradient of w" in wrong["message"]
+        assert "output 0" not in wrong["message"] and "gradient of x" not in wrong["message"]
+    assert "scaled disagrees" in result.out  # the console shows the failure block
+
+
+def test_agreement_passes_rounding_differences_and_kinks(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """Two valid subgradients at relu's kink agree (counted); a value outside the one-sided
+    derivatives does not, and its own check fails too."""
+    write("layers.py", LAYERS)
+    write(
+        "relu.yaml",
+        """\
+        specgrad: 1
+        name: relu
+        description: relu, three choices at 0
+        inputs:
+          x: {shape: [4, 6]}
+        dtypes: [float16, float32, float64]
+        implementations:
+          zero: {forward: layers:relu, backward: layers:relu_backward}
+          half: {forward: layers:relu, backward: layers:relu_half_backward}
+          two: {forward: layers:relu, backward: layers:relu_two_backward}
+        """,
+    )
+    report = tmp_path / "r.json"
+    assert cli("validate", tmp_path, "--json", report, "-j", "1").code == 1
+    checks = _by_id(_report(report))
+    for dtype in ("float16", "float32", "float64"):
+        half = checks[f"relu[{dtype},special]::agree.half"]
+        assert half["status"] == "PASS" and half["kinks"] > 0, half
+        assert "different subgradients" in half["note"]
+        assert checks[f"relu[{dtype},special]::agree.two"]["status"] == "FAIL"
+        assert checks[f"relu@two[{dtype},special]::x"]["status"] == "FAIL"
+        assert checks[f"relu[{dtype},random]::agree.two"]["status"] == "PASS"  # no zeros there
+
+
+def test_hand_set_agreement_tolerance_replaces_the_budget(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    write("layers.py", LAYERS)
+    write("mm.yaml", SHARED + "agreement:\n  float64: {rtol: 0.01, reason: a 1.001 scale is accepted here}\n")
+    report = tmp_path / "r.json"
+    cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "agree")
+    checks = _by_id(_report(report))
+    assert checks["mm[float64,random]::agree.scaled"]["status"] == "PASS"
+    assert checks["mm[float32,random]::agree.scaled"]["status"] == "FAIL"
+
+
+def test_an_implementation_that_cannot_be_imported_stops_only_itself(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    write("layers.py", LAYERS)
+    write("mm.yaml", SHARED.replace("layers:wrong_backward", "missing_module:backward"))
+    for jobs in ("1", "2"):
+        report = tmp_path / f"r{jobs}.json"
+        result = cli("validate", tmp_path, "--json", report, "-j", jobs)
+        assert result.code == 2, result.text
+        doc = _report(report)
+        assert len(doc["spec_errors"]) == 1
+        assert "implementations.wrong.backward" in doc["spec_errors"][0]["field"]
+        assert "cannot import module 'missing_module'" in doc["spec_errors"][0]["message"]
+        checks = _by_id(doc)
+        assert checks["mm@scaled[float64,random]::w"]["status"] == "PASS"
+        assert checks["mm[float64,random]::agree.wrong"]["status"] == "ERROR"
+        assert "could not be bound" in checks["mm[float64,random]::agree.wrong"]["message"]
+
+
+def test_unavailable_framework_is_skipped_with_the_reason(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("cupy is installed")
+    except ImportError:
+        pass
+    write("layers.py", LAYERS)
+    write("mm.yaml", SHARED.replace("scaled: {forward", "scaled: {framework: cupy, forward"))
+    report = tmp_path / "r.json"
+    result = cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "not wrong")
+    assert result.code == 0, result.text
+    checks = _by_id(_report(report))
+    skipped = [c for i, c in checks.items() if i.startswith("mm@scaled")]
+    assert skipped and all(c["status"] == "SKIP" and "cupy is not installed" in c["message"] for c in skipped)
+    assert checks["mm[float64,random]::agree.scaled"]["status"] == "SKIP"
+    assert "implementation scaled not run: cupy is not installed" in result.out
+    assert result.out.rstrip().splitlines()[-1].endswith("skipped")
+
+
+def test_parallel_runs_give_the_same_figures(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    write("layers.py", LAYERS)
+    write("mm.yaml", SHARED)
+    docs = []
+    for jobs in ("1", "3"):
+        report = tmp_path / f"r{jobs}.json"
+        cli("validate", tmp_path, "--json", report, "-j", jobs)
+        docs.append([{k: v for k, v in c.items() if k != "duration_s"} for c in _report(report)["checks"]])
+    assert docs[0] == docs[1]
+
+
+def test_framework_versions_are_reported(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    write("layers.py", LAYERS)
+    write("mm.yaml", SHARED + "verified_with: {numpy: '0.0.1'}\n")
+    report = tmp_path / "r.json"
+    result = cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "reference")
+    doc = _report(report)
+    numpy = doc["frameworks"]["mm"]["numpy"]
+    assert numpy["verified_with"] == "0.0.1" and numpy["installed"] == __import__("numpy").__version__
+    assert f"mm was verified with numpy 0.0.1; numpy {numpy['installed']} is installed here" in result.out
+
+
+def test_specs_from_a_package_entry_point(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    pkg = site / "teamlayers"
+    (pkg / "specs").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "specs" / "__init__.py").write_text("")
+    (site / "layers.py").write_text(LAYERS)
+    (pkg / "specs" / "mm.yaml").write_text(dedent(SHARED))
+    dist = site / "teamlayers-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: teamlayers\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[specgrad.specs]\nteam = teamlayers.specs\n")
+    result = run_subprocess(["list", "--from-package", "team"], cwd=tmp_path, path=[site])
+    assert result.code == 0, result.err
+    assert "mm@reference[float32,random]::x" in result.out.splitlines()
+    bad = run_subprocess(["list", "--from-package", "teem"], cwd=tmp_path, path=[site])
+    assert bad.code == 2 and "no installed package registers specs as 'teem' (did you mean 'team'?" in bad.err
+    none = run_subprocess(["list"], cwd=tmp_path, path=[site])
+    assert none.code == 2 and "give spec files or folders, or --from-package NAME" in none.err
+
+
+@needs_torch
+def test_worked_example_runs_as_documented(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """README's example: the torch team's self-consistent wrong forward is caught only by
+    agreement; with it fixed everything passes; a backward-only bug is caught by both."""
+    folder = tmp_path / "shared_spec"
+    shutil.copytree(EXAMPLE, folder)
+    report = tmp_path / "r.json"
+    result = cli("validate", folder, "--json", report, "-j", "1")
+    assert result.code == 1
+    checks = _report(report)["checks"]
+    assert all(c["status"] == "PASS" for c in checks if c["kind"] != "agreement")
+    agree = [c for c in checks if c["kind"] == "agreement"]
+    assert len(agree) == 6 and all(c["status"] == "FAIL" for c in agree)
+    assert "torch disagrees with numpy (the reference) on identical inputs" in result.out
+    assert result.out.rstrip().splitlines()[-1] == "144 passed, 6 failed"
+
+    # the team's module is imported in this process: the edited versions run in fresh ones
+    team = folder / "torch_team.py"
+    team.write_text(team.read_text().replace("SWISH_BETA = 1.702", "SWISH_BETA = 1.0"))
+    fixed = run_subprocess(["validate", str(folder), "-j", "1"], cwd=tmp_path)
+    assert fixed.code == 0, fixed.out[-2000:]
+
+    team.write_text(team.read_text().replace("z * s * (1 - s)", "z * s"))
+    result = run_subprocess(["validate", str(folder), "--json", str(report), "-j", "1"], cwd=tmp_path)
+    assert result.code == 1
+    checks = _by_id(_report(report))
+    assert checks["swish_dense@torch[float64,random]::x"]["status"] == "FAIL"
+    agree = checks["swish_dense[float64,random]::agree.torch"]
+    assert (
+        agree["status"] == "FAIL"
+        and "gradient of x" in agree["message"]
+        and "output 0" not in agree["message"]
+    )
+
+
+@needs_torch
+def test_torch_contract_errors_name_the_framework(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    write(
+        "tl.py",
+        """\
+        import numpy as np
+        import torch
+
+        def forward(x, w):
+            return (x @ w).numpy()
+
+        def backward(g, x, w):
+            return g @ w.T, x.T @ g
+        """,
+    )
+    write(
+        "s.yaml",
+        SHARED.split("implementations:")[0]
+        + "framework: torch\nforward: tl:forward\nbackward: tl:backward\n",
+    )
+    report = tmp_path / "r.json"
+    cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "float64 and random")
+    checks = _by_id(_report(report))
+    message = checks["mm[float64,random]::contract.forward_output"]["message"]
+    assert "forward returned a numpy.ndarray where a torch.Tensor was expected" in message
+
+
+JVP_LAYERS = """\
+import jax
+import jax.numpy as jnp
+import torch
+
+
+class Cube(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+        return x ** 3
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return 3 * x * x * g
+
+    @staticmethod
+    def jvp(ctx, dx):
+        (x,) = ctx.saved_tensors
+        return FACTOR * x * x * dx
+
+
+FACTOR = 3.0
+
+
+def torch_cube(x):
+    return Cube.apply(x)
+
+
+@jax.custom_jvp
+def jax_cube(x):
+    return x ** 3
+
+
+@jax_cube.defjvp
+def _cube_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return x ** 3, FACTOR * x * x * dx
+"""
+
+
+@needs_torch
+@needs_jax
+@pytest.mark.parametrize("factor", [3.0, 2.9])
+def test_jvp_checks_forward_mode_rules(tmp_path: Path, write, cli, factor: float) -> None:  # type: ignore[no-untyped-def]
+    write("fl.py", JVP_LAYERS.replace("FACTOR = 3.0", f"FACTOR = {factor}"))
+    write(
+        "cube.yaml",
+        """\
+        specgrad: 1
+        name: cube
+        description: x^3 with custom forward-mode rules
+        inputs:
+          x: {shape: [3, 4]}
+        dtypes: [float32, float64]
+        implementations:
+          torch: {framework: torch, forward: fl:torch_cube, backward: autograd, jvp: autograd}
+          jax: {framework: jax, forward: fl:jax_cube, backward: autograd, jvp: autograd}
+        """,
+    )
+    report = tmp_path / "r.json"
+    result = cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "jvp")
+    jvp = [c for c in _report(report)["checks"] if c["target"] == "contract.jvp"]
+    assert len(jvp) == 12
+    if factor == 3.0:
+        assert result.code == 0 and all(c["status"] == "PASS" for c in jvp), result.text
+    else:
+        assert all(c["status"] == "FAIL" for c in jvp), result.text
+        assert "forward mode (jvp) of torch disagrees with differences" in result.out
+        assert "forward mode (jvp) of jax disagrees with differences" in result.out
