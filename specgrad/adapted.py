@@ -16,7 +16,9 @@ from types import ModuleType
 from typing import Any
 
 from specgrad.bindings import ContractError, Evaluator, _materialized, forward_only
-from specgrad.frameworks import Adapter
+from specgrad.errors import SpecError, did_you_mean
+from specgrad.frameworks import Adapter, dotted
+from specgrad.model import LayerBinding
 
 
 @dataclass(frozen=True)
@@ -108,3 +110,53 @@ class Autograd:
         args = [tensors[n] for n in self.order]
         moves = {self.order.index(n): t for n, t in tangents.items()}
         return self.adapter.jvp(self.forward_fn, args, moves, self.attrs)
+
+
+@dataclass(frozen=True)
+class LayerAutograd:
+    """A layer object (a torch.nn.Module, say) with `layer.backward: autograd`: a fresh
+    instance per evaluation, called with the spec's parameter tensors in place of its own
+    (the adapter's `call_layer`: torch.func.functional_call for torch), differentiated by
+    the framework's autodiff."""
+
+    factory: Callable[..., Any]
+    binding: LayerBinding
+    adapter: Adapter
+    inputs: tuple[str, ...]
+    order: tuple[str, ...]  # inputs, then parameters
+    differentiable: tuple[str, ...]
+    attrs: Mapping[str, Any]
+
+    def _call(self, *tensors: Any) -> Any:
+        named = dict(zip(self.order, tensors, strict=True))
+        layer = self.factory(**self.binding.init)
+        values = {w.value: named[n] for n, w in self.binding.params.items()}
+        args = [named[n] for n in self.inputs]
+        return self.adapter.call_layer(layer, self.binding.forward, values, args, self.attrs)
+
+    def check_binding(self) -> None:
+        """Located spec errors for parameter paths the layer does not have (a misspelled
+        name would otherwise be a user-code error in every check)."""
+        known = self.adapter.parameter_names(self.factory(**self.binding.init))
+        if known is None:
+            return
+        for name, where in self.binding.params.items():
+            if dotted(where.value) not in known:
+                field = f"layer.params.{name}.value"
+                raise SpecError.at(
+                    self.binding.locations.get(field, self.binding.factory.location),
+                    field,
+                    f"the layer has no parameter or buffer '{dotted(where.value)}'"
+                    f"{did_you_mean(dotted(where.value), known)} (it has: {', '.join(known) or 'none'})",
+                )
+
+    def forward(self, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
+        diff = [self.order.index(n) for n in self.differentiable]
+        return self.adapter.vjp(self._call, [tensors[n] for n in self.order], diff, {})
+
+    def evaluate(self, tensors: Mapping[str, Any]) -> Any:
+        return self._call(*[tensors[n] for n in self.order])
+
+    def backward(self, state: Any, grad_out: Any) -> Any:
+        cotangents = list(grad_out) if isinstance(grad_out, (tuple, list)) else [grad_out]
+        return dict(zip(self.differentiable, state(cotangents), strict=True))

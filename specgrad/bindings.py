@@ -27,7 +27,7 @@ from specgrad import frameworks
 from specgrad.access import AccessPath
 from specgrad.errors import SpecError, did_you_mean
 from specgrad.imports import resolve
-from specgrad.model import AutogradBinding, FunctionBinding, LayerBinding, SecondOrderBinding, Spec
+from specgrad.model import AUTOGRAD, AutogradBinding, FunctionBinding, LayerBinding, SecondOrderBinding, Spec
 
 
 class ContractError(Exception):
@@ -270,7 +270,7 @@ def make_evaluator(spec: Spec, xp: ModuleType = np) -> Evaluator:
     """Import the spec's callables (located SpecError if that fails) and bind them. An
     implementation in another framework than the engine's (`xp`) gets its arrays through
     the framework's adapter (frameworks.Unavailable if that framework cannot be loaded)."""
-    from specgrad.adapted import Autograd, Converted
+    from specgrad.adapted import Autograd, Converted, LayerAutograd
 
     adapter = frameworks.adapter(spec.framework)
     native = spec.framework == "numpy" and xp is np
@@ -285,6 +285,20 @@ def make_evaluator(spec: Spec, xp: ModuleType = np) -> Evaluator:
             differentiable=tuple(t.name for t in spec.tensors if t.grad),
             attrs=spec.attrs,
         )
+    elif isinstance(binding, LayerBinding) and binding.backward == AUTOGRAD:
+        factory = resolve(binding.factory, spec.path.parent)
+        _check_signature(factory, binding)
+        module = LayerAutograd(
+            factory=factory,
+            binding=binding,
+            adapter=adapter,
+            inputs=tuple(t.name for t in spec.inputs),
+            order=(*(t.name for t in spec.inputs), *(t.name for t in spec.parameters)),
+            differentiable=tuple(t.name for t in spec.tensors if t.grad),
+            attrs=spec.attrs,
+        )
+        module.check_binding()
+        inner = module
     else:
         inner = _bound(spec)
     return inner if native else Converted(inner, adapter, xp)
@@ -356,7 +370,7 @@ def grads_by_name(raw: Any, spec: Spec) -> dict[str, Any]:
     Accepts a tuple in tensor order (of the differentiable tensors, or of all tensors with
     None for the others), a dict by name, or a bare array when one gradient is expected.
     """
-    if isinstance(spec.binding, LayerBinding):
+    if isinstance(spec.binding, LayerBinding) and spec.binding.backward != AUTOGRAD:
         input_raw, params = raw
         named = _match(input_raw, [t.name for t in spec.inputs], [t.name for t in spec.inputs if t.grad])
         named.update({n: params[n] for n in params if spec.tensor(n).grad})

@@ -116,6 +116,24 @@ class Adapter:
         """The framework's dtype for a numpy dtype name."""
         raise NotImplementedError
 
+    def call_layer(
+        self,
+        layer: Any,
+        method: str,
+        params: Mapping[Any, Any],
+        args: Sequence[Any],
+        attrs: Mapping[str, Any],
+    ) -> Any:
+        """layer.method(*args, **attrs) with `params` (AccessPath -> array) in place of
+        the layer's own parameters (set at their paths)."""
+        for path, value in params.items():
+            path.set(layer, value)
+        return getattr(layer, method)(*args, **attrs)
+
+    def parameter_names(self, layer: Any) -> list[str] | None:
+        """The names `call_layer` can swap in (None: any path it can set)."""
+        return None
+
     # -- autodiff -----------------------------------------------------------------------
 
     def vjp(
@@ -224,6 +242,31 @@ class TorchAdapter(Adapter):
 
     def dtype_name(self, value: Any) -> str:
         return str(value.dtype).removeprefix("torch.")
+
+    def parameter_names(self, layer: Any) -> list[str] | None:
+        torch = self.load()
+        if not isinstance(layer, torch.nn.Module):
+            return None
+        return [*dict(layer.named_parameters()), *dict(layer.named_buffers())]
+
+    def call_layer(
+        self,
+        layer: Any,
+        method: str,
+        params: Mapping[Any, Any],
+        args: Sequence[Any],
+        attrs: Mapping[str, Any],
+    ) -> Any:
+        """An nn.Module's parameters cannot be assigned plain tensors: functional_call
+        swaps them in for the call (its parameter and buffer names, dotted)."""
+        torch = self.load()
+        if not isinstance(layer, torch.nn.Module):
+            return super().call_layer(layer, method, params, args, attrs)
+        names = {dotted(path): value for path, value in params.items()}
+        if method == "forward":
+            return torch.func.functional_call(layer, names, tuple(args), dict(attrs))
+        with torch.nn.utils.stateless._reparametrize_module(layer, names):
+            return getattr(layer, method)(*args, **attrs)
 
     def dtype(self, name: str) -> Any:
         return getattr(self.load(), name)
@@ -382,6 +425,11 @@ def _jax_zero_cotangent(output: Any, jax: ModuleType, jnp: ModuleType) -> Any:
     if jnp.issubdtype(output.dtype, jnp.floating):
         return jnp.zeros_like(output)
     return np.zeros(output.shape, dtype=jax.dtypes.float0)
+
+
+def dotted(path: Any) -> str:
+    """An access path as a state-dict name: `blocks[0].weight` -> `blocks.0.weight`."""
+    return ".".join(str(step.key) for step in path.steps)
 
 
 def _host(array: Any) -> np.ndarray:

@@ -364,6 +364,9 @@ def _framework_issues(raw: RawSpec, block: dict[str, Any], at: JsonPath) -> Iter
         yield raw.issue((*at, "framework"), frameworks.unknown_message(name))
         return
     adapter = frameworks.BUILTIN.get(name)
+    layer = block.get("layer") if block.get("convention") == "layer" else None
+    if isinstance(layer, dict) and layer.get("backward") == "autograd":
+        yield from _layer_autograd_issues(raw, layer, (*at, "layer"), name, adapter)
     autograd = block.get("backward") == "autograd"
     if autograd and block.get("convention", "functional") != "functional":
         yield raw.issue(
@@ -384,6 +387,33 @@ def _framework_issues(raw: RawSpec, block: dict[str, Any], at: JsonPath) -> Iter
         elif adapter is not None and not adapter.forward_mode:
             yield raw.issue(
                 (*at, "jvp"), f"jvp: autograd needs a framework with forward mode; {name} has none"
+            )
+
+
+def _layer_autograd_issues(
+    raw: RawSpec, layer: dict[str, Any], at: JsonPath, name: str, adapter: Any
+) -> Iterator[SpecIssue]:
+    """`layer.backward: autograd`: the framework differentiates the layer's forward; the
+    layer stores no gradients or outputs for specgrad to read."""
+    if adapter is not None and not adapter.autodiff:
+        yield raw.issue(
+            (*at, "backward"),
+            f"backward: autograd needs a framework with automatic differentiation; this layer's is {name}",
+        )
+    for key in ("output", "input_grads"):
+        if key in layer:
+            yield raw.issue(
+                (*at, key),
+                f"layer.{key} reads what a hand-written backward stored; with backward: autograd the "
+                "framework's autodiff gives the gradients",
+                key=True,
+            )
+    for pname, where in (layer.get("params") or {}).items():
+        if "grad" in where:
+            yield raw.issue(
+                (*at, "params", pname, "grad"),
+                "with backward: autograd the gradient comes from autodiff, not from a path",
+                key=True,
             )
 
 
@@ -421,7 +451,12 @@ def _binding_issues(raw: RawSpec, params: list[str], at: JsonPath) -> Iterator[S
             if part in where:
                 yield from _path_issue(raw, (*at, "layer", "params", name, part), where[part])
         tensor = (raw.data.get("parameters") or {}).get(name, {})
-        if "grad" not in where and tensor.get("grad", tensor.get("dtype") in (None, *FLOAT_DTYPES)):
+        derived = data["layer"].get("backward") == "autograd"
+        if (
+            not derived
+            and "grad" not in where
+            and tensor.get("grad", tensor.get("dtype") in (None, *FLOAT_DTYPES))
+        ):
             yield raw.issue(
                 (*at, "layer", "params", name),
                 f"missing grad: where the gradient of "

@@ -105,7 +105,7 @@ class ConsoleReporter:
                 Text(r.case),
                 Text(_fmt(c.max_abs_err if c else None)),
                 Text(_fmt(c.max_rel_err if c else None)),
-                Text(_fmt(c.noise_floor if c else None)),
+                Text(_fmt(c.noise_floor if c and r.kind != "agreement" else None)),
                 Text(_ratio(c.worst_ratio) if c else "-"),
                 Text(str(r.status), style=_STYLE[r.status]),
             ]

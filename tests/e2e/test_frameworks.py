@@ -358,3 +358,93 @@ def test_jvp_checks_forward_mode_rules(tmp_path: Path, write, cli, factor: float
         assert all(c["status"] == "FAIL" for c in jvp), result.text
         assert "forward mode (jvp) of torch disagrees with differences" in result.out
         assert "forward mode (jvp) of jax disagrees with differences" in result.out
+
+
+MODULES = """\
+import torch
+
+
+class Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s):
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, g):
+        x, s = ctx.saved_tensors
+        return g * s, (g * x).sum(0) * FACTOR
+
+
+FACTOR = 1.0
+
+
+class Block(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.lin = torch.nn.Linear(width, width)
+        self.scale = torch.nn.Parameter(torch.ones(width))
+
+    def forward(self, x):
+        return Scale.apply(torch.tanh(self.lin(x)), self.scale)
+"""
+
+BLOCK = """\
+specgrad: 1
+name: block
+description: a torch module with a custom Function inside
+framework: torch
+convention: layer
+layer:
+  class: mods:Block
+  init: {width: 6}
+  backward: autograd
+  params:
+    w: {value: lin.weight}
+    b: {value: lin.bias}
+    s: {value: scale}
+inputs:
+  x: {shape: [3, 6]}
+parameters:
+  w: {shape: [6, 6]}
+  b: {shape: [6]}
+  s: {shape: [6]}
+dtypes: [float64]
+"""
+
+
+@needs_torch
+@pytest.mark.parametrize(("factor", "code"), [(1.0, 0), (1.01, 1)])
+def test_torch_module_with_autograd(tmp_path: Path, write, cli, factor: float, code: int) -> None:  # type: ignore[no-untyped-def]
+    """An nn.Module is a layer whose parameters the spec's tensors replace (functional_call);
+    the custom Function inside it is what gets checked."""
+    write("mods.py", MODULES.replace("FACTOR = 1.0", f"FACTOR = {factor}"))
+    write("block.yaml", BLOCK)
+    report = tmp_path / "r.json"
+    result = run_subprocess(["validate", str(tmp_path), "--json", str(report), "-j", "1"], cwd=tmp_path)
+    assert result.code == code, result.out[-3000:]
+    checks = _by_id(_report(report))
+    if code:
+        assert checks["block[float64,random]::s"]["status"] == "FAIL"
+        assert all(checks[f"block[float64,random]::{t}"]["status"] == "PASS" for t in ("x", "w", "b"))
+
+
+@needs_torch
+def test_torch_module_parameter_paths_are_checked(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    write("mods.py", MODULES)
+    write("block.yaml", BLOCK.replace("lin.weight", "lin.wieght"))
+    result = cli("validate", tmp_path, "-j", "1")
+    assert result.code == 2
+    assert (
+        "block.yaml:11:16: layer.params.w.value: the layer has no parameter or buffer 'lin.wieght' "
+        "(did you mean 'lin.weight'?)" in result.out
+    )
+    lint = cli("lint", tmp_path)
+    assert lint.code == 0  # lint imports no code; the path is checked when the layer is built
+    bad = cli(
+        "lint",
+        write(
+            "bad.yaml", BLOCK.replace("    s: {value: scale}", "    s: {value: scale, grad: scale.grad}")
+        ).parent,
+    )
+    assert "layer.params.s.grad: with backward: autograd the gradient comes from autodiff" in bad.out

@@ -32,11 +32,12 @@ def test_numpy_adapter_is_the_identity() -> None:
     assert a.is_native(np.float64(1.0)) and not a.is_native(1.0)
 
 
-def test_import_specgrad_and_lint_import_no_framework(tmp_path: Path) -> None:
+def test_import_lint_and_numpy_checks_import_no_framework(tmp_path: Path) -> None:
     code = (
         "import sys, specgrad\n"
         "from specgrad.cli import main\n"
         f"main(['lint', {str(REPO / 'specs' / 'frameworks')!r}])\n"
+        f"main(['validate', {str(REPO / 'specs' / 'relu.yaml')!r}, '-j', '1', '-q'])\n"
         "print([m for m in ('torch', 'jax', 'cupy') if m in sys.modules])\n"
     )
     out = subprocess.run(
