@@ -106,7 +106,8 @@ class AgreementRun:
         ref = self._evaluate(self.impls[ref_name], self._upstream)
         if ref.problem:
             why = f"cannot compare: the reference implementation {ref_name} {ref.problem}"
-            return [self._result(t, ref.status, why) for t in plan.targets]
+            note = f"implementation {ref_name} not run: {ref.problem}" if ref.status is Status.SKIP else ""
+            return [self._result(t, ref.status, why, note=note) for t in plan.targets]
         self.ref64 = self._evaluate64(self.impls[ref_name])
         out = []
         for target in plan.targets:
@@ -139,7 +140,7 @@ class AgreementRun:
         try:
             evaluator = self.bind(impl)
         except Unavailable as exc:
-            return Evaluation(problem=f"is not available: {exc}", status=Status.SKIP)
+            return Evaluation(problem=str(exc), status=Status.SKIP)
         except Exception as exc:  # noqa: BLE001 - SpecError (reported by its own checks) or user code
             return Evaluation(problem=f"could not be bound: {exc}")
         values = self.host if host is None else host
@@ -203,8 +204,10 @@ class AgreementRun:
         name, ref_name = impl.implementation, self.spec.reference
         run = self._evaluate(impl, self.upstream)
         if run.problem:
-            status = Status.SKIP if run.status is Status.SKIP else Status.ERROR
-            return self._result(target, status, f"cannot compare: {name} {run.problem}", start=start)
+            if run.status is Status.SKIP:
+                note = f"implementation {name} not run: {run.problem}"
+                return self._result(target, Status.SKIP, f"cannot compare: {note}", start=start, note=note)
+            return self._result(target, Status.ERROR, f"cannot compare: {name} {run.problem}", start=start)
         if len(run.outputs) != len(ref.outputs):
             text = (
                 f"{name} returned {len(run.outputs)} output(s), {ref_name} (the reference) {len(ref.outputs)}"
@@ -367,9 +370,9 @@ class AgreementRun:
         comparison: Comparison | None = None,
         kinks: int = 0,
         start: float | None = None,
+        note: str = "",
     ) -> CheckResult:
         plan = self.plan
-        note = ""
         if kinks:
             note = (
                 f"{kinks} gradient element(s) sit on kinks where the implementations pick different "

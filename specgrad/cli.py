@@ -343,16 +343,19 @@ def _frameworks(planned: list[tuple[Spec, tuple[CasePlan, ...]]], summary: RunSu
     """Which framework versions each spec runs with (and was verified with, where it says)."""
     from specgrad.frameworks import versions
 
+    differ: dict[tuple[str, str, str], list[str]] = {}
     for spec, _ in planned:
         used = [s.framework for s in spec.implementations or (spec,)]
         found = versions(used, spec.verified_with)
         summary.frameworks[spec.name] = found
         for name, v in found.items():
-            if v["verified_with"] is not None and v["installed"] != v["verified_with"]:
-                summary.notes.append(
-                    f"{spec.name} was verified with {name} {v['verified_with']}; "
-                    f"{name} {v['installed'] or '(not installed)'} is installed here"
-                )
+            verified, installed = v["verified_with"], v["installed"]
+            if verified is not None and installed is not None and installed != verified:
+                differ.setdefault((name, verified, installed), []).append(spec.name)
+    for (name, verified, installed), names in differ.items():
+        summary.notes.append(
+            f"verified with {name} {verified}, checked with {name} {installed}: {', '.join(names)}"
+        )
 
 
 def _check_report_path(path: Path | None, specs: list[Path]) -> None:

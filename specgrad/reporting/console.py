@@ -66,15 +66,24 @@ class ConsoleReporter:
             return
         bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
         if self.verbosity >= 0:
+            unavailable = [
+                r for r in results if r.status is Status.SKIP and r.note.startswith("implementation ")
+            ]
             shown = [
                 r
                 for r in results
-                if self.verbosity > 0 or r.kind != "contract" or r.status is not Status.PASS
+                if self.verbosity > 0
+                or ((r.kind != "contract" or r.status is not Status.PASS) and r not in unavailable)
             ]
             contract = results[0].spec.partition("@")[0]
             self.console.print(self._table(shown, contract, title=f"{contract}  ({results[0].file})"))
-            if len(results) > len(shown):
-                self._line(f"  + {len(results) - len(shown)} contract checks passed (-v lists them)", "dim")
+            passed = len(results) - len(shown) - (0 if self.verbosity > 0 else len(unavailable))
+            if passed:
+                self._line(f"  + {passed} contract checks passed (-v lists them)", "dim")
+            if unavailable and self.verbosity <= 0:
+                self._line(
+                    f"  + {len(unavailable)} checks skipped: implementations not run (see the notes)", "dim"
+                )
             for note in dict.fromkeys(r.note for r in results if r.note):
                 self._line(f"  note: {note}", "yellow")
         self._details(bad)

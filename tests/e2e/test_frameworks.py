@@ -200,7 +200,7 @@ def test_framework_versions_are_reported(tmp_path: Path, write, cli) -> None:  #
     doc = _report(report)
     numpy = doc["frameworks"]["mm"]["numpy"]
     assert numpy["verified_with"] == "0.0.1" and numpy["installed"] == __import__("numpy").__version__
-    assert f"mm was verified with numpy 0.0.1; numpy {numpy['installed']} is installed here" in result.out
+    assert f"verified with numpy 0.0.1, checked with numpy {numpy['installed']}: mm" in result.out
 
 
 def test_specs_from_a_package_entry_point(tmp_path: Path) -> None:
