@@ -8,18 +8,35 @@ reference implementation (`reference:`, default the first), check `NAME[..]::agr
 
 Error budget, per element, in float64 arithmetic. Two correct implementations computing
 in dtype d differ by their rounding (another order of operations, another algorithm).
-Both are also run in float64 on the same (exactly representable) values, which measures
-each one's rounding r = |y_d - y_64|. The bound is
+Both are also run in float64 on the same (exactly representable) values: their float64
+results must agree (B_64 below), and each one's deviation r = |y_d - y_64| is measured: its
+rounding, plus whatever its low-precision path gets wrong, so r cannot be trusted as an
+allowance by itself (a bug in the float16 path would excuse itself). What any stable
+algorithm must be allowed is what rounding the data costs: the reference is run in float64
+at the inputs and upstream gradient moved by one unit roundoff of d, relatively, with
+seeded random signs (two draws) and all one way (a third: rounding errors that add up, as
+in a computed sum or shift), and s = |y_moved - y_64| is the function's sensitivity to its
+data's rounding (softmax at logits of 90 moves by ~90 u, a tanh by ~u). The
+smaller of the two measured deviations, m = min(r_a, r_b), adds rounding that the data's
+does not show. One more term covers what no data perturbation shows: an intermediate as
+large as the inputs, rounded once and passed through an exponential (logsumexp's
+`exp(x - lse)` with lse ~ 100 in float32 is off by ~100 u relative even where the exact
+result barely depends on x): 2 u_d X |y|, X the largest input magnitude (at least 1).
+The bound is
 
-    4 u_d (|a| + S)  +  min(2 (r_a + r_b), sqrt(u_d) S)  +  B_64
+    4 u_d (|y| + S)  +  min(SPREAD (max(s, m) + median max(s, m)) + 2 u_d X |y|,  sqrt(u_d) S)  +  B_64
 
-with S the compared tensor's scale (its largest magnitude in either implementation) and
-B_64 = 4 u_64 (|a| + S) + sqrt(u_64) S, the bound their float64 results are held to
-first (~1.5e-8 S: far above float64 rounding of any sane computation, far below a bug).
-The cap sqrt(u_d) S keeps a bug in one implementation's low-precision path visible, as in
-the gradient check's measured rounding (numerics.tolerance). An implementation that
-refuses float64 has its rounding modelled instead: ANALYTICAL_SIGMAS u_d (|y| + S).
-A spec's `agreement: {DTYPE: {rtol, atol}}` replaces all of it by atol + rtol |reference|.
+with |y| the larger magnitude of the two, S the case's scale for the quantity (outputs:
+the largest output or input magnitude; gradients: the largest gradient or upstream value,
+as in the gradient check's error model: cancellations leave rounding of the intermediates
+behind however small the result), and B_64 = 4 u_64 (|y| + S) + sqrt(u_64) S the bound
+the float64 results are held to first (~1.5e-8 S: far above float64 rounding of any sane
+computation, far below a bug). SPREAD allows another algorithm to round several times
+worse than the data's rounding moves the result; the median keeps an element that moved
+exactly nothing by luck from tightening the bound to nothing; the cap sqrt(u_d) S keeps a
+gross deviation from ever passing as rounding. An implementation that refuses float64 has
+its rounding modelled instead: ANALYTICAL_SIGMAS u_d (|y| + S). A spec's `agreement:
+{DTYPE: {rtol, atol}}` replaces all of it by atol + rtol |reference|.
 
 At a kink (relu at 0, a max-pool tie) any value between the one-sided derivatives is a
 valid gradient and implementations legitimately differ (jnp.maximum(x, 0) gives 1/2 at 0,
@@ -47,13 +64,21 @@ from specgrad.frameworks import Unavailable
 from specgrad.model import Spec
 from specgrad.numerics.compare import Comparison, compare
 from specgrad.numerics.finite_diff import PerturbationError
-from specgrad.numerics.inputs import make_inputs, make_upstream
+from specgrad.numerics.inputs import make_inputs, make_upstream, stream
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, FLOAT_DTYPES, UNIT_ROUNDOFF, default_step
 from specgrad.projections import loss
 from specgrad.results import CheckResult, Status
 
-#: gradient elements out of bound probed for a kink before the disagreement stands
-KINK_PROBES = 64
+#: how much worse than the other an implementation may round (another algorithm)
+SPREAD = 16.0
+
+#: out-of-bound gradient elements probed for a kink: a first sample; all of them (up to
+#: KINK_PROBES) only where the sample found valid subgradients
+KINK_SAMPLE = 64
+KINK_PROBES = 4096
+
+#: seeded draws of the data's rounding the reference is run at (sensitivity)
+SENSITIVITY_DRAWS = 2
 
 Bind = Callable[[Spec], Evaluator]
 
@@ -109,6 +134,9 @@ class AgreementRun:
             note = f"implementation {ref_name} not run: {ref.problem}" if ref.status is Status.SKIP else ""
             return [self._result(t, ref.status, why, note=note) for t in plan.targets]
         self.ref64 = self._evaluate64(self.impls[ref_name])
+        floats = [float(np.max(np.abs(a))) for a in self.host.values() if a.dtype.kind == "f" and a.size]
+        self.input_scale = max([1.0, *(f for f in floats if math.isfinite(f))])
+        self.moved = self._sensitivity(self.impls[ref_name]) if self.ref64 is not None else []
         out = []
         for target in plan.targets:
             other = self.impls[target.removeprefix("agree.")]
@@ -180,6 +208,30 @@ class AgreementRun:
             outputs=tuple(outputs), grads={n: self.xp.asarray(v).copy() for n, v in grads.items()}
         )
 
+    def _sensitivity(self, impl: Spec) -> list[Evaluation]:
+        """`impl` in float64 at the case's values and upstream gradient moved by one unit
+        roundoff of the check's dtype, relatively: with seeded random signs (SENSITIVITY_DRAWS
+        draws) and all one way: how much rounding the data alone moves each result."""
+        u = UNIT_ROUNDOFF[self.plan.dtype]
+        runs = []
+        for draw in range(SENSITIVITY_DRAWS + 1):
+            rng = stream(self.plan.seed, "<agreement>", draw)
+
+            def moved(a: np.ndarray) -> np.ndarray:
+                signs = rng.choice((-1.0, 1.0), a.shape) if draw < SENSITIVITY_DRAWS else 1.0
+                return a.astype(np.float64) * (1 + u * signs)
+
+            host = {
+                n: moved(a) if self.spec.tensor(n).dtype is None and a.dtype.kind == "f" else a
+                for n, a in self.host.items()
+            }
+            up = [None if g is None else moved(g) for g in self.upstream]
+            run = self._evaluate(impl, up, host)
+            if run.problem:
+                return []
+            runs.append(run)
+        return runs
+
     def _evaluate64(self, impl: Spec) -> Evaluation | None:
         """`impl` on float64 copies of the case's values (the tensors in the check's dtype),
         with the upstream gradient in float64; None where it does not compute in float64."""
@@ -214,6 +266,12 @@ class AgreementRun:
             )
             return self._result(target, Status.FAIL, text, start=start)
         run64 = self._evaluate64(impl) if ref64 is not None else None
+        xp = self.xp
+        floats = [o for o in (*run.outputs, *ref.outputs) if _is_float(o)]
+        inputs = [a for n, a in self.host.items() if a.dtype.kind == "f"]
+        out_scale = max((_largest(xp.asarray(v), xp) for v in (*floats, *inputs)), default=0.0)
+        grads = [*run.grads.values(), *ref.grads.values(), *(u for u in self.upstream if u is not None)]
+        grad_scale = max((_largest(xp.asarray(v), xp) for v in grads), default=0.0)
         findings = []
         pairs: list[tuple[str, Any, Any, str | None]] = [
             (f"output {i}", a, b, None) for i, (a, b) in enumerate(zip(run.outputs, ref.outputs, strict=True))
@@ -223,20 +281,29 @@ class AgreementRun:
             a64 = b64 = None
             if run64 is not None and ref64 is not None:
                 a64, b64 = _counterpart(what, run64), _counterpart(what, ref64)
-            findings.append(self._compare(what, a, b, a64, b64, tensor, impl))
+            scale = out_scale if tensor is None else grad_scale
+            findings.append(self._compare(what, a, b, a64, b64, tensor, impl, scale))
         return self._verdict(target, name, findings, start)
 
     def _compare(
-        self, what: str, a: Any, b: Any, a64: Any, b64: Any, tensor: str | None, impl: Spec
+        self, what: str, a: Any, b: Any, a64: Any, b64: Any, tensor: str | None, impl: Spec, scale: float
     ) -> Finding:
         xp, dtype = self.xp, self.plan.dtype
         if tuple(a.shape) != tuple(b.shape):
             return Finding(what, None, f"{what}: shape {tuple(a.shape)}, the reference's {tuple(b.shape)}")
         if not (_is_float(a) and _is_float(b)):
-            same = bool(xp.all(a == b))
-            return Finding(what, None, "" if same else f"{what}: {int(xp.sum(a != b))} element(s) differ")
+            differ = xp.nonzero(xp.asarray(a != b).reshape(-1))[0]
+            if not differ.size:
+                return Finding(what, None)
+            j = int(differ[0])
+            idx = ", ".join(map(str, np.unravel_index(j, a.shape)))
+            return Finding(
+                what,
+                None,
+                f"{what}: {differ.size} of {a.size} element(s) differ; first [{idx}]: "
+                f"{impl.implementation} {a.reshape(-1)[j]}, {self.spec.reference} {b.reshape(-1)[j]}",
+            )
         a, b = a.astype(xp.float64), b.astype(xp.float64)
-        scale = max(_largest(a, xp), _largest(b, xp))
         given = self.spec.agreement.get(dtype)
         if given is not None and given.hand_set:
             bound = (given.atol or 0.0) + (given.rtol or 0.0) * xp.abs(b)
@@ -275,8 +342,7 @@ class AgreementRun:
         u = UNIT_ROUNDOFF[dtype]
         if a64 is not None and b64 is not None and tuple(a64.shape) == tuple(b64.shape) == tuple(a.shape):
             a64, b64 = a64.astype(xp.float64), b64.astype(xp.float64)
-            scale64 = max(_largest(a64, xp), _largest(b64, xp))
-            bound64 = 4 * u64 * (xp.maximum(xp.abs(a64), xp.abs(b64)) + scale64) + math.sqrt(u64) * scale64
+            bound64 = 4 * u64 * (xp.maximum(xp.abs(a64), xp.abs(b64)) + scale) + math.sqrt(u64) * scale
             c64 = compare(a64, b64, xp.zeros_like(a64), bound64, xp)
             if not c64.passed and tensor is not None:
                 c64, _ = self._kinks(tensor, a64, b64, bound64, c64)
@@ -290,8 +356,14 @@ class AgreementRun:
                     f"rounding), {c64.worst_ratio:.3g}x over"
                 )
                 return None, text, c64
-            rounding = 2 * (xp.abs(a - a64) + xp.abs(b - b64))
-            how = f"{dtype} rounding measured against float64, capped at sqrt(u) of the scale {scale:.3g}"
+            level = xp.minimum(xp.abs(a - a64), xp.abs(b - b64))
+            for moved in self.moved:
+                m = _counterpart(what, moved)
+                if m is not None and tuple(m.shape) == tuple(b64.shape):
+                    level = xp.maximum(level, xp.abs(xp.asarray(m).astype(xp.float64) - b64))
+            typical = float(xp.median(level)) if level.size else 0.0
+            rounding = SPREAD * (level + typical) + 2 * u * self.input_scale * magnitude
+            how = f"{dtype} rounding, measured against float64 (the scale: {scale:.3g})"
         else:
             rounding = ANALYTICAL_SIGMAS * u * (magnitude + scale)
             how = f"{dtype} rounding modelled (an implementation does not compute in float64)"
@@ -304,6 +376,15 @@ class AgreementRun:
         how many)."""
         if c.violations > KINK_PROBES:
             return c, 0
+        if c.violations > KINK_SAMPLE:  # a sample first: a plain bug is not probed in full
+            _, accepted = self._probe(tensor, a, b, bound, c, c.violating[:KINK_SAMPLE])
+            if not accepted:
+                return c, 0
+        return self._probe(tensor, a, b, bound, c, c.violating)
+
+    def _probe(
+        self, tensor: str, a: Any, b: Any, bound: Any, c: Comparison, elements: Sequence[int]
+    ) -> tuple[Comparison, int]:
         ref = self.impls[self.spec.reference]
         try:
             evaluator = self.bind(ref)
@@ -318,7 +399,7 @@ class AgreementRun:
         lo, hi = xp.array(b.reshape(-1)), xp.array(b.reshape(-1))
         accepted = 0
         probed = self._intervals.setdefault(tensor, {})
-        for j in c.violating:
+        for j in elements:
             if j not in probed:
                 try:
                     probed[j] = _one_sided(forward, point, tensor, j, upstream, dtype, xp)

@@ -244,7 +244,10 @@ def _same_shape(name: str, existing: Any, ours: Any) -> None:
 
 
 def _ones_like(array: Any) -> Any:
-    return array * 0 + 1 if array.dtype.kind in "fc" else None
+    """Ones shaped like a float output (of any framework: torch dtypes have no `kind`)."""
+    kind = getattr(array.dtype, "kind", None)
+    floating = kind in ("f", "c") if isinstance(kind, str) else "float" in str(array.dtype)
+    return array * 0 + 1 if floating else None
 
 
 def _materialized(result: Any) -> Any:
@@ -301,7 +304,29 @@ def make_evaluator(spec: Spec, xp: ModuleType = np) -> Evaluator:
         inner = module
     else:
         inner = _bound(spec)
+        if isinstance(binding, LayerBinding) and not native:
+            _check_framework_layer(spec, binding, adapter)
     return inner if native else Converted(inner, adapter, xp)
+
+
+def _check_framework_layer(spec: Spec, binding: LayerBinding, adapter: frameworks.Adapter) -> None:
+    """A framework's module (a torch.nn.Module) keeps registered parameters that plain
+    arrays cannot replace: with a hand-written backward its parameters could not be set."""
+    try:
+        layer = resolve(binding.factory, spec.path.parent)(**binding.init)
+    except SpecError:
+        raise
+    except Exception:  # noqa: BLE001 - a constructor that fails is reported by the checks
+        return
+    if binding.params and adapter.parameter_names(layer) is not None:
+        where = binding.locations.get("layer.backward", binding.factory.location)
+        raise SpecError.at(
+            where,
+            "layer.backward",
+            f"{type(layer).__name__} is a {adapter.name} module: its parameters are swapped in for a call "
+            "only with layer.backward: autograd (the framework's autodiff, with any custom "
+            "autograd.Function inside, gives the gradients)",
+        )
 
 
 def _bound(spec: Spec) -> Evaluator:

@@ -14,7 +14,8 @@ Per output element k, all in float64:
   NOISE_SIGMAS u (|f(x+)| + |f(x-)|) / (2 h) at h/2 (outputs rounded at the route's u);
 - rounding_k is t's own rounding in the check's dtype: measured against the same forward
   mode in float64 on the same values, 4 u (|t_k| + S) + min(2 r_k, sqrt(u) S), else
-  modelled, ANALYTICAL_SIGMAS u (|t_k| + S), S the largest |t|;
+  modelled, ANALYTICAL_SIGMAS u (|t_k| + S), S the larger of the largest |t| and |d|
+  (the tangents forward mode combines are as large as d);
 - at a kink (the one-sided differences differ by a jump that does not shrink with the
   step) any value between them is admissible, as for the gradient checks.
 """
@@ -83,9 +84,9 @@ def _tensor(
             (_floats(forward(plus), xp), _floats(forward(minus), xp), (s_plus - s_minus) / (2 * step))
         )
     # the direction actually moved (the rounded steps) at the finer step, for forward mode too
-    taken = sides[1][2]
+    taken = xp.asarray(sides[1][2])  # an array, also for a 0-d tensor
     x_own = tensors[name]
-    _, t_own = jvp(tensors, {name: taken.astype(x_own.dtype)})
+    _, t_own = jvp(tensors, {name: xp.asarray(taken.astype(x_own.dtype))})
     exact = None
     if route.dtype == "float64" and plan.dtype != "float64":
         try:
@@ -94,6 +95,7 @@ def _tensor(
             exact = None
     findings = []
     u_a = UNIT_ROUNDOFF[plan.dtype]
+    d_scale = float(xp.max(xp.abs(d))) if d.size else 0.0
     for k, f0 in enumerate(base):
         if f0 is None or k >= len(t_own) or t_own[k] is None:
             continue
@@ -103,7 +105,9 @@ def _tensor(
         value = (4 * fine - coarse) / 3
         truncation = xp.abs(fine - coarse) / 3
         noise = NOISE_SIGMAS * u_route * (xp.abs(sides[1][0][k]) + xp.abs(sides[1][1][k])) / h
-        scale = float(xp.max(xp.abs(t))) if t.size else 0.0
+        # the tangents forward mode works with are as large as d: a cancellation among them
+        # (softmax's v - sum p v) leaves their rounding behind however small the result
+        scale = max(float(xp.max(xp.abs(t))) if t.size else 0.0, d_scale)
         if exact is not None and exact[k] is not None:
             r = xp.abs(t - xp.asarray(exact[k]).astype(xp.float64))
             rounding = 4 * u_a * (xp.abs(t) + scale) + xp.minimum(2 * r, u_a**0.5 * scale)
@@ -112,7 +116,8 @@ def _tensor(
         tol = plan.spec.tolerances[route.dtype]
         atol = tol.effective_atol(max(scale, float(xp.max(xp.abs(value))) if value.size else 0.0))
         bound = atol + tol.rtol * xp.abs(value) + noise + truncation + rounding
-        lo, hi, kinks = _kinks(f0, sides, h, noise, value, xp)
+        own = [(plus[k], minus[k], step) for plus, minus, step in sides]
+        lo, hi, kinks = _kinks(f0, own, h, noise, value, xp)
         c = compare(t, value, noise, bound, xp, (lo, hi))
         findings.append(JvpFinding(name, k, c, kinks))
     return findings

@@ -231,7 +231,7 @@ class TorchAdapter(Adapter):
         try:
             return torch.from_dlpack(array)
         except (BufferError, RuntimeError, TypeError):  # read-only or oddly strided: a copy
-            return torch.from_dlpack(np.ascontiguousarray(_host(array)).copy())
+            return torch.from_dlpack(np.array(_host(array), copy=True, order="C"))  # 0-d stays 0-d
 
     def to_engine(self, value: Any, xp: ModuleType) -> Any:
         value = value.detach().resolve_conj().resolve_neg()
@@ -325,7 +325,11 @@ class TorchAdapter(Adapter):
                     continue
                 p, t = fwad.unpack_dual(o)
                 primal.append(p)
-                tangent.append(torch.zeros_like(p) if t is None else t)
+                if not p.is_floating_point():
+                    t = None  # integer outputs have no derivative to compare
+                elif t is None:
+                    t = torch.zeros_like(p)
+                tangent.append(t)
         return (tuple(primal) if isinstance(out, (tuple, list)) else primal[0]), tangent
 
 
@@ -394,8 +398,9 @@ class JaxAdapter(Adapter):
                 _jax_zero_cotangent(o, jax, jnp) if c is None else c
                 for o, c in zip(outs, cotangents, strict=True)
             ]
-            if isinstance(out, (tuple, list)):
-                return list(pull(type(out)(filled)))
+            if isinstance(out, (tuple, list)):  # a namedtuple (slogdet) too: rebuilt as jax does
+                tree = jax.tree_util.tree_structure(out)
+                return list(pull(jax.tree_util.tree_unflatten(tree, filled)))
             return list(pull(filled[0]))
 
         return out, pullback
@@ -417,7 +422,9 @@ class JaxAdapter(Adapter):
             return fn(*full, **attrs)
 
         out, tangent = jax.jvp(moved, tuple(args[i] for i in moving), tuple(tangents[i] for i in moving))
-        return out, list(tangent) if isinstance(out, (tuple, list)) else [tangent]
+        flat = list(tangent) if isinstance(out, (tuple, list)) else [tangent]
+        # integer outputs have float0 tangents: no derivative to compare
+        return out, [None if t.dtype == jax.dtypes.float0 else t for t in flat]
 
 
 def _jax_zero_cotangent(output: Any, jax: ModuleType, jnp: ModuleType) -> Any:
@@ -499,7 +506,10 @@ def versions(spec_frameworks: Sequence[str], verified: Mapping[str, str]) -> dic
     for name in dict.fromkeys([*spec_frameworks, *verified]):
         try:
             installed = adapter(name).installed()
-        except Unavailable:
-            installed = None
+        except Unavailable:  # not a framework specgrad knows: a package of that name?
+            try:
+                installed = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                installed = None
         out[name] = {"installed": installed, "verified_with": verified.get(name)}
     return out

@@ -232,8 +232,10 @@ def _extended(raw: RawSpec, chain: tuple[Path, ...]) -> RawSpec:
             where, "extends", f"no base spec file {base_path} (paths are relative to this file)"
         )
     base = _extended(load_spec(base_path), (*chain, here))
+    if not isinstance(base.data, dict):
+        raise SpecError.at(where, "extends", f"the base spec {base_path} is not a YAML mapping")
     own = {k: v for k, v in data.items() if k != "extends"}
-    inherited = {k: v for k, v in base.data.items() if k != "abstract"} if isinstance(base.data, dict) else {}
+    inherited = {k: v for k, v in base.data.items() if k != "abstract"}
     merged = _merge(inherited, own)
     locations = {p: loc for p, loc in base.locations.items() if not _overridden(p, own)}
     keys = {p: loc for p, loc in base.key_locations.items() if not _overridden(p, own)}

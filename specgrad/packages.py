@@ -3,7 +3,8 @@
 
 An entry point's value is a package (`mylayers.specs`: its folder holds the specs) or
 `module:attribute` naming a path, or a function returning one. A package is located
-without running its code; an attribute is read by importing its module.
+without running its own code (Python imports its parent packages, `mylayers`, to find
+it); an attribute is read by importing its module.
 """
 
 from __future__ import annotations

@@ -332,13 +332,22 @@ def _implementation_issues(raw: RawSpec) -> Iterator[SpecIssue]:
             )
         return
     for key in BINDING_FIELDS:
-        if key in data:
+        if key not in data:
+            continue
+        if raw.locate((key,), key=True).file != raw.path:  # from an `extends:` base
             yield raw.issue(
-                (key,),
-                f"with implementations:, '{key}' goes inside each implementation (the top level states the "
-                "contract: tensors, dtypes, cases, tolerances)",
+                ("implementations",),
+                f"'{key}' is inherited from {raw.locate((key,), key=True).file}; with implementations: each "
+                f"implementation has its own: drop the base's with '{key}: null' in this spec",
                 key=True,
             )
+            continue
+        yield raw.issue(
+            (key,),
+            f"with implementations:, '{key}' goes inside each implementation (the top level states the "
+            "contract: tensors, dtypes, cases, tolerances)",
+            key=True,
+        )
     if "second_order" in data:
         yield raw.issue(
             ("second_order",),
@@ -387,6 +396,12 @@ def _framework_issues(raw: RawSpec, block: dict[str, Any], at: JsonPath) -> Iter
         elif adapter is not None and not adapter.forward_mode:
             yield raw.issue(
                 (*at, "jvp"), f"jvp: autograd needs a framework with forward mode; {name} has none"
+            )
+        elif not autograd:
+            yield raw.issue(
+                (*at, "jvp"),
+                "jvp: autograd checks the forward mode the framework derives alongside backward: autograd; "
+                "this binding's backward is hand-written",
             )
 
 

@@ -448,3 +448,228 @@ def test_torch_module_parameter_paths_are_checked(tmp_path: Path, write, cli) ->
         ).parent,
     )
     assert "layer.params.s.grad: with backward: autograd the gradient comes from autodiff" in bad.out
+
+
+def test_a_bug_confined_to_the_float32_path_disagrees(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """Wrong by 3e-5 relative in float32 only, its backward consistent: the measured
+    deviation of the implementation itself is not taken as its rounding allowance."""
+    write(
+        "layers.py",
+        LAYERS
+        + dedent(
+            """
+            def f32_forward(x, w):
+                c = np.float32(1 + 3e-5) if x.dtype == np.float32 else 1.0
+                return c * (x @ w)
+
+            def f32_backward(g, x, w):
+                c = np.float32(1 + 3e-5) if x.dtype == np.float32 else 1.0
+                return c * (g @ w.T), c * (x.T @ g)
+            """
+        ),
+    )
+    write(
+        "mm.yaml",
+        SHARED.replace(
+            "layers:scaled_forward, backward: layers:scaled_backward",
+            "layers:f32_forward, backward: layers:f32_backward",
+        ),
+    )
+    report = tmp_path / "r.json"
+    cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "scaled")
+    checks = _by_id(_report(report))
+    for case in ("random", "wide", "special"):
+        assert checks[f"mm[float32,{case}]::agree.scaled"]["status"] == "FAIL"
+        assert checks[f"mm[float64,{case}]::agree.scaled"]["status"] == "PASS"
+        assert checks[f"mm@scaled[float32,{case}]::w"]["status"] == "PASS"
+
+
+def test_kinks_beyond_the_first_sample_are_probed(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """Hundreds of elements at relu's kink, two valid subgradients: agreement holds."""
+    write("layers.py", LAYERS)
+    write(
+        "relu.yaml",
+        """\
+        specgrad: 1
+        name: relu
+        description: many kinks
+        inputs:
+          x: {shape: [32, 32]}
+        dtypes: [float32]
+        cases: [special]
+        implementations:
+          zero: {forward: layers:relu, backward: layers:relu_backward}
+          half: {forward: layers:relu, backward: layers:relu_half_backward}
+        """,
+    )
+    report = tmp_path / "r.json"
+    cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "agree")
+    agree = _by_id(_report(report))["relu[float32,special]::agree.half"]
+    assert agree["status"] == "PASS" and agree["kinks"] > 64, agree
+
+
+LARGE = """\
+import numpy as np
+
+
+def lse(x):
+    m = x.max(-1, keepdims=True)
+    return (np.log(np.exp(x - m).sum(-1, keepdims=True)) + m)[..., 0]
+
+
+def lse_backward(g, x):
+    p = np.exp(x - x.max(-1, keepdims=True))
+    return g[..., None] * p / p.sum(-1, keepdims=True)
+
+
+def lse_torch(x):
+    import torch
+
+    return torch.logsumexp(x, -1)
+
+
+def lse_jax(x):
+    import jax
+
+    return jax.nn.logsumexp(x, axis=-1)
+
+
+def two(x):
+    import torch
+
+    return 2 * x, torch.relu(x), (x > 0).sum()
+"""
+
+
+@needs_torch
+@needs_jax
+def test_no_false_alarm_where_algorithms_round_differently(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """logsumexp of logits ~30: torch's exp(x - lse) rounds ~100 u off where numpy's is
+    exact, both correct; several outputs (one integer) and forward mode."""
+    write("lay.py", LARGE)
+    write(
+        "lse.yaml",
+        """\
+        specgrad: 1
+        name: lse
+        description: logsumexp of large logits
+        inputs:
+          x: {shape: [4, 64], fill: {kind: normal, std: 30}}
+        dtypes: [float16, float32, float64]
+        implementations:
+          numpy: {forward: lay:lse, backward: lay:lse_backward}
+          torch: {framework: torch, forward: lay:lse_torch, backward: autograd, jvp: autograd}
+          jax: {framework: jax, forward: lay:lse_jax, backward: autograd, jvp: autograd}
+        """,
+    )
+    write(
+        "two.yaml",
+        """\
+        specgrad: 1
+        name: two
+        description: three outputs, one integer, with forward mode
+        inputs:
+          x: {shape: [4, 6]}
+        framework: torch
+        forward: lay:two
+        backward: autograd
+        jvp: autograd
+        """,
+    )
+    result = run_subprocess(["validate", str(tmp_path), "-j", "2"], cwd=tmp_path)
+    assert result.code == 0, result.out[-3000:]
+
+
+@needs_torch
+def test_torch_layer_objects(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """A plain class holding torch tensors, with a hand-written backward, is checked; an
+    nn.Module with one is a located error (its parameters cannot be set)."""
+    write(
+        "tl.py",
+        """\
+        import torch
+
+        class Plain:
+            def __init__(self, n):
+                self.w = torch.zeros(n, n)
+
+            def forward(self, x):
+                self.x = x
+                return x @ self.w
+
+            def backward(self, g):
+                self.dw = self.x.T @ g
+                return g @ self.w.T
+
+        class Module(torch.nn.Module):
+            def __init__(self, n):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.zeros(n, n))
+
+            def forward(self, x):
+                self.x = x
+                return x @ self.w
+
+            def backward(self, g):
+                self.dw = self.x.T @ g
+                return g @ self.w.T
+        """,
+    )
+    spec = """\
+        specgrad: 1
+        name: NAME
+        description: a torch layer object
+        framework: torch
+        convention: layer
+        layer:
+          class: tl:CLASS
+          init: {n: 3}
+          params:
+            w: {value: w, grad: dw}
+        inputs:
+          x: {shape: [2, 3]}
+        parameters:
+          w: {shape: [3, 3]}
+        dtypes: [float64]
+        """
+    write("plain/s.yaml", spec.replace("NAME", "plain").replace("CLASS", "Plain"))
+    shutil.copy(tmp_path / "tl.py", tmp_path / "plain" / "tl.py")
+    assert cli("validate", tmp_path / "plain", "-j", "1").code == 0
+    write("module/s.yaml", spec.replace("NAME", "module").replace("CLASS", "Module"))
+    shutil.copy(tmp_path / "tl.py", tmp_path / "module" / "tl.py")
+    result = cli("validate", tmp_path / "module", "-j", "1")
+    assert result.code == 2
+    assert (
+        "layer.backward: Module is a torch module: its parameters are swapped in for a call only with layer.backward: autograd"
+        in result.out
+    )
+
+
+@needs_jax
+def test_jax_namedtuple_outputs(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    write(
+        "jl.py",
+        """\
+        import jax.numpy as jnp
+
+        def slogdet(a):
+            return jnp.linalg.slogdet(a)
+        """,
+    )
+    write(
+        "s.yaml",
+        """\
+        specgrad: 1
+        name: slogdet
+        description: sign and log|det|, a namedtuple
+        framework: jax
+        forward: jl:slogdet
+        backward: autograd
+        inputs:
+          a: {shape: [3, 3]}
+        dtypes: [float64]
+        cases: [random]
+        """,
+    )
+    result = cli("validate", tmp_path, "-j", "1")
+    assert result.code == 0, result.text

@@ -79,6 +79,10 @@ def write(path: Path, doc: dict[str, Any]) -> Path:
             "with backward: autograd there is none",
         ),
         (with_(verified_with={"torch": 2}), "verified_with.torch: expected a string"),
+        (
+            with_(framework="torch", jvp="autograd"),
+            "jvp: jvp: autograd checks the forward mode the framework derives alongside backward: autograd",
+        ),
     ],
 )
 def test_errors(doc: Any, expected: str) -> None:
@@ -157,3 +161,24 @@ def test_abstract_spec_needs_no_binding_and_compiles_to_nothing(tmp_path: Path) 
     spec = parse_spec(write(tmp_path / "s.yaml", {**CONTRACT, "abstract": True}))
     assert spec.abstract and spec.binding is None and compile_spec(spec) == ()
     assert any("missing required field 'forward'" in m for m in messages(CONTRACT))
+
+
+def test_extends_a_base_that_is_not_a_mapping(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text("- 1\n- 2\n")
+    write(tmp_path / "s.yaml", {**BASE, "extends": "base.yaml"})
+    with pytest.raises(SpecError, match=r"extends: the base spec .*base\.yaml is not a YAML mapping"):
+        parse_spec(tmp_path / "s.yaml")
+
+
+def test_a_binding_inherited_beside_implementations_names_the_fix(tmp_path: Path) -> None:
+    write(tmp_path / "base.yaml", BASE)
+    write(
+        tmp_path / "s.yaml",
+        {"specgrad": 1, "extends": "base.yaml", "implementations": TWO["implementations"]},
+    )
+    with pytest.raises(SpecError) as info:
+        parse_spec(tmp_path / "s.yaml")
+    text = "\n".join(map(str, info.value.issues))
+    assert (
+        "s.yaml" in text and "'forward' is inherited from" in text and "'forward: null' in this spec" in text
+    )
