@@ -98,7 +98,7 @@ class Autograd:
 
     def evaluate(self, tensors: Mapping[str, Any]) -> Any:
         """The outputs alone, nothing recorded (the differences' many calls)."""
-        return self.forward_fn(*[tensors[n] for n in self.order], **self.attrs)
+        return self.adapter.compiled(self.forward_fn, self.attrs)(*[tensors[n] for n in self.order])
 
     def backward(self, state: Any, grad_out: Any) -> Any:
         pullback = state

@@ -134,6 +134,10 @@ class Adapter:
         """The names `call_layer` can swap in (None: any path it can set)."""
         return None
 
+    def compiled(self, fn: Callable[..., Any], attrs: Mapping[str, Any]) -> Callable[..., Any]:
+        """fn(*args, **attrs) as the framework runs it best (jax: jit-compiled)."""
+        return lambda *args: fn(*args, **attrs)
+
     # -- autodiff -----------------------------------------------------------------------
 
     def vjp(
@@ -152,6 +156,11 @@ class Adapter:
         """fn(*args, **attrs) and, by forward mode, the derivative of each output along
         `tangents` (by argument position; the others held still)."""
         raise NotImplementedError(f"{self.name} has no forward-mode differentiation")
+
+    def lacks_forward_mode(self, exc: BaseException) -> bool:
+        """Whether `exc`, raised by `jvp`, says the framework has no forward-mode rule for
+        an operation the layer uses (not that the layer is wrong)."""
+        return isinstance(exc, NotImplementedError)
 
 
 class NumpyAdapter(Adapter):
@@ -248,6 +257,12 @@ class TorchAdapter(Adapter):
         if not isinstance(layer, torch.nn.Module):
             return None
         return [*dict(layer.named_parameters()), *dict(layer.named_buffers())]
+
+    def lacks_forward_mode(self, exc: BaseException) -> bool:
+        # "Trying to use forward AD with X that does not support it"; "x_jvp not implemented for 'Half'"
+        return isinstance(exc, NotImplementedError) or (
+            isinstance(exc, RuntimeError) and "not implemented for" in str(exc)
+        )
 
     def call_layer(
         self,
@@ -358,6 +373,29 @@ class JaxAdapter(Adapter):
 
     def configure(self, module: ModuleType) -> None:
         module.config.update("jax_enable_x64", True)
+        self._compiled: dict[tuple[Any, int], tuple[Mapping[str, Any], Callable[..., Any]]] = {}
+
+    def compiled(self, fn: Callable[..., Any], attrs: Mapping[str, Any]) -> Callable[..., Any]:
+        """jax.jit of fn with its attrs fixed: eager jax compiles every operation for every
+        new shape and dispatches them one by one (~8x slower per call here); a function
+        that cannot be traced (Python control flow on values) or compiled runs eagerly."""
+        jax = self.load()
+        key = (fn, id(attrs))
+        if key not in self._compiled:
+            jitted = jax.jit(lambda *args: fn(*args, **attrs))
+            eager = False
+
+            def call(*args: Any) -> Any:
+                nonlocal eager
+                if not eager:
+                    try:
+                        return jitted(*args)
+                    except Exception:  # noqa: BLE001 - not traceable or not compilable: eagerly,
+                        eager = True  # where the user's own errors are raised as they are
+                return fn(*args, **attrs)
+
+            self._compiled[key] = (attrs, call)  # attrs kept alive: its id stays theirs
+        return self._compiled[key][1]
 
     def is_native(self, value: object) -> bool:
         jax = self.load()
@@ -378,17 +416,25 @@ class JaxAdapter(Adapter):
     def dtype(self, name: str) -> Any:
         return importlib.import_module("jax.numpy").dtype(name)
 
+    def lacks_forward_mode(self, exc: BaseException) -> bool:
+        # "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
+        return isinstance(exc, NotImplementedError) or (
+            isinstance(exc, TypeError) and "custom_vjp" in str(exc)
+        )
+
     def vjp(
         self, fn: Callable[..., Any], args: Sequence[Any], diff: Sequence[int], attrs: Mapping[str, Any]
     ) -> tuple[Any, Pullback]:
         jax = self.load()
         jnp = importlib.import_module("jax.numpy")
 
+        run = self.compiled(fn, attrs)
+
         def moved(*values: Any) -> Any:
             full = list(args)
             for i, v in zip(diff, values, strict=True):
                 full[i] = v
-            return fn(*full, **attrs)
+            return run(*full)
 
         out, pull = jax.vjp(moved, *[args[i] for i in diff])
 
@@ -414,12 +460,13 @@ class JaxAdapter(Adapter):
     ) -> tuple[Any, list[Any]]:
         jax = self.load()
         moving = sorted(tangents)
+        run = self.compiled(fn, attrs)
 
         def moved(*values: Any) -> Any:
             full = list(args)
             for i, v in zip(moving, values, strict=True):
                 full[i] = v
-            return fn(*full, **attrs)
+            return run(*full)
 
         out, tangent = jax.jvp(moved, tuple(args[i] for i in moving), tuple(tangents[i] for i in moving))
         flat = list(tangent) if isinstance(out, (tuple, list)) else [tangent]

@@ -767,6 +767,10 @@ class CaseRun:
         except ContractError as exc:
             return self._result("contract.jvp", Status.ERROR, f"forward mode (jvp): {exc}")
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
+            adapter = getattr(self.evaluator, "adapter", None)
+            if adapter is not None and adapter.lacks_forward_mode(exc):
+                why = f"not run: {adapter.name} has no forward mode for an operation this forward uses"
+                return self._result("contract.jvp", Status.SKIP, f"{why}: {type(exc).__name__}: {exc}")
             return self._result("contract.jvp", Status.ERROR, describe_exception("forward mode (jvp)", exc))
         passed, message, comparison, kinks = describe_jvp(
             findings, self.spec.implementation or self.spec.name

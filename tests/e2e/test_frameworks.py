@@ -673,3 +673,96 @@ def test_jax_namedtuple_outputs(tmp_path: Path, write, cli) -> None:  # type: ig
     )
     result = cli("validate", tmp_path, "-j", "1")
     assert result.code == 0, result.text
+
+
+def test_a_float64_path_computed_in_float32_fails_float64_only(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """As jax's dot_product_attention does: float64 in, softmax in float32 inside. Its float64
+    results are off by float32 rounding, which is a float64 disagreement but within a
+    float32 or float16 check's allowance; overflowing alike is agreement."""
+    write(
+        "layers.py",
+        LAYERS
+        + dedent(
+            """
+            def downcast(x, w):
+                return (x.astype(np.float32) @ w.astype(np.float32)).astype(x.dtype)
+
+            def downcast_backward(g, x, w):
+                g32, x32, w32 = (a.astype(np.float32) for a in (g, x, w))
+                return (g32 @ w32.T).astype(x.dtype), (x32.T @ g32).astype(x.dtype)
+
+            def overflow(x, w):
+                return np.exp(40 * (x @ w))
+
+            def overflow_backward(g, x, w):
+                y = np.exp(40 * (x @ w)) * 40 * g
+                return y @ w.T, x.T @ y
+            """
+        ),
+    )
+    write(
+        "mm.yaml",
+        SHARED.replace("dtypes: [float32, float64]", "dtypes: [float16, float32, float64]").replace(
+            "layers:scaled_forward, backward: layers:scaled_backward",
+            "layers:downcast, backward: layers:downcast_backward",
+        ),
+    )
+    report = tmp_path / "r.json"
+    cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "agree.scaled")
+    checks = _by_id(_report(report))
+    for case in ("random", "wide", "special"):
+        assert checks[f"mm[float64,{case}]::agree.scaled"]["status"] == "FAIL"
+        assert checks[f"mm[float32,{case}]::agree.scaled"]["status"] == "PASS"
+        assert checks[f"mm[float16,{case}]::agree.scaled"]["status"] == "PASS"
+    write(
+        "mm.yaml",
+        SHARED.replace(
+            "layers:forward, backward: layers:backward", "layers:overflow, backward: layers:overflow_backward"
+        ).replace(
+            "layers:scaled_forward, backward: layers:scaled_backward",
+            "layers:overflow, backward: layers:overflow_backward",
+        ),
+    )
+    cli("validate", tmp_path, "--json", report, "-j", "1", "-k", "agree.scaled and wide")
+    checks = _by_id(_report(report))
+    assert checks["mm[float32,wide]::agree.scaled"]["status"] == "PASS", checks[
+        "mm[float32,wide]::agree.scaled"
+    ]
+
+
+@needs_torch
+def test_forward_mode_a_framework_lacks_is_skipped_with_the_reason(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    write(
+        "tl.py",
+        """\
+        import torch
+
+        def dist(x, y):
+            return torch.cdist(x, y)
+        """,
+    )
+    write(
+        "s.yaml",
+        """\
+        specgrad: 1
+        name: dist
+        description: pairwise distances; torch has no forward-mode rule for them
+        framework: torch
+        forward: tl:dist
+        backward: autograd
+        jvp: autograd
+        inputs:
+          x: {shape: [3, 4]}
+          y: {shape: [5, 4]}
+        dtypes: [float64]
+        cases: [random]
+        """,
+    )
+    report = tmp_path / "r.json"
+    result = cli("validate", tmp_path, "--json", report, "-j", "1")
+    jvp = _by_id(_report(report))["dist[float64,random]::contract.jvp"]
+    assert (
+        jvp["status"] == "SKIP"
+        and "torch has no forward mode for an operation this forward uses" in jvp["message"]
+    )
+    assert result.code == 0, result.text
