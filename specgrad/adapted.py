@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
-from specgrad.bindings import ContractError, Evaluator, _materialized, forward_only
+from specgrad.bindings import ContractError, Evaluator, forward_only, materialized
 from specgrad.errors import SpecError, did_you_mean
 from specgrad.frameworks import Adapter, dotted
 from specgrad.model import LayerBinding
@@ -39,7 +39,7 @@ class Converted:
 
     def backward(self, state: Any, grad_out: Any) -> Any:
         raw = self.inner.backward(state, self._native(grad_out))
-        return self.back(_materialized(raw), "backward returned")
+        return self.back(materialized(raw), "backward returned")
 
     def jvp(self, tensors: Mapping[str, Any], tangents: Mapping[str, Any]) -> tuple[Any, list[Any]]:
         inner = self.inner
@@ -112,6 +112,10 @@ class Autograd:
         return self.adapter.jvp(self.forward_fn, args, moves, self.attrs)
 
 
+#: attrs of a call that takes none: one object, so a compiled call is cached once (jax.jit)
+_NO_ATTRS: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class LayerAutograd:
     """A layer object (a torch.nn.Module, say) with `layer.backward: autograd`: a fresh
@@ -152,7 +156,7 @@ class LayerAutograd:
 
     def forward(self, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
         diff = [self.order.index(n) for n in self.differentiable]
-        return self.adapter.vjp(self._call, [tensors[n] for n in self.order], diff, {})
+        return self.adapter.vjp(self._call, [tensors[n] for n in self.order], diff, _NO_ATTRS)
 
     def evaluate(self, tensors: Mapping[str, Any]) -> Any:
         return self._call(*[tensors[n] for n in self.order])

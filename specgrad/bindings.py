@@ -73,11 +73,11 @@ class FunctionEvaluator:
 
     def backward(self, state: Any, grad_out: Any) -> Any:
         if not self.cached:
-            return _materialized(self.backward_fn(grad_out, *state, **self.attrs))
+            return materialized(self.backward_fn(grad_out, *state, **self.attrs))
         cache, flat = state
         if flat:  # backward(dnext_h, dnext_c, cache), as its forward returned them
-            return _materialized(self.backward_fn(*grad_out, cache))
-        return _materialized(self.backward_fn(grad_out, cache))
+            return materialized(self.backward_fn(*grad_out, cache))
+        return materialized(self.backward_fn(grad_out, cache))
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class SecondOrderEvaluator:
     def forward(self, tensors: Mapping[str, Any]) -> tuple[Any, Any]:
         args = [tensors[n] for n in self.binding.first_tensors]
         g = tensors["grad_out"]
-        raw = _materialized(self.backward_fn(g, *args, **self.attrs))
+        raw = materialized(self.backward_fn(g, *args, **self.attrs))
         names = self.binding.first_tensors
         grads = _match(raw, names, self.binding.first_grads)
         out = tuple(grads[n] for n in self.binding.first_grads)
@@ -101,7 +101,7 @@ class SecondOrderEvaluator:
 
     def backward(self, state: Any, grad_out: Any) -> Any:
         args, g = state
-        return _materialized(self.double_fn(grad_out, g, *args, **self.attrs))
+        return materialized(self.double_fn(grad_out, g, *args, **self.attrs))
 
 
 class LayerEvaluator:
@@ -200,7 +200,7 @@ class LayerEvaluator:
 
     def backward(self, state: Any, grad_out: Any) -> Any:
         layer = state
-        input_grads = _materialized(getattr(layer, self.binding.backward)(grad_out))
+        input_grads = materialized(getattr(layer, self.binding.backward)(grad_out))
         if self.binding.input_grads is not None:
             input_grads = {
                 n: self._read(layer, p, f"the gradient of input '{n}'")
@@ -250,7 +250,7 @@ def _ones_like(array: Any) -> Any:
     return array * 0 + 1 if floating else None
 
 
-def _materialized(result: Any) -> Any:
+def materialized(result: Any) -> Any:
     """A backward written as a generator runs its body here, inside the user-code call,
     not later while its gradients are read (after the mutation check)."""
     return tuple(result) if isinstance(result, Iterator) else result
