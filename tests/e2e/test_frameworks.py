@@ -538,6 +538,12 @@ def two(x):
     import torch
 
     return 2 * x, torch.relu(x), (x > 0).sum()
+
+
+def sdpa(q, k, v, causal=False):
+    import torch.nn.functional as F
+
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 """
 
 
@@ -545,7 +551,8 @@ def two(x):
 @needs_jax
 def test_no_false_alarm_where_algorithms_round_differently(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
     """logsumexp of logits ~30: torch's exp(x - lse) rounds ~100 u off where numpy's is
-    exact, both correct; several outputs (one integer) and forward mode."""
+    exact, both correct; torch's fused attention rounds ds at a saturated softmax where
+    numpy's is exact; several outputs (one integer) and forward mode."""
     write("lay.py", LARGE)
     write(
         "lse.yaml",
@@ -574,6 +581,23 @@ def test_no_false_alarm_where_algorithms_round_differently(tmp_path: Path, write
         forward: lay:two
         backward: autograd
         jvp: autograd
+        """,
+    )
+    write(
+        "sdpa.yaml",
+        """\
+        specgrad: 1
+        name: sdpa
+        description: torch's fused attention (flash on CPU) against the zoo's, saturated in the wide case
+        inputs:
+          q: {shape: [1, 2, 6, 8]}
+          k: {shape: [1, 2, 6, 8]}
+          v: {shape: [1, 2, 6, 8]}
+        attrs: {causal: true}
+        dtypes: [float16, float32, float64]
+        implementations:
+          numpy: {forward: "specgrad.zoo.attention:forward", backward: "specgrad.zoo.attention:backward"}
+          torch: {framework: torch, forward: lay:sdpa, backward: autograd}
         """,
     )
     result = run_subprocess(["validate", str(tmp_path), "-j", "2"], cwd=tmp_path)
