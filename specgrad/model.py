@@ -456,7 +456,9 @@ def _first_order(raw: RawSpec) -> Spec:
     tensors = _tensors(raw)
     data = raw.data
     several = "implementations" in data
-    bound = not several and ("forward" in data or "layer" in data)
+    # an abstract base may give part of a binding (or none): only a whole one is bound
+    whole = "layer" in data if data.get("convention") == "layer" else {"forward", "backward"} <= set(data)
+    bound = not several and whole
     return Spec(
         name=raw.data["name"],
         description=raw.data["description"],

@@ -435,6 +435,8 @@ def _layer_autograd_issues(
 def _binding_issues(raw: RawSpec, params: list[str], at: JsonPath) -> Iterator[SpecIssue]:
     data = _node(raw.data, at)
     yield from _framework_issues(raw, data, at)
+    if data.get("convention") == "layer" and "layer" not in data:
+        return  # an abstract base may leave its binding to the specs extending it
     if data.get("convention", "functional") != "layer":
         if "layer" in data:
             yield raw.issue((*at, "layer"), "a layer: block needs convention: layer", key=True)

@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from specgrad.compile import compile_spec
 from specgrad.errors import SpecError
-from specgrad.model import AutogradBinding, FunctionBinding
-from specgrad.validate import parse_spec
+from specgrad.loader import load_spec_text
+from specgrad.model import AutogradBinding, FunctionBinding, spec_from_validated
+from specgrad.validate import parse_spec, validate_raw
 from tests.unit.test_validate import BASE, messages, with_
 
 CONTRACT = {k: v for k, v in BASE.items() if k not in ("forward", "backward")}
@@ -160,6 +163,10 @@ def test_extends_cycle_and_missing_base(tmp_path: Path) -> None:
 def test_abstract_spec_needs_no_binding_and_compiles_to_nothing(tmp_path: Path) -> None:
     spec = parse_spec(write(tmp_path / "s.yaml", {**CONTRACT, "abstract": True}))
     assert spec.abstract and spec.binding is None and compile_spec(spec) == ()
+    layered = parse_spec(write(tmp_path / "l.yaml", {**CONTRACT, "abstract": True, "convention": "layer"}))
+    assert layered.abstract and layered.binding is None
+    half = parse_spec(write(tmp_path / "h.yaml", {**CONTRACT, "abstract": True, "forward": "m:f"}))
+    assert half.abstract and half.binding is None
     assert any("missing required field 'forward'" in m for m in messages(CONTRACT))
 
 
@@ -182,3 +189,48 @@ def test_a_binding_inherited_beside_implementations_names_the_fix(tmp_path: Path
     assert (
         "s.yaml" in text and "'forward' is inherited from" in text and "'forward: null' in this spec" in text
     )
+
+
+impl_field = st.sampled_from(["framework", "convention", "forward", "backward", "layer", "jvp", "attrs"])
+impl_value = st.one_of(
+    st.sampled_from(
+        ["numpy", "torch", "jax", "troch", "functional", "cached", "layer", "autograd", "m:f", "x"]
+    ),
+    st.none(),
+    st.integers(-2, 2),
+    st.fixed_dictionaries({"class": st.sampled_from(["m:C", "bad"])}),
+    st.dictionaries(st.sampled_from(["k", "eps"]), st.integers(0, 3), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from(["numpy", "torch", "jax", "a b", "1x"]),
+        st.dictionaries(impl_field, impl_value, max_size=5),
+        max_size=3,
+    ),
+    st.dictionaries(
+        st.sampled_from(
+            ["reference", "agreement", "verified_with", "abstract", "forward", "backward", "jvp"]
+        ),
+        st.one_of(
+            impl_value, st.fixed_dictionaries({"float32": st.fixed_dictionaries({"rtol": st.floats(0, 1)})})
+        ),
+        max_size=3,
+    ),
+)
+def test_generated_implementation_documents_validate_or_fail_located(
+    impls: dict[str, dict[str, Any]], top: dict[str, Any]
+) -> None:
+    """Every document with implementations becomes a spec (whose plans compile) or located
+    issues; no other exception."""
+    doc = {**CONTRACT, **top, "implementations": impls}
+    raw = load_spec_text(yaml.safe_dump(doc, sort_keys=False), Path("s.yaml"))
+    issues = validate_raw(raw)
+    for issue in issues:
+        assert issue.location.line >= 1 and issue.message
+    if not issues:
+        spec = spec_from_validated(raw)
+        assert [s.implementation for s in spec.implementations] == list(impls)
+        compile_spec(spec)
