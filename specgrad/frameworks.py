@@ -70,12 +70,13 @@ class Adapter:
         with self._lock:
             if self._module is None:
                 try:
-                    self._module = importlib.import_module(self.module)
+                    module = importlib.import_module(self.module)
                 except ImportError as exc:
                     raise Unavailable(f"{self.name} is not installed ({exc}); {self.install}") from None
                 except Exception as exc:  # noqa: BLE001 - a broken install is reported, not raised
                     raise Unavailable(f"{self.name} failed to import: {type(exc).__name__}: {exc}") from None
-                self.configure(self._module)
+                self.configure(module)  # may find it unusable (cupy without a device): Unavailable
+                self._module = module
             return self._module
 
     def configure(self, module: ModuleType) -> None:

@@ -187,3 +187,19 @@ def test_entry_point_adapter_is_found_and_loaded(tmp_path: Path, monkeypatch: py
     finally:
         frameworks._entry_points.cache_clear()
         frameworks._ADAPTERS.pop("lists", None)
+
+
+def test_a_framework_found_unusable_stays_unavailable() -> None:
+    """cupy without a device: configure refuses it, and every later load does too."""
+
+    class NoDevice(Adapter):
+        name = "nodevice"
+        module = "json"
+
+        def configure(self, module: object) -> None:
+            raise Unavailable("no device")
+
+    adapter = NoDevice()
+    for _ in range(2):
+        with pytest.raises(Unavailable, match="no device"):
+            adapter.load()
