@@ -418,10 +418,12 @@ class AgreementRun:
         lo, hi = xp.array(b.reshape(-1)), xp.array(b.reshape(-1))
         accepted = 0
         probed = self._intervals.setdefault(tensor, {})
+        base: tuple[float, float] | None = None
         for j in elements:
             if j not in probed:
                 try:
-                    probed[j] = _one_sided(forward, point, tensor, j, upstream, dtype, xp)
+                    base = base or loss(forward, point, upstream, UNIT_ROUNDOFF[dtype], xp)
+                    probed[j] = _one_sided(forward, point, base, tensor, j, upstream, dtype, xp)
                 except PerturbationError:
                     return c, 0
             interval = probed[j]
@@ -472,25 +474,18 @@ class AgreementRun:
         start: float | None = None,
         note: str = "",
     ) -> CheckResult:
-        plan = self.plan
         if kinks:
             note = (
                 f"{kinks} gradient element(s) sit on kinks where the implementations pick different "
                 "subgradients, both between the one-sided derivatives"
             )
-        return CheckResult(
-            check_id=plan.check_id(target),
-            spec=self.spec.name,
-            file=str(self.spec.path),
-            dtype=plan.dtype,
-            case=plan.case.name,
-            target=target,
-            status=status,
-            message=message,
+        return self.plan.result(
+            target,
+            status,
+            message,
             comparison=comparison,
             note=note,
             kinks=kinks,
-            seed=plan.seed,
             method="agreement",
             duration=0.0 if start is None else time.perf_counter() - start,
         )
@@ -499,6 +494,7 @@ class AgreementRun:
 def _one_sided(
     forward: Callable[[Mapping[str, Any]], Sequence[Any]],
     point: Mapping[str, Any],
+    at_point: tuple[float, float],
     tensor: str,
     j: int,
     upstream: Sequence[Any | None],
@@ -506,12 +502,12 @@ def _one_sided(
     xp: ModuleType,
 ) -> tuple[float, float] | None:
     """[lo, hi] between the one-sided derivatives of L = sum <g, f> along element j, where
-    they differ by a jump that does not shrink with the step (a kink); else None."""
+    they differ by a jump that does not shrink with the step (a kink); else None.
+    `at_point`: (L, its noise) at `point`."""
     u = UNIT_ROUNDOFF[dtype]
     x = point[tensor]
-    flat = x.reshape(-1)
-    x0 = float(flat[j])
-    base, base_noise = loss(forward, point, upstream, u, xp)
+    x0 = float(x.reshape(-1)[j])
+    base, base_noise = at_point
     sides = []
     for h in (default_step(dtype) * max(abs(x0), 1.0), default_step(dtype) * max(abs(x0), 1.0) / 4):
         values = []

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from specgrad.model import Case, Method, Spec
 from specgrad.numerics.tolerance import UNIT_ROUNDOFF, Tolerance
+from specgrad.results import CheckResult, Status
 from specgrad.select import Matcher
 
 #: contract checks, in the order they run for every case
@@ -48,6 +49,21 @@ class CasePlan:
 
     def check_id(self, target: str) -> str:
         return check_id(self.spec.name, self.dtype, self.case.name, target)
+
+    def result(self, target: str, status: Status, message: str = "", **figures: Any) -> CheckResult:
+        """The result of one of this plan's checks (`figures`: CheckResult's other fields)."""
+        return CheckResult(
+            check_id=self.check_id(target),
+            spec=self.spec.name,
+            file=str(self.spec.path),
+            dtype=self.dtype,
+            case=self.case.name,
+            target=target,
+            status=status,
+            message=message,
+            seed=self.seed,
+            **figures,
+        )
 
     def tolerance_for(self, tensor: str, *also: str) -> tuple[str, Tolerance]:
         """(dtype, tolerance) for a tensor's check: of the coarsest of its dtype, the check's
@@ -123,28 +139,8 @@ def compile_spec(
         method = replace(method, max_elements=max_elements)
     if max_memory is not None:
         method = replace(method, max_memory=max_memory)
-    plans = []
-    for dtype in spec.dtypes:
-        if dtypes is not None and dtype not in dtypes:
-            continue
-        for case in spec.cases:
-            targets = tuple(
-                t
-                for t in all_targets(spec)
-                if t not in omitted and (select is None or select(check_id(spec.name, dtype, case.name, t)))
-            )
-            if targets:
-                plans.append(
-                    CasePlan(
-                        spec,
-                        dtype,
-                        case,
-                        spec.seed if seed is None else seed,
-                        spec.tolerances[dtype],
-                        targets,
-                        method,
-                    )
-                )
+    candidates = tuple(t for t in all_targets(spec) if t not in omitted)
+    plans = _case_plans(spec, candidates, method, "checks", dtypes, seed, select)
     if spec.second_order is not None:
         plans += compile_spec(
             spec.second_order,
@@ -162,26 +158,33 @@ def _agreement_plans(
     spec: Spec, dtypes: Sequence[str] | None, seed: int | None, select: Matcher | None
 ) -> list[CasePlan]:
     """Per dtype and case, each non-reference implementation against the reference."""
-    others = [f"agree.{s.implementation}" for s in spec.implementations if s.implementation != spec.reference]
+    others = tuple(
+        f"agree.{s.implementation}" for s in spec.implementations if s.implementation != spec.reference
+    )
+    return _case_plans(spec, others, spec.method, "agreement", dtypes, seed, select)
+
+
+def _case_plans(
+    spec: Spec,
+    candidates: tuple[str, ...],
+    method: Method,
+    kind: Literal["checks", "agreement"],
+    dtypes: Sequence[str] | None,
+    seed: int | None,
+    select: Matcher | None,
+) -> list[CasePlan]:
+    """A plan per dtype (of those asked for) and case, with the candidates `select` keeps."""
     plans = []
     for dtype in spec.dtypes:
         if dtypes is not None and dtype not in dtypes:
             continue
         for case in spec.cases:
             targets = tuple(
-                t for t in others if select is None or select(check_id(spec.name, dtype, case.name, t))
+                t for t in candidates if select is None or select(check_id(spec.name, dtype, case.name, t))
             )
             if targets:
+                seed_ = spec.seed if seed is None else seed
                 plans.append(
-                    CasePlan(
-                        spec,
-                        dtype,
-                        case,
-                        spec.seed if seed is None else seed,
-                        spec.tolerances[dtype],
-                        targets,
-                        spec.method,
-                        kind="agreement",
-                    )
+                    CasePlan(spec, dtype, case, seed_, spec.tolerances[dtype], targets, method, kind=kind)
                 )
     return plans

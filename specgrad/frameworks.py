@@ -429,14 +429,7 @@ class JaxAdapter(Adapter):
         jax = self.load()
         jnp = importlib.import_module("jax.numpy")
 
-        run = self.compiled(fn, attrs)
-
-        def moved(*values: Any) -> Any:
-            full = list(args)
-            for i, v in zip(diff, values, strict=True):
-                full[i] = v
-            return run(*full)
-
+        moved = _substituted(self.compiled(fn, attrs), args, diff)
         out, pull = jax.vjp(moved, *[args[i] for i in diff])
 
         def pullback(cotangents: Sequence[Any]) -> list[Any]:
@@ -461,18 +454,26 @@ class JaxAdapter(Adapter):
     ) -> tuple[Any, list[Any]]:
         jax = self.load()
         moving = sorted(tangents)
-        run = self.compiled(fn, attrs)
-
-        def moved(*values: Any) -> Any:
-            full = list(args)
-            for i, v in zip(moving, values, strict=True):
-                full[i] = v
-            return run(*full)
+        moved = _substituted(self.compiled(fn, attrs), args, moving)
 
         out, tangent = jax.jvp(moved, tuple(args[i] for i in moving), tuple(tangents[i] for i in moving))
         flat = list(tangent) if isinstance(out, (tuple, list)) else [tangent]
         # integer outputs have float0 tangents: no derivative to compare
         return out, [None if t.dtype == jax.dtypes.float0 else t for t in flat]
+
+
+def _substituted(
+    run: Callable[..., Any], args: Sequence[Any], positions: Sequence[int]
+) -> Callable[..., Any]:
+    """run(*args) as a function of the arguments at `positions` (jax differentiates in those)."""
+
+    def moved(*values: Any) -> Any:
+        full = list(args)
+        for i, v in zip(positions, values, strict=True):
+            full[i] = v
+        return run(*full)
+
+    return moved
 
 
 def _jax_zero_cotangent(output: Any, jax: ModuleType, jnp: ModuleType) -> Any:

@@ -207,20 +207,7 @@ def _assemble(
 
 def _died(plan: CasePlan) -> list[CheckResult]:
     message = "the worker process running this case died (a crash in native code?); the run went on"
-    return [
-        CheckResult(
-            check_id=plan.check_id(t),
-            spec=plan.spec.name,
-            file=str(plan.spec.path),
-            dtype=plan.dtype,
-            case=plan.case.name,
-            target=t,
-            status=Status.ERROR,
-            message=message,
-            seed=plan.seed,
-        )
-        for t in plan.targets
-    ]
+    return [plan.result(t, Status.ERROR, message) for t in plan.targets]
 
 
 @contextmanager

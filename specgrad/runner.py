@@ -110,21 +110,8 @@ def run_plan(plan: CasePlan, bind: Bindings, backend: Backend) -> list[CheckResu
     try:
         evaluator = bind(plan.spec)
     except Unavailable as exc:
-        return [
-            CheckResult(
-                check_id=plan.check_id(t),
-                spec=plan.spec.name,
-                file=str(plan.spec.path),
-                dtype=plan.dtype,
-                case=plan.case.name,
-                target=t,
-                status=Status.SKIP,
-                message=f"not run: {exc}",
-                note=f"implementation {plan.spec.implementation or plan.spec.name} not run: {exc}",
-                seed=plan.seed,
-            )
-            for t in plan.targets
-        ]
+        note = f"implementation {plan.spec.implementation or plan.spec.name} not run: {exc}"
+        return [plan.result(t, Status.SKIP, f"not run: {exc}", note=note) for t in plan.targets]
     return CaseRun(plan, evaluator, backend).run()
 
 
@@ -239,22 +226,15 @@ class CaseRun:
         sample: tuple[int, ...] | None = None,
         duration: float = 0.0,
     ) -> CheckResult:
-        plan = self.plan
-        return CheckResult(
-            check_id=plan.check_id(target),
-            spec=self.spec.name,
-            file=str(self.spec.path),
-            dtype=plan.dtype,
-            case=plan.case.name,
-            target=target,
-            status=status,
-            message=message,
+        return self.plan.result(
+            target,
+            status,
+            message,
             comparison=comparison,
             tolerance=tolerance,
             numerical_dtype=numerical_dtype,
             note=note,
             kinks=kinks,
-            seed=plan.seed,
             method=method,
             sample=sample,
             duration=duration,
