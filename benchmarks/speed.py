@@ -45,7 +45,7 @@ import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from specgrad.backends import get_backend  # noqa: E402
+from specgrad.backends import backend as get_backend  # noqa: E402
 from specgrad.bindings import make_evaluator  # noqa: E402
 from specgrad.compile import compile_spec  # noqa: E402
 from specgrad.numerics.finite_diff import central_difference  # noqa: E402
@@ -225,7 +225,7 @@ def specgrad_case(case: Case, mode: str | None, repeat: int) -> tuple[float, str
         spec = parse_spec(path)
         (plan,) = compile_spec(spec, mode=mode)
         evaluator = make_evaluator(spec)
-        backend = get_backend("numpy")
+        backend = get_backend("cpu")
         statuses: list[str] = []
 
         def run() -> None:

@@ -1,10 +1,15 @@
-"""The differential check: implementations of one contract agree on identical inputs.
+"""The differential checks: implementations of one contract agree on identical inputs,
+and so does one implementation on two devices.
 
 Each implementation's own gradient check compares its backward with differences of its
 own forward, so a wrong forward whose backward is consistent with it passes there. Run on
 the identical inputs and upstream gradient, the implementations of one contract must
 agree on their outputs and gradients: one team's bug shows up as a disagreement with the
 reference implementation (`reference:`, default the first), check `NAME[..]::agree.IMPL`.
+Likewise a GPU kernel that is self-consistent but wrong passes its own checks on the GPU
+and disagrees with the same implementation on the CPU, check `NAME[..]::device.gpu`: the
+same comparison with the CPU run as the reference (the GPU's results are brought to the
+host for it).
 
 Error budget, per element, in float64 arithmetic. Two correct implementations computing
 in dtype d differ by their rounding (another order of operations, another algorithm).
@@ -86,6 +91,18 @@ SENSITIVITY_DRAWS = 2
 Bind = Callable[[Spec], Evaluator]
 
 
+@dataclass(frozen=True)
+class Side:
+    """Where one side of a comparison runs: the device's backend and its bound evaluators."""
+
+    bind: Bind
+    backend: Backend
+
+
+#: the side of a device, by device name (it may raise DeviceUnavailable)
+Sides = Callable[[str], Side]
+
+
 @dataclass
 class Evaluation:
     """One implementation's outputs and gradients at the case's point (or why not)."""
@@ -108,15 +125,31 @@ class Finding:
 
 class AgreementRun:
     """The agreement checks of one case: each non-reference implementation against the
-    reference, on identical inputs and upstream gradients."""
+    reference (plan kind "agreement"), or the plan's spec on other devices against its
+    device (kind "devices"), on identical inputs and upstream gradients."""
 
-    def __init__(self, plan: CasePlan, bind: Bind, backend: Backend) -> None:
-        self.plan, self.bind, self.backend = plan, bind, backend
-        self.xp = backend.xp
+    def __init__(self, plan: CasePlan, sides: Sides) -> None:
+        self.plan, self.sides = plan, sides
+        self.home = sides(plan.device)  # the reference's side, where the comparison runs
+        self.backend, self.xp = self.home.backend, self.home.backend.xp
         self.spec = plan.spec
         self.impls = {s.implementation: s for s in self.spec.implementations}
+        if plan.kind == "devices":
+            self.ref_spec, self.ref_name = plan.spec, plan.device
+        else:
+            self.ref_spec, self.ref_name = self.impls[self.spec.reference], self.spec.reference
         #: per tensor: flat index -> the reference's one-sided derivatives there (None: smooth)
         self._intervals: dict[str, dict[int, tuple[float, float] | None]] = {}
+
+    def _other(self, target: str) -> tuple[Spec, Side | str, str]:
+        """(spec, its side or why that device cannot be used, its name in messages)."""
+        kind, _, name = target.partition(".")
+        if kind == "device":
+            from specgrad.backends import unavailable
+
+            why = unavailable(name)
+            return self.spec, f"device {name} unavailable: {why}" if why else self.sides(name), name
+        return self.impls[name], self.home, name
 
     def run(self) -> list[CheckResult]:
         with warnings.catch_warnings():
@@ -125,25 +158,25 @@ class AgreementRun:
 
     def _run(self) -> list[CheckResult]:
         start = time.perf_counter()
-        plan, ref_name = self.plan, self.spec.reference
+        plan, ref_name = self.plan, self.ref_name
         try:
             self.host = make_inputs(self.spec, plan.case, plan.dtype, plan.seed)
         except Exception as exc:  # noqa: BLE001 - e.g. an .npy file changed since validation
             return [self._result(t, Status.ERROR, f"cannot make inputs: {exc}") for t in plan.targets]
         self.upstream: list[np.ndarray | None] = []
-        ref = self._evaluate(self.impls[ref_name], self._upstream)
+        ref = self._evaluate(self.ref_spec, self._upstream, side=self.home)
         if ref.problem:
-            why = f"cannot compare: the reference implementation {ref_name} {ref.problem}"
+            what = "the reference implementation" if plan.kind == "agreement" else "on the reference device"
+            why = f"cannot compare: {what} {ref_name} {ref.problem}"
             note = f"implementation {ref_name} not run: {ref.problem}" if ref.status is Status.SKIP else ""
             return [self._result(t, ref.status, why, note=note) for t in plan.targets]
-        self.ref64 = self._evaluate64(self.impls[ref_name])
+        self.ref64 = self._evaluate64(self.ref_spec, self.home)
         floats = [float(np.max(np.abs(a))) for a in self.host.values() if a.dtype.kind == "f" and a.size]
         self.input_scale = max([1.0, *(f for f in floats if math.isfinite(f))])
-        self.moved = self._sensitivity(self.impls[ref_name]) if self.ref64 is not None else []
+        self.moved = self._sensitivity(self.ref_spec) if self.ref64 is not None else []
         out = []
         for target in plan.targets:
-            other = self.impls[target.removeprefix("agree.")]
-            out.append(self._agree(target, other, ref, self.ref64, start))
+            out.append(self._agree(target, ref, self.ref64, start))
             start = time.perf_counter()
         return out
 
@@ -162,20 +195,28 @@ class AgreementRun:
         impl: Spec,
         upstream: Sequence[np.ndarray | None] | Callable[[Sequence[Any]], Sequence[np.ndarray | None]],
         host: Mapping[str, Any] | None = None,
+        *,
+        side: Side,
     ) -> Evaluation:
-        """Forward and backward of `impl` on fresh engine copies of the case's inputs (or
-        `host`); `upstream` is the upstream gradient on the host, or makes it from the
-        outputs."""
+        """Forward and backward of `impl` on `side`, on fresh copies of the case's inputs
+        (or `host`); `upstream` is the upstream gradient on the host, or makes it from the
+        outputs. Results come back in the home side's namespace."""
         from specgrad.runner import describe_exception
 
+        backend = side.backend
+        if not impl.runs_on(backend.device):
+            where = ", ".join(impl.devices or ())
+            return Evaluation(
+                problem=f"does not run on {backend.device} (device: {where})", status=Status.SKIP
+            )
         try:
-            evaluator = self.bind(impl)
+            evaluator = side.bind(impl)
         except Unavailable as exc:
             return Evaluation(problem=str(exc), status=Status.SKIP)
         except Exception as exc:  # noqa: BLE001 - SpecError (reported by its own checks) or user code
             return Evaluation(problem=f"could not be bound: {exc}")
         values = self.host if host is None else host
-        tensors = {n: self.backend.asarray(a) for n, a in values.items()}
+        tensors = {n: backend.asarray(a) for n, a in values.items()}
         try:
             raw, state = evaluator.forward(tensors)
             outputs = raw_outputs_of(raw)[0]
@@ -185,7 +226,7 @@ class AgreementRun:
             return Evaluation(
                 problem=describe_exception("forward", exc).replace("forward raised", "raised in forward", 1)
             )
-        if not all(self.backend.is_array(o) for o in outputs):
+        if not all(backend.is_array(o) for o in outputs):
             return Evaluation(
                 problem="returned an output that is not an array (see its forward_output check)"
             )
@@ -193,7 +234,7 @@ class AgreementRun:
             upstream = upstream(outputs)
         if len(upstream) != len(outputs):
             return Evaluation(outputs=tuple(outputs), problem="returned another number of outputs")
-        g = [None if u is None else self.backend.asarray(u) for u in upstream]
+        g = [None if u is None else backend.asarray(u) for u in upstream]
         was_tuple = isinstance(raw, (tuple, list))
         try:
             grads = grads_by_name(evaluator.backward(state, tuple(g) if was_tuple else g[0]), impl)
@@ -202,13 +243,18 @@ class AgreementRun:
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
             text = describe_exception("backward", exc).replace("backward raised", "raised in backward", 1)
             return Evaluation(outputs=tuple(outputs), problem=text)
-        bad = [n for n, v in grads.items() if not self.backend.is_array(v)]
+        bad = [n for n, v in grads.items() if not backend.is_array(v)]
         if bad:
             return Evaluation(
                 outputs=tuple(outputs), problem=f"returned no usable gradient of {', '.join(bad)}"
             )
+
+        def home(a: Any) -> Any:
+            a = backend.xp.asarray(a)
+            return a.copy() if backend is self.backend else self.backend.asarray(backend.to_host(a))
+
         return Evaluation(
-            outputs=tuple(outputs), grads={n: self.xp.asarray(v).copy() for n, v in grads.items()}
+            outputs=tuple(home(o) for o in outputs), grads={n: home(v) for n, v in grads.items()}
         )
 
     def _sensitivity(self, impl: Spec) -> list[Evaluation]:
@@ -229,13 +275,13 @@ class AgreementRun:
                 for n, a in self.host.items()
             }
             up = [None if g is None else moved(g) for g in self.upstream]
-            run = self._evaluate(impl, up, host)
+            run = self._evaluate(impl, up, host, side=self.home)
             if run.problem:
                 return []
             runs.append(run)
         return runs
 
-    def _evaluate64(self, impl: Spec) -> Evaluation | None:
+    def _evaluate64(self, impl: Spec, side: Side) -> Evaluation | None:
         """`impl` on float64 copies of the case's values (the tensors in the check's dtype),
         with the upstream gradient in float64; None where it does not compute in float64."""
         if self.plan.dtype == "float64":
@@ -245,7 +291,7 @@ class AgreementRun:
             for n, a in self.host.items()
         }
         up64 = [None if u is None else u.astype(np.float64) for u in self.upstream]
-        run = self._evaluate(impl, up64, host64)
+        run = self._evaluate(impl, up64, host64, side=side)
         floats = list(run.outputs) + list(run.grads.values())
         if run.problem or any(_is_float(a) and str(a.dtype) != "float64" for a in floats):
             return None
@@ -253,14 +299,16 @@ class AgreementRun:
 
     # -- comparison ---------------------------------------------------------------------
 
-    def _agree(
-        self, target: str, impl: Spec, ref: Evaluation, ref64: Evaluation | None, start: float
-    ) -> CheckResult:
-        name, ref_name = impl.implementation, self.spec.reference
-        run = self._evaluate(impl, self.upstream)
+    def _agree(self, target: str, ref: Evaluation, ref64: Evaluation | None, start: float) -> CheckResult:
+        impl, side, name = self._other(target)
+        ref_name = self.ref_name
+        if isinstance(side, str):
+            return self._result(target, Status.SKIP, f"cannot compare: {side}", start=start, note=side)
+        run = self._evaluate(impl, self.upstream, side=side)
         if run.problem:
             if run.status is Status.SKIP:
-                note = f"implementation {name} not run: {run.problem}"
+                what = "implementation" if self.plan.kind == "agreement" else "on device"
+                note = f"{what} {name} not run: {run.problem}"
                 return self._result(target, Status.SKIP, f"cannot compare: {note}", start=start, note=note)
             return self._result(target, Status.ERROR, f"cannot compare: {name} {run.problem}", start=start)
         if len(run.outputs) != len(ref.outputs):
@@ -268,7 +316,7 @@ class AgreementRun:
                 f"{name} returned {len(run.outputs)} output(s), {ref_name} (the reference) {len(ref.outputs)}"
             )
             return self._result(target, Status.FAIL, text, start=start)
-        run64 = self._evaluate64(impl) if ref64 is not None else None
+        run64 = self._evaluate64(impl, side) if ref64 is not None else None
         xp = self.xp
         floats = [o for o in (*run.outputs, *ref.outputs) if _is_float(o)]
         inputs = [a for n, a in self.host.items() if a.dtype.kind == "f"]
@@ -285,11 +333,11 @@ class AgreementRun:
             if run64 is not None and ref64 is not None:
                 a64, b64 = _counterpart(what, run64), _counterpart(what, ref64)
             scale = out_scale if tensor is None else grad_scale
-            findings.append(self._compare(what, a, b, a64, b64, tensor, impl, scale))
+            findings.append(self._compare(what, a, b, a64, b64, tensor, name, scale))
         return self._verdict(target, name, findings, start)
 
     def _compare(
-        self, what: str, a: Any, b: Any, a64: Any, b64: Any, tensor: str | None, impl: Spec, scale: float
+        self, what: str, a: Any, b: Any, a64: Any, b64: Any, tensor: str | None, name: str, scale: float
     ) -> Finding:
         xp, dtype = self.xp, self.plan.dtype
         if tuple(a.shape) != tuple(b.shape):
@@ -304,7 +352,7 @@ class AgreementRun:
                 what,
                 None,
                 f"{what}: {differ.size} of {a.size} element(s) differ; first [{idx}]: "
-                f"{impl.implementation} {a.reshape(-1)[j]}, {self.spec.reference} {b.reshape(-1)[j]}",
+                f"{name} {a.reshape(-1)[j].item()}, {self.ref_name} {b.reshape(-1)[j].item()}",
             )
         a, b = a.astype(xp.float64), b.astype(xp.float64)
         # the same infinity, or NaN in both, is agreement (the finite contract judges them)
@@ -318,7 +366,7 @@ class AgreementRun:
             bound = (given.atol or 0.0) + (given.rtol or 0.0) * xp.abs(b)
             how = f"the spec's agreement tolerance ({given.reason})"
         else:
-            bound, how, c64 = self._budget(what, a, b, a64, b64, scale, impl.implementation, tensor)
+            bound, how, c64 = self._budget(what, a, b, a64, b64, scale, name, tensor)
             if c64 is not None:  # the float64 results disagree already
                 return Finding(what, c64, how)
         c = compare(a, b, xp.zeros_like(a), bound, xp)
@@ -328,11 +376,10 @@ class AgreementRun:
         if c.passed:
             return Finding(what, c, kinks=kinks)
         idx = ", ".join(map(str, c.worst_index))
-        name = impl.implementation
         text = (
             f"{what}: differs at {c.violations} of {c.size} elements; worst [{idx}]: "
             f"{name} {c.analytical:.8g}, "
-            f"{self.spec.reference} {c.numerical:.8g}, |diff| {abs(c.analytical - c.numerical):.3g} > bound "
+            f"{self.ref_name} {c.numerical:.8g}, |diff| {abs(c.analytical - c.numerical):.3g} > bound "
             f"{c.bound:.3g} ({how}), {c.worst_ratio:.3g}x over"
         )
         return Finding(what, c, text, kinks)
@@ -375,7 +422,7 @@ class AgreementRun:
                 idx = ", ".join(map(str, c64.worst_index))
                 text = (
                     f"{what}: differs (run in float64 on the same values) at {c64.violations} of {c64.size} "
-                    f"elements; worst [{idx}]: {name} {c64.analytical:.10g}, {self.spec.reference} "
+                    f"elements; worst [{idx}]: {name} {c64.analytical:.10g}, {self.ref_name} "
                     f"{c64.numerical:.10g}, "
                     f"|diff| {abs(c64.analytical - c64.numerical):.3g} > bound {c64.bound:.3g} (float64 "
                     f"rounding), {c64.worst_ratio:.3g}x over"
@@ -404,9 +451,8 @@ class AgreementRun:
     def _probe(
         self, tensor: str, a: Any, b: Any, bound: Any, c: Comparison, elements: Sequence[int]
     ) -> tuple[Comparison, int]:
-        ref = self.impls[self.spec.reference]
         try:
-            evaluator = self.bind(ref)
+            evaluator = self.home.bind(self.ref_spec)
         except Exception:  # noqa: BLE001 - it was bound before: cannot happen, but never raise here
             return c, 0
         xp = self.xp
@@ -458,7 +504,13 @@ class AgreementRun:
         worst = max(compared, key=lambda f: f.comparison.worst_ratio if f.comparison else 0.0, default=None)
         kinks = sum(f.kinks for f in findings)
         if bad:
-            head = f"{name} disagrees with {self.spec.reference} (the reference) on identical inputs:"
+            if self.plan.kind == "devices":
+                head = (
+                    f"on {name}, {self.spec.name} disagrees with itself on {self.ref_name} (the reference) "
+                    "on identical inputs:"
+                )
+            else:
+                head = f"{name} disagrees with {self.ref_name} (the reference) on identical inputs:"
             text = "\n".join([head, *(f"  {f.text}" for f in bad)])
             shown = next((f.comparison for f in bad if f.comparison is not None), None)
             return self._result(target, Status.FAIL, text, shown, kinks, start)

@@ -1,12 +1,18 @@
-"""Array backends: where the layer's arrays live and which namespace (`xp`) does the math.
+"""Devices and their array backends: where the layer's arrays live and which namespace
+(`xp`) does the math there.
 
-Inputs are always made on the host and moved with `asarray`, so every backend sees the
-same values; results come back with `to_host` for comparison in float64.
+The registry maps a device name to a backend: `cpu` -> numpy, `gpu` -> cupy (imported
+only when a GPU is asked for), `sim` -> a numpy-backed stand-in that follows cupy's rules
+(`specgrad.simulated`), so GPU readiness is checked on a CPU. Inputs are always made on
+the host and moved with `asarray`, so every device sees bit-identical values; the
+numerics run on the device in `xp`; `to_host` brings back what is compared across devices.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -14,10 +20,23 @@ import numpy as np
 
 from specgrad.errors import UsageError
 
+#: the device every check runs on unless a spec or the command line says otherwise
+DEFAULT_DEVICE = "cpu"
+
+#: `--device both` / `device: both`
+BOTH = ("cpu", "gpu")
+
+
+class DeviceUnavailable(UsageError):
+    """The device was asked for but cannot be used here (no cupy, no CUDA device)."""
+
 
 class Backend(Protocol):
     @property
     def name(self) -> str: ...
+
+    @property
+    def device(self) -> str: ...
 
     @property
     def xp(self) -> ModuleType: ...
@@ -28,10 +47,19 @@ class Backend(Protocol):
 
     def is_array(self, value: object) -> bool: ...
 
+    def synchronize(self) -> None: ...
+
+    def hint(self, exc: BaseException) -> str: ...
+
+
+def _numeric(dtype: Any) -> bool:
+    return getattr(dtype, "kind", "") in ("b", "i", "u", "f", "c")
+
 
 @dataclass(frozen=True)
 class NumpyBackend:
     name: str = "numpy"
+    device: str = "cpu"
 
     @property
     def xp(self) -> ModuleType:
@@ -46,14 +74,144 @@ class NumpyBackend:
     def is_array(self, value: object) -> bool:
         """An array of this backend with a numeric dtype (a numpy scalar counts: reductions
         return them)."""
-        return isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind in "biufc"
+        return isinstance(value, (np.ndarray, np.generic)) and _numeric(value.dtype)
+
+    def synchronize(self) -> None:
+        return None
+
+    def hint(self, exc: BaseException) -> str:
+        return ""
 
 
-BACKENDS: dict[str, Backend] = {"numpy": NumpyBackend()}
+_NOT_GENERIC = (
+    "the layer converts the {device} device's arrays to numpy: it is not array-namespace generic "
+    "(take xp from the arrays, e.g. cupy.get_array_module(x), instead of calling numpy), or give "
+    "the spec `device: cpu` so it is checked on the CPU only"
+)
 
 
-def get_backend(name: str) -> Backend:
+@dataclass(frozen=True)
+class CupyBackend:
+    """cupy on the current CUDA device."""
+
+    module: ModuleType
+    name: str = "cupy"
+    device: str = "gpu"
+
+    @property
+    def xp(self) -> ModuleType:
+        return self.module
+
+    def asarray(self, host: np.ndarray) -> Any:
+        return self.module.array(host, copy=True)
+
+    def to_host(self, array: Any) -> np.ndarray:
+        return self.module.asnumpy(array)
+
+    def is_array(self, value: object) -> bool:
+        return isinstance(value, self.module.ndarray) and _numeric(value.dtype)
+
+    def synchronize(self) -> None:
+        self.module.cuda.get_current_stream().synchronize()
+
+    def hint(self, exc: BaseException) -> str:
+        return _NOT_GENERIC.format(device="gpu") if "Implicit conversion to a NumPy array" in str(exc) else ""
+
+
+@dataclass(frozen=True)
+class SimulatedBackend:
+    """numpy arithmetic under cupy's rules (specgrad.simulated)."""
+
+    name: str = "simulated"
+    device: str = "sim"
+
+    @property
+    def xp(self) -> ModuleType:
+        from specgrad.simulated import xp
+
+        return xp
+
+    def asarray(self, host: np.ndarray) -> Any:
+        return self.xp.array(host, copy=True)
+
+    def to_host(self, array: Any) -> np.ndarray:
+        return self.xp.asnumpy(array)
+
+    def is_array(self, value: object) -> bool:
+        from specgrad.simulated import SimArray
+
+        return isinstance(value, SimArray) and _numeric(value.dtype)
+
+    def synchronize(self) -> None:
+        return None
+
+    def hint(self, exc: BaseException) -> str:
+        text = str(exc)
+        if "Implicit conversion to a NumPy array" in text or "cannot be mixed with device arrays" in text:
+            return _NOT_GENERIC.format(device="sim")
+        return ""
+
+
+def _cupy() -> Backend:
+    """cupy, if it imports and a CUDA device answers a first allocation."""
     try:
-        return BACKENDS[name]
+        import cupy
+    except ImportError as exc:
+        raise DeviceUnavailable(
+            f"--device gpu needs cupy, which is not importable ({exc}): install it with "
+            "pip install 'specgrad[gpu]' (cupy-cuda12x, for CUDA 12), or use an existing cupy "
+            "install (cupy-cuda11x, cupy-cuda13x, a conda cupy) in the same environment"
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            raise RuntimeError("the CUDA runtime reports no device")
+        cupy.zeros(1).sum().get()  # a driver too old for cupy's CUDA fails here, not above
+    except Exception as exc:  # noqa: BLE001 - cupy raises its own CUDA error types
+        raise DeviceUnavailable(
+            f"--device gpu: cupy {cupy.__version__} is installed but no CUDA device is usable: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    return CupyBackend(cupy)
+
+
+#: device name -> what makes its backend (called once, on first use)
+DEVICES: dict[str, Callable[[], Backend]] = {
+    "cpu": NumpyBackend,
+    "gpu": _cupy,
+    "sim": SimulatedBackend,
+}
+
+
+@cache
+def backend(device: str) -> Backend:
+    """The device's backend; DeviceUnavailable (exit 2 from the CLI) if it cannot be used."""
+    try:
+        make = DEVICES[device]
     except KeyError:
-        raise UsageError(f"unknown backend {name!r} (available: {', '.join(BACKENDS)})") from None
+        raise UsageError(f"unknown device {device!r} (known: {', '.join(DEVICES)}, both)") from None
+    return make()
+
+
+def unavailable(device: str) -> str:
+    """Why the device cannot be used here ("" where it can)."""
+    try:
+        backend(device)
+    except UsageError as exc:
+        return str(exc)
+    return ""
+
+
+def parse_devices(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'cpu', 'gpu', 'both' (cpu and gpu) or a comma list, in order, each once."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    out: list[str] = []
+    for part in (p.strip() for p in parts if p.strip()):
+        for device in BOTH if part == "both" else (part,):
+            if device not in DEVICES:
+                raise UsageError(f"unknown device {device!r} (known: {', '.join(DEVICES)}, both)")
+            if device not in out:
+                out.append(device)
+    if not out:
+        raise UsageError("no device given (known: " + ", ".join(DEVICES) + ", both)")
+    return tuple(out)

@@ -276,7 +276,9 @@ def make_evaluator(spec: Spec, xp: ModuleType = np) -> Evaluator:
     from specgrad.adapted import Autograd, Converted, LayerAutograd
 
     adapter = frameworks.adapter(spec.framework)
-    native = spec.framework == "numpy" and xp is np
+    # numpy-API code takes the engine's arrays as they are: numpy on the CPU, cupy on a GPU
+    # (a layer that is not namespace generic gives its spec `device: cpu`)
+    native = spec.framework == "numpy"
     if not native:
         adapter.load()
     binding = spec.binding

@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     select.add_argument("--fast", action="store_true", help="the same as --mode fast")
     select.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="where the checks run: cpu (numpy), gpu (cupy), both (each, and the CPU/GPU agreement "
+        "check device.gpu), sim (numpy under cupy's rules: GPU readiness on a CPU), or a comma "
+        "list; default: each spec's device:, else cpu",
+    )
+    select.add_argument(
         "--max-memory",
         type=_size,
         metavar="SIZE",
@@ -271,7 +278,20 @@ def _plans(spec: Spec, args: argparse.Namespace, matcher: Matcher | None) -> tup
         mode=_mode(args),
         max_elements=args.max_elements,
         max_memory=args.max_memory,
+        devices=_devices(args),
     )
+
+
+def _devices(args: argparse.Namespace, usable: bool = False) -> tuple[str, ...] | None:
+    """The --device devices; with `usable`, each one checked (DeviceUnavailable, exit 2)."""
+    if args.device is None:
+        return None
+    from specgrad.backends import backend, parse_devices
+
+    devices = parse_devices(args.device)
+    for device in devices if usable else ():
+        backend(device)
+    return devices
 
 
 def _size(text: str) -> int:
@@ -298,6 +318,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     files = spec_paths(args)
     matcher = compile_expression(args.keyword) if args.keyword else None
     _dtypes(args.dtype)
+    _devices(args, usable=True)
     _check_report_path(args.json, [f for f, _ in files])
     reporter = ConsoleReporter(verbosity=args.verbose - args.quiet)
     summary = RunSummary()
@@ -387,14 +408,13 @@ def _run_one(
     results: list[CheckResult],
 ) -> None:
     """Append one spec's results as they finish; an import failure is a located spec error."""
-    from specgrad.backends import get_backend
     from specgrad.runner import run_spec
 
     if not plans:
         return
     summary.specs_checked += 1
     try:
-        for result in run_spec(spec, plans, get_backend("numpy")):
+        for result in run_spec(spec, plans):
             results.append(result)
             if fail_fast and result.status in (Status.FAIL, Status.ERROR):
                 break
@@ -423,6 +443,7 @@ def _run_parallel(
         mode=_mode(args),
         max_elements=args.max_elements,
         max_memory=args.max_memory,
+        devices=_devices(args),
     )
     for spec, outcome in run_jobs(planned, options, workers):
         summary.specs_checked += 1

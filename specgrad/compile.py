@@ -3,7 +3,10 @@
 Check id grammar:  NAME[DTYPE,CASE]::TARGET  where TARGET is a tensor name (its gradient
 check) or `contract.KIND` (a contract check). With several implementations, each one's
 checks are NAME@IMPL[DTYPE,CASE]::TARGET and their agreement with the reference is
-NAME[DTYPE,CASE]::agree.IMPL. Ids are stable: they depend only on the spec.
+NAME[DTYPE,CASE]::agree.IMPL. On another device than the CPU the bracket names it,
+NAME[DTYPE,CASE,gpu]::TARGET, and NAME[DTYPE,CASE]::device.gpu compares the GPU's
+outputs and gradients with the CPU's. Ids are stable: they depend only on the spec and
+the devices asked for.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from specgrad.backends import DEFAULT_DEVICE
 from specgrad.model import Case, Method, Spec
 from specgrad.numerics.tolerance import UNIT_ROUNDOFF, Tolerance
 from specgrad.results import CheckResult, Status
@@ -44,11 +48,13 @@ class CasePlan:
     targets: tuple[str, ...]  # selected: differentiable tensor names and contract.KIND
     method: Method = field(default_factory=Method)
     #: checks: the spec's own checks; agreement: the implementations of `spec` compared
-    #: with its reference (targets agree.IMPL)
-    kind: Literal["checks", "agreement"] = "checks"
+    #: with its reference (targets agree.IMPL); devices: `spec` on other devices compared
+    #: with it on this one (targets device.DEVICE)
+    kind: Literal["checks", "agreement", "devices"] = "checks"
+    device: str = DEFAULT_DEVICE  # where the checks run (devices: the reference device)
 
     def check_id(self, target: str) -> str:
-        return check_id(self.spec.name, self.dtype, self.case.name, target)
+        return check_id(self.spec.name, self.dtype, self.case.name, target, self.device)
 
     def result(self, target: str, status: Status, message: str = "", **figures: Any) -> CheckResult:
         """The result of one of this plan's checks (`figures`: CheckResult's other fields)."""
@@ -62,6 +68,7 @@ class CasePlan:
             status=status,
             message=message,
             seed=self.seed,
+            device=self.device,
             **figures,
         )
 
@@ -75,13 +82,14 @@ class CasePlan:
 
     @property
     def gradient_targets(self) -> tuple[str, ...]:
-        if self.kind == "agreement":
+        if self.kind != "checks":
             return ()
         return tuple(t for t in self.targets if not t.startswith("contract."))
 
 
-def check_id(spec: str, dtype: str, case: str, target: str) -> str:
-    return f"{spec}[{dtype},{case}]::{target}"
+def check_id(spec: str, dtype: str, case: str, target: str, device: str = DEFAULT_DEVICE) -> str:
+    where = "" if device == DEFAULT_DEVICE else f",{device}"
+    return f"{spec}[{dtype},{case}{where}]::{target}"
 
 
 #: --mode fast: directions per tensor (unless the spec chose the directional method itself),
@@ -104,14 +112,18 @@ def compile_spec(
     mode: str | None = None,
     max_elements: int | None = None,
     max_memory: int | None = None,
+    devices: Sequence[str] | None = None,
 ) -> tuple[CasePlan, ...]:
     """Plans for the spec's dtypes (filtered by `dtypes`) and cases, checks filtered by
     `select`; `mode` "fast" makes every gradient check directional, "per-element" perturbs
     one element at a time (no structure), "default" keeps the spec's method; `max_elements`
     caps the elements checked per tensor, `max_memory` the bytes a check's batched
-    evaluations may hold (all override the spec's method)."""
+    evaluations may hold (all override the spec's method). `devices` (the command line's)
+    replaces the spec's own `device:` (default: the CPU); with several, each device after
+    the first is compared with the first."""
     if spec.abstract:
         return ()
+    where = tuple(devices) if devices else spec.devices or (DEFAULT_DEVICE,)
     if spec.implementations:
         own = [
             plan
@@ -124,9 +136,10 @@ def compile_spec(
                 mode=mode,
                 max_elements=max_elements,
                 max_memory=max_memory,
+                devices=devices,
             )
         ]
-        return (*own, *_agreement_plans(spec, dtypes, seed, select))
+        return (*own, *_agreement_plans(spec, dtypes, seed, select, where))
     method = spec.method
     omitted: tuple[str, ...] = ()
     if mode == "fast":
@@ -140,7 +153,12 @@ def compile_spec(
     if max_memory is not None:
         method = replace(method, max_memory=max_memory)
     candidates = tuple(t for t in all_targets(spec) if t not in omitted)
-    plans = _case_plans(spec, candidates, method, "checks", dtypes, seed, select)
+    plans = []
+    for device in where:
+        plans += _case_plans(spec, candidates, method, "checks", dtypes, seed, select, device)
+    if len(where) > 1:
+        others = tuple(f"device.{d}" for d in where[1:])
+        plans += _case_plans(spec, others, method, "devices", dtypes, seed, select, where[0])
     if spec.second_order is not None:
         plans += compile_spec(
             spec.second_order,
@@ -150,28 +168,37 @@ def compile_spec(
             mode=mode,
             max_elements=max_elements,
             max_memory=max_memory,
+            devices=devices,
         )
     return tuple(plans)
 
 
 def _agreement_plans(
-    spec: Spec, dtypes: Sequence[str] | None, seed: int | None, select: Matcher | None
+    spec: Spec,
+    dtypes: Sequence[str] | None,
+    seed: int | None,
+    select: Matcher | None,
+    devices: Sequence[str],
 ) -> list[CasePlan]:
-    """Per dtype and case, each non-reference implementation against the reference."""
+    """Per device, dtype and case, each non-reference implementation against the reference."""
     others = tuple(
         f"agree.{s.implementation}" for s in spec.implementations if s.implementation != spec.reference
     )
-    return _case_plans(spec, others, spec.method, "agreement", dtypes, seed, select)
+    plans = []
+    for device in devices:
+        plans += _case_plans(spec, others, spec.method, "agreement", dtypes, seed, select, device)
+    return plans
 
 
 def _case_plans(
     spec: Spec,
     candidates: tuple[str, ...],
     method: Method,
-    kind: Literal["checks", "agreement"],
+    kind: Literal["checks", "agreement", "devices"],
     dtypes: Sequence[str] | None,
     seed: int | None,
     select: Matcher | None,
+    device: str = DEFAULT_DEVICE,
 ) -> list[CasePlan]:
     """A plan per dtype (of those asked for) and case, with the candidates `select` keeps."""
     plans = []
@@ -180,11 +207,13 @@ def _case_plans(
             continue
         for case in spec.cases:
             targets = tuple(
-                t for t in candidates if select is None or select(check_id(spec.name, dtype, case.name, t))
+                t
+                for t in candidates
+                if select is None or select(check_id(spec.name, dtype, case.name, t, device))
             )
             if targets:
                 seed_ = spec.seed if seed is None else seed
                 plans.append(
-                    CasePlan(spec, dtype, case, seed_, spec.tolerances[dtype], targets, method, kind=kind)
+                    CasePlan(spec, dtype, case, seed_, spec.tolerances[dtype], targets, method, kind, device)
                 )
     return plans

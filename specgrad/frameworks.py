@@ -231,6 +231,11 @@ class TorchAdapter(Adapter):
 
         if single_threaded():  # as BLAS: figures must not depend on how sums are split
             module.set_num_threads(1)
+        # a float32 check holds float32 arithmetic to float32 rounding: on a GPU, TF32
+        # products (10-bit mantissas; cuDNN convolutions use them by default) would be
+        # ~1000x coarser, and the CPU/GPU agreement would measure TF32, not the kernel
+        module.backends.cuda.matmul.allow_tf32 = False
+        module.backends.cudnn.allow_tf32 = False
 
     def is_native(self, value: object) -> bool:
         torch = self.load()
@@ -374,6 +379,8 @@ class JaxAdapter(Adapter):
 
     def configure(self, module: ModuleType) -> None:
         module.config.update("jax_enable_x64", True)
+        # float32 products in float32 (on a GPU jax defaults to TF32 for them; see torch)
+        module.config.update("jax_default_matmul_precision", "highest")
         self._compiled: dict[tuple[Any, int], tuple[Mapping[str, Any], Callable[..., Any]]] = {}
 
     def compiled(self, fn: Callable[..., Any], attrs: Mapping[str, Any]) -> Callable[..., Any]:

@@ -205,6 +205,11 @@ class Spec:
     agreement: Mapping[str, AgreementTolerance] = field(default_factory=lambda: MappingProxyType({}))
     verified_with: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     abstract: bool = False  # a base for other specs (extends:), not checked itself
+    devices: tuple[str, ...] | None = None  # where the binding runs (device:); None: anywhere
+
+    def runs_on(self, device: str) -> bool:
+        """Whether the binding supports the device (`sim` stands in for the GPU)."""
+        return self.devices is None or device in self.devices or (device == "sim" and "gpu" in self.devices)
 
     @property
     def contract(self) -> str:
@@ -438,6 +443,7 @@ def _implementations(raw: RawSpec, contract: Spec) -> tuple[Spec, ...]:
                 attrs=_frozen({**contract.attrs, **(data.get("attrs") or {})}),
                 framework=data.get("framework", "numpy"),
                 jvp=data.get("jvp") == AUTOGRAD,
+                devices=_devices(data.get("device")) if "device" in data else contract.devices,
                 implementation=name,
                 name_location=raw.locate(("implementations", name), key=True),
             )
@@ -467,6 +473,7 @@ def _first_order(raw: RawSpec) -> Spec:
         abstract=bool(data.get("abstract", False)),
         framework=data.get("framework", "numpy"),
         jvp=data.get("jvp") == AUTOGRAD,
+        devices=_devices(data.get("device")),
         reference=data.get("reference", next(iter(data["implementations"]))) if several else "",
         agreement=_agreement(raw),
         verified_with=_frozen(data.get("verified_with") or {}),
@@ -483,6 +490,14 @@ def _first_order(raw: RawSpec) -> Spec:
         nondet_tol=float(raw.data.get("nondet_tol", 0.0)),
         structure=_structure(raw.data.get("structure", "auto"), tensors),
     )
+
+
+def _devices(data: Any) -> tuple[str, ...] | None:
+    """`device:` as the devices it names, in order (both: cpu and gpu)."""
+    if data is None:
+        return None
+    names = ["cpu", "gpu"] if data == "both" else [data] if isinstance(data, str) else data
+    return tuple(names)
 
 
 def _structure(data: Any, tensors: tuple[TensorSpec, ...]) -> Mapping[str, Structure]:

@@ -34,7 +34,7 @@ from specgrad.process import one_blas_thread, tune_allocator
 from specgrad.results import CheckResult, Status
 
 if TYPE_CHECKING:
-    from specgrad.runner import Bindings
+    from specgrad.runner import Engines
 
 #: the thread-count variables of the BLAS and OpenMP runtimes numpy and cupy link against
 THREAD_VARIABLES = (
@@ -57,6 +57,7 @@ class CompileOptions:
     mode: str | None = None
     max_elements: int | None = None
     max_memory: int | None = None
+    devices: tuple[str, ...] | None = None
 
     def plans(self, spec: Spec) -> tuple[CasePlan, ...]:
         from specgrad.compile import compile_spec
@@ -72,6 +73,7 @@ class CompileOptions:
             mode=self.mode,
             max_elements=self.max_elements,
             max_memory=self.max_memory,
+            devices=self.devices,
         )
 
 
@@ -234,13 +236,12 @@ def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 # -- in the worker --------------------------------------------------------------------------
 
 _COMPILED: dict[tuple[str, CompileOptions], tuple[CasePlan, ...]] = {}
-_BOUND: dict[tuple[str, CompileOptions], Bindings] = {}
+_BOUND: dict[tuple[str, CompileOptions], Engines] = {}
 _ONE_THREAD: list[object] = []
 
 
 def _work(job: Job) -> Outcome:
-    from specgrad.backends import get_backend
-    from specgrad.runner import Bindings, run_plan
+    from specgrad.runner import Engines, run_plan
     from specgrad.validate import parse_spec
 
     tune_allocator()
@@ -254,10 +255,9 @@ def _work(job: Job) -> Outcome:
         if key not in _COMPILED:
             _COMPILED[key] = job.options.plans(parse_spec(Path(job.path)))
         plan = _COMPILED[key][job.index]
-        backend = get_backend("numpy")
         if key not in _BOUND:
-            _BOUND[key] = Bindings(backend)
-        return Outcome(run_plan(plan, _BOUND[key], backend))
+            _BOUND[key] = Engines()
+        return Outcome(run_plan(plan, _BOUND[key]))
     except SpecError as exc:
         return Outcome(
             [], error=tuple(exc.issues), contained=plan is not None and bool(plan.spec.implementation)

@@ -44,10 +44,11 @@ class CheckResult:
     method: str = ""  # gradient checks: elementwise or directional
     sample: tuple[int, ...] | None = None  # the flat indices checked, where a sample was
     duration: float = 0.0
+    device: str = "cpu"  # where the check ran (device agreement: the reference device)
 
     @property
     def kind(self) -> str:
-        if self.target.startswith("agree."):
+        if self.target.startswith(("agree.", "device.")):
             return "agreement"
         return "contract" if self.target.startswith("contract.") else "gradient"
 
@@ -58,6 +59,7 @@ class CheckResult:
             "file": self.file,
             "dtype": self.dtype,
             "case": self.case,
+            "device": self.device,
             "target": self.target,
             "kind": self.kind,
             "status": self.status.value,

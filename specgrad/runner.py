@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from specgrad.backends import Backend
+from specgrad.agreement import AgreementRun, Side
+from specgrad.backends import Backend, backend, unavailable
 from specgrad.bindings import (
     ContractError,
     Evaluator,
@@ -63,15 +64,15 @@ from specgrad.structured import CONFIRMED, STRUCTURE_SAMPLE, confirm_alone, stru
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
-def run_spec(spec: Spec, plans: Sequence[CasePlan], backend: Backend) -> Iterator[CheckResult]:
+def run_spec(spec: Spec, plans: Sequence[CasePlan], engines: Engines | None = None) -> Iterator[CheckResult]:
     """Run the spec's plans, binding each (derived) spec's callables on first use. Callables
     that cannot be imported are a SpecError: it ends a spec with one binding there; with
     several implementations, the others go on and the errors are raised at the end."""
-    bind = Bindings(backend)
+    engines = engines or Engines()
     issues: list[SpecIssue] = []
     for plan in plans:
         try:
-            yield from run_plan(plan, bind, backend)
+            yield from run_plan(plan, engines)
         except SpecError as exc:
             if not spec.implementations:
                 raise
@@ -81,8 +82,9 @@ def run_spec(spec: Spec, plans: Sequence[CasePlan], backend: Backend) -> Iterato
 
 
 class Bindings:
-    """Evaluators by spec name, each bound once; what stopped a binding (a framework that
-    cannot be loaded, callables that cannot be imported) is raised again on every use."""
+    """Evaluators by spec name for one backend, each bound once; what stopped a binding (a
+    framework that cannot be loaded, callables that cannot be imported) is raised again on
+    every use."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
@@ -100,19 +102,44 @@ class Bindings:
         return made
 
 
-def run_plan(plan: CasePlan, bind: Bindings, backend: Backend) -> list[CheckResult]:
-    """One plan's results: its checks, or the agreement of implementations. An
-    implementation whose framework is unavailable has its checks skipped with the reason."""
-    if plan.kind == "agreement":
-        from specgrad.agreement import AgreementRun
+class Engines:
+    """Each device's backend and bound evaluators, made on first use (a device that cannot
+    be used raises DeviceUnavailable each time it is asked for)."""
 
-        return AgreementRun(plan, bind, backend).run()
+    def __init__(self) -> None:
+        self._sides: dict[str, Side] = {}
+
+    def __call__(self, device: str) -> Side:
+        if device not in self._sides:
+            made = backend(device)
+            self._sides[device] = Side(Bindings(made), made)
+        return self._sides[device]
+
+
+def run_plan(plan: CasePlan, engines: Engines) -> list[CheckResult]:
+    """One plan's results: its checks, or the agreement of implementations or devices. An
+    implementation whose framework is unavailable, or a device the spec does not run on or
+    that cannot be used here, has its checks skipped with the reason."""
+    skipped = _not_run(plan)
+    if skipped:
+        return [plan.result(t, Status.SKIP, f"not run: {skipped}", note=skipped) for t in plan.targets]
+    if plan.kind != "checks":
+        return AgreementRun(plan, engines).run()
+    side = engines(plan.device)
     try:
-        evaluator = bind(plan.spec)
+        evaluator = side.bind(plan.spec)
     except Unavailable as exc:
         note = f"implementation {plan.spec.implementation or plan.spec.name} not run: {exc}"
         return [plan.result(t, Status.SKIP, f"not run: {exc}", note=note) for t in plan.targets]
-    return CaseRun(plan, evaluator, backend).run()
+    return CaseRun(plan, evaluator, side.backend).run()
+
+
+def _not_run(plan: CasePlan) -> str:
+    """Why the plan cannot run on its device ("" where it can)."""
+    if plan.kind == "checks" and not plan.spec.runs_on(plan.device):
+        return f"{plan.spec.name} runs on {', '.join(plan.spec.devices or ())} only (its spec's device:)"
+    why = unavailable(plan.device)
+    return f"device {plan.device} unavailable: {why}" if why else ""
 
 
 def describe_exception(what: str, exc: BaseException, frames: int = 3) -> str:
@@ -255,7 +282,7 @@ class CaseRun:
         except ContractError as exc:
             raise _Abort(f"forward: {exc}", "contract.forward_output") from None
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
-            raise _Abort(describe_exception("forward", exc)) from None
+            raise _Abort(self._describe("forward", exc)) from None
         outputs, was_tuple = raw_outputs_of(raw)
         return outputs, was_tuple, state
 
@@ -288,7 +315,7 @@ class CaseRun:
         except ContractError as exc:
             raise _Abort(f"backward: {exc}", "contract.backward_grads") from None
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
-            raise _Abort(describe_exception("backward", exc), "contract.backward_grads") from None
+            raise _Abort(self._describe("backward", exc), "contract.backward_grads") from None
         self._check_mutation(forward_mutated, self._mutated())
         if any(x is not None and not same(x, y, self.xp) for x, y in zip(g, upstream_copies, strict=True)):
             self._fail("no_mutation", "backward modified its upstream gradient (grad_out) in place")
@@ -751,7 +778,7 @@ class CaseRun:
             if adapter is not None and adapter.lacks_forward_mode(exc):
                 why = f"not run: {adapter.name} has no forward mode for an operation this forward uses"
                 return self._result("contract.jvp", Status.SKIP, f"{why}: {type(exc).__name__}: {exc}")
-            return self._result("contract.jvp", Status.ERROR, describe_exception("forward mode (jvp)", exc))
+            return self._result("contract.jvp", Status.ERROR, self._describe("forward mode (jvp)", exc))
         passed, message, comparison, kinks = describe_jvp(
             findings, self.spec.implementation or self.spec.name
         )
@@ -785,7 +812,7 @@ class CaseRun:
         except PerturbationError as exc:
             if isinstance(exc.cause, InconsistentOutput):
                 return f"forward (Taylor test): {exc.cause}"
-            return describe_exception("forward (Taylor test)", exc.cause)
+            return self._describe("forward (Taylor test)", exc.cause)
 
     def _perturbation_text(self, name: str, exc: PerturbationError) -> str:
         if exc.index is None:
@@ -796,7 +823,13 @@ class CaseRun:
         cause = exc.cause
         if isinstance(cause, (ContractError, InconsistentOutput)):
             return f"{where}forward: {cause}"
-        return where + describe_exception("forward", cause)
+        return where + self._describe("forward", cause)
+
+    def _describe(self, what: str, exc: BaseException) -> str:
+        """describe_exception, with what the device makes of the error (a layer that is not
+        array-namespace generic) where it knows."""
+        hint = self.backend.hint(exc)
+        return describe_exception(what, exc) + (f"\n{hint}" if hint else "")
 
     def _evaluate(self, tensors: Mapping[str, Any]) -> tuple[Any, ...]:
         return raw_outputs_of(forward_only(self.evaluator, tensors))[0]

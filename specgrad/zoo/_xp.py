@@ -1,5 +1,6 @@
-"""The array namespace of the arguments: cupy for cupy arrays, else numpy (no cupy import
-unless a cupy array is actually passed)."""
+"""The array namespace of the arguments: cupy for cupy arrays, the namespace an array
+names itself (`__array_namespace__`, e.g. the simulated device's) for other non-numpy
+arrays, else numpy (no cupy import unless a cupy array is actually passed)."""
 
 from __future__ import annotations
 
@@ -15,4 +16,7 @@ def namespace(*arrays: Any) -> ModuleType:
             import cupy
 
             return cupy
+        if not isinstance(a, (numpy.ndarray, numpy.generic)) and hasattr(a, "__array_namespace__"):
+            space: ModuleType = a.__array_namespace__()
+            return space
     return numpy

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from specgrad.backends import get_backend
+from specgrad.backends import backend as get_backend
 from specgrad.compile import compile_spec
 from specgrad.results import CheckResult, Status
 from specgrad.runner import describe_exception, run_spec
 from specgrad.validate import parse_spec
 
-NP = get_backend("numpy")
+NP = get_backend("cpu")
 
 
 def run(tmp_path: Path, source: str, **doc: Any) -> dict[str, CheckResult]:
@@ -35,7 +35,7 @@ def run(tmp_path: Path, source: str, **doc: Any) -> dict[str, CheckResult]:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(spec_doc, sort_keys=False))
     spec = parse_spec(path)
-    results = list(run_spec(spec, compile_spec(spec), NP))
+    results = list(run_spec(spec, compile_spec(spec)))
     sys.modules.pop(module, None)
     return {r.target: r for r in results}
 
@@ -227,7 +227,7 @@ def test_only_selected_targets_run(tmp_path: Path) -> None:
     from specgrad.select import compile_expression
 
     plans = compile_spec(spec, select=compile_expression("finite and float32"))
-    assert [r.check_id for r in run_spec(spec, plans, NP)] == [
+    assert [r.check_id for r in run_spec(spec, plans)] == [
         "t[float32,random]::contract.finite",
         "t[float32,wide]::contract.finite",
         "t[float32,special]::contract.finite",

@@ -11,7 +11,6 @@ from specgrad.compile import compile_spec
 from specgrad.results import CheckResult, Status
 from specgrad.runner import run_spec
 from specgrad.validate import parse_spec
-from tests.unit.test_runner import NP
 
 CUBE = """import numpy as np
 def forward(x):
@@ -40,7 +39,7 @@ def _run(tmp_path: Path, double: str) -> list[CheckResult]:
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
     spec = parse_spec(tmp_path / "s.yaml")
     try:
-        return list(run_spec(spec, compile_spec(spec), NP))
+        return list(run_spec(spec, compile_spec(spec)))
     finally:
         sys.modules.pop("cube_mod", None)
 

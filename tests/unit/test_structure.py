@@ -253,7 +253,6 @@ def test_a_declaration_that_does_not_fit_the_outputs_is_a_structure_error(tmp_pa
 
 
 def test_per_element_mode_switches_structure_off(tmp_path: Path) -> None:
-    from specgrad.backends import get_backend
     from specgrad.compile import compile_spec
     from specgrad.runner import run_spec
 
@@ -267,10 +266,8 @@ def test_per_element_mode_switches_structure_off(tmp_path: Path) -> None:
         "inputs:\n  x: {shape: [8, 16]}\ndtypes: [float64]\ncases: [random]\n"
     )
     spec = parse_spec(path)
-    default = {r.target: r for r in run_spec(spec, compile_spec(spec), get_backend("numpy"))}
-    alone = {
-        r.target: r for r in run_spec(spec, compile_spec(spec, mode="per-element"), get_backend("numpy"))
-    }
+    default = {r.target: r for r in run_spec(spec, compile_spec(spec))}
+    alone = {r.target: r for r in run_spec(spec, compile_spec(spec, mode="per-element"))}
     assert default["x"].method.startswith("colored") and alone["x"].method == "elementwise"
     assert default["x"].comparison is not None and alone["x"].comparison is not None
     assert default["x"].comparison.worst_ratio == pytest.approx(alone["x"].comparison.worst_ratio, rel=1e-6)
@@ -367,7 +364,6 @@ def test_a_batch_position_dependence_is_caught_on_the_last_copy(tmp_path: Path) 
 
 
 def test_the_memory_budget_bounds_the_stacked_copies(tmp_path: Path) -> None:
-    from specgrad.backends import get_backend
     from specgrad.compile import compile_spec
     from specgrad.runner import run_spec
 
@@ -378,9 +374,8 @@ def test_the_memory_budget_bounds_the_stacked_copies(tmp_path: Path) -> None:
         "inputs:\n  x: {shape: [16, 40]}\ndtypes: [float64]\ncases: [random]\n"
     )
     spec = parse_spec(path)
-    numpy = get_backend("numpy")
-    roomy = {r.target: r for r in run_spec(spec, compile_spec(spec, max_memory=1 << 30), numpy)}
-    tight = {r.target: r for r in run_spec(spec, compile_spec(spec, max_memory=64 << 10), numpy)}
+    roomy = {r.target: r for r in run_spec(spec, compile_spec(spec, max_memory=1 << 30))}
+    tight = {r.target: r for r in run_spec(spec, compile_spec(spec, max_memory=64 << 10))}
     assert "stacked" in roomy["x"].method and "stacked" not in tight["x"].method
     assert roomy["x"].status is tight["x"].status is Status.PASS
     assert roomy["x"].comparison is not None and tight["x"].comparison is not None
