@@ -42,6 +42,15 @@ NDARRAY_ONLY = frozenset({"ctypes", "getfield", "resize", "setfield", "setflags"
 #: functions that take host data on purpose (an explicit transfer to the device)
 _TRANSFER_IN = frozenset({"asarray", "array", "asanyarray", "ascontiguousarray", "asfortranarray"})
 
+#: cupy functions stricter than numpy's about their arguments: name -> (accepts, what fails)
+_STRICT: dict[str, tuple[Callable[..., bool], str]] = {
+    "unravel_index": (
+        lambda indices, *a, **k: isinstance(indices, SimArray),
+        "cupy.unravel_index takes a device array of indices: a Python int fails there "
+        "('bool' object has no attribute 'any'); use numpy.unravel_index on the host",
+    ),
+}
+
 #: device-to-host ("to_host") and host-to-device ("to_device") transfers so far
 TRANSFERS: Counter[str] = Counter()
 
@@ -370,8 +379,12 @@ class _Namespace(ModuleType):
         if name in _TRANSFER_IN:
             return _transfer_in(member)
 
+        strict = _STRICT.get(name) if self._source is np else None
+
         def function(*args: Any, **kwargs: Any) -> Any:
             where = f"{self.__name__}.{name}"
+            if strict is not None and not strict[0](*args, **kwargs):
+                raise TypeError(f"{where}: {strict[1]} (simulated device, as on cupy)")
             return _wrap(member(*_unwrap(args, where), **_unwrap(kwargs, where)))
 
         function.__name__ = name

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 #: how many out-of-bound elements a comparison names (the first ones, for refinement)
 VIOLATING_KEPT = 4096
 
@@ -79,7 +81,8 @@ def compare(
         violations=int(a.size - int(xp.count_nonzero(ok))),
         max_abs_err=float(xp.max(plain)) if all_finite else float("inf"),
         max_rel_err=float(xp.max(rel)) if all_finite else float("inf"),
-        worst_index=tuple(int(i) for i in xp.unravel_index(worst, a.shape)),
+        # on the host: cupy's unravel_index takes device arrays, not Python ints
+        worst_index=tuple(int(i) for i in np.unravel_index(worst, a.shape)),
         analytical=float(a.reshape(-1)[worst]),
         numerical=float(n.reshape(-1)[worst]),
         bound=float(bound.reshape(-1)[worst]),

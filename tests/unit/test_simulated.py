@@ -72,7 +72,9 @@ def test_views_ufunc_methods_and_indexing_behave_as_on_a_device() -> None:
     b = a
     b += 1.0
     assert b is a and float(a[0, 1]) == 1.0
-    assert tuple(int(i) for i in xp.unravel_index(4, (2, 3))) == (1, 1)
+    assert tuple(int(i) for i in xp.unravel_index(xp.asarray(4), (2, 3))) == (1, 1)
+    with pytest.raises(TypeError, match="takes a device array of indices"):
+        xp.unravel_index(4, (2, 3))  # cupy's fails on a Python int
     assert xp.asnumpy(a).dtype == np.float64 and isinstance(xp.asnumpy(a), np.ndarray)
 
 
