@@ -343,6 +343,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         summary.interrupted = True
         summary.results.extend(results)  # the interrupted spec's finished checks
         reporter.spec_results(results)
+    if "sim" in (_devices(args) or ()):
+        summary.notes.append(
+            "device sim is numpy under cupy's rules: it tells whether the layers and the engine are "
+            "ready for cupy (no implicit conversion to numpy, no host arrays mixed in, no numpy-only "
+            "functions); its results are numpy's, not a GPU's"
+        )
     if _mode(args) == "fast":
         summary.notes.append(
             "fast mode: each gradient was checked along seeded directions (two forward calls each), "

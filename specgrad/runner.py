@@ -137,7 +137,8 @@ def run_plan(plan: CasePlan, engines: Engines) -> list[CheckResult]:
 def _not_run(plan: CasePlan) -> str:
     """Why the plan cannot run on its device ("" where it can)."""
     if plan.kind == "checks" and not plan.spec.runs_on(plan.device):
-        return f"{plan.spec.name} runs on {', '.join(plan.spec.devices or ())} only (its spec's device:)"
+        where = ", ".join(plan.spec.devices or ())
+        return f"device {plan.device} not used: {plan.spec.name} runs on {where} only (its spec's device:)"
     why = unavailable(plan.device)
     return f"device {plan.device} unavailable: {why}" if why else ""
 

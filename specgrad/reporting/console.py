@@ -67,7 +67,9 @@ class ConsoleReporter:
         bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
         if self.verbosity >= 0:
             unavailable = [
-                r for r in results if r.status is Status.SKIP and r.note.startswith("implementation ")
+                r
+                for r in results
+                if r.status is Status.SKIP and r.note.startswith(("implementation ", "device ", "on device "))
             ]
             shown = [
                 r
@@ -82,7 +84,9 @@ class ConsoleReporter:
                 self._line(f"  + {passed} contract checks passed (-v lists them)", "dim")
             if unavailable and self.verbosity <= 0:
                 self._line(
-                    f"  + {len(unavailable)} checks skipped: implementations not run (see the notes)", "dim"
+                    f"  + {len(unavailable)} checks skipped: implementations or devices not run "
+                    "(see the notes)",
+                    "dim",
                 )
             for note in dict.fromkeys(r.note for r in results if r.note):
                 self._line(f"  note: {note}", "yellow")
@@ -92,12 +96,15 @@ class ConsoleReporter:
 
     def _table(self, shown: list[CheckResult], spec: str, title: str) -> Table:
         """Rows of a derived spec (NAME.second_order) show its suffix before the target; a
-        spec with several implementations has a column naming each row's."""
+        spec with several implementations has a column naming each row's, a run on another
+        device than the CPU one naming the device (device.X rows: the reference device)."""
         table = Table(title=Text(title, style="bold"), title_justify="left", show_edge=False, pad_edge=False)
         several = any("@" in r.spec for r in shown)
         # err/bound: the worst element's error over its bound (the check's margin: < 1 inside)
         columns = ["implementation"] if several else []
-        columns += ["check", "dtype", "case", "max abs err", "max rel err", "noise floor", "err/bound"]
+        devices = any(r.device != "cpu" or r.target.startswith("device.") for r in shown)
+        columns += ["check", "dtype", "case", *(["device"] if devices else [])]
+        columns += ["max abs err", "max rel err", "noise floor", "err/bound"]
         columns.append("status")
         if self.verbosity > 0:
             columns += ["kinks", "method", "numerical in"]
@@ -112,6 +119,7 @@ class ConsoleReporter:
                 Text(r.target if own == spec else f"{own.removeprefix(spec + '.')}.{r.target}"),
                 Text(r.dtype),
                 Text(r.case),
+                *([Text(_device(r))] if devices else []),
                 Text(_fmt(c.max_abs_err if c else None)),
                 Text(_fmt(c.max_rel_err if c else None)),
                 Text(_fmt(c.noise_floor if c and r.kind != "agreement" else None)),
@@ -148,3 +156,9 @@ class ConsoleReporter:
         if summary.spec_errors:
             self._line(f"{len(summary.spec_errors)} spec error(s)", "red")
         self.console.print(Text(summary.closing_line()), soft_wrap=True)
+
+
+def _device(r: CheckResult) -> str:
+    """Where the check ran; a device agreement row names both devices."""
+    other = r.target.removeprefix("device.")
+    return f"{r.device} vs {other}" if other != r.target else r.device

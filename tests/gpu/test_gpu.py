@@ -55,7 +55,9 @@ def test_the_zoo_passes_on_the_device(cli: Callable[..., CliResult], tmp_path: P
 
 def test_cpu_and_device_agree_on_the_zoo(cli: Callable[..., CliResult], tmp_path: Path) -> None:
     report = tmp_path / "agree.json"
-    r = cli("validate", SPECS, "--device", f"cpu,{DEVICE}", "-k", "device", "-q", "-j", WORKERS, "--json", report)
+    r = cli(
+        "validate", SPECS, "--device", f"cpu,{DEVICE}", "-k", "device", "-q", "-j", WORKERS, "--json", report
+    )
     assert r.code == 0, r.text[-4000:]
     checks = json.loads(report.read_text())["checks"]
     assert len(checks) > 100 and {c["target"] for c in checks} == {f"device.{DEVICE}"}

@@ -132,7 +132,7 @@ def test_a_layer_that_is_not_namespace_generic_errors_with_a_hint(tmp_path: Path
     r = run(spec_file(tmp_path, source, device="cpu"), ["cpu", "sim"])
     skipped = {i: v for i, v in r.items() if v.status is Status.SKIP}
     assert skipped and all(",sim]" in i or "device.sim" in i for i in skipped)
-    assert "t runs on cpu only" in r["t[float64,random,sim]::x"].message
+    assert "device sim not used: t runs on cpu only" in r["t[float64,random,sim]::x"].message
     assert "does not run on sim (device: cpu)" in r["t[float64,random]::device.sim"].message
     assert all(v.status is Status.PASS for i, v in r.items() if i not in skipped)
 
