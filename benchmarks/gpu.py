@@ -188,12 +188,8 @@ def _summary(statuses: list[str]) -> str:
 
 
 def describe(device: str) -> str:
-    if device != "gpu":
-        return f"{device} (simulated: numpy under cupy's rules; not a timing)"
-    cupy = backend("gpu").xp
-    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    return f"{name}, cupy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}"
+    text = backend(device).describe()
+    return text + ("; not a timing of any GPU" if device == "sim" else "")
 
 
 def main() -> None:

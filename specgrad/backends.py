@@ -51,6 +51,8 @@ class Backend(Protocol):
 
     def hint(self, exc: BaseException) -> str: ...
 
+    def describe(self) -> str: ...
+
 
 def _numeric(dtype: Any) -> bool:
     return getattr(dtype, "kind", "") in ("b", "i", "u", "f", "c")
@@ -81,6 +83,9 @@ class NumpyBackend:
 
     def hint(self, exc: BaseException) -> str:
         return ""
+
+    def describe(self) -> str:
+        return f"numpy {np.__version__}"
 
 
 _NOT_GENERIC = (
@@ -117,6 +122,12 @@ class CupyBackend:
     def hint(self, exc: BaseException) -> str:
         return _NOT_GENERIC.format(device="gpu") if "Implicit conversion to a NumPy array" in str(exc) else ""
 
+    def describe(self) -> str:
+        cuda = self.module.cuda
+        name = cuda.runtime.getDeviceProperties(cuda.Device().id)["name"]
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        return f"{name}, cupy {self.module.__version__}, CUDA runtime {cuda.runtime.runtimeGetVersion()}"
+
 
 @dataclass(frozen=True)
 class SimulatedBackend:
@@ -150,6 +161,9 @@ class SimulatedBackend:
         if "Implicit conversion to a NumPy array" in text or "cannot be mixed with device arrays" in text:
             return _NOT_GENERIC.format(device="sim")
         return ""
+
+    def describe(self) -> str:
+        return f"simulated: numpy {np.__version__} under cupy's rules"
 
 
 def _cupy() -> Backend:

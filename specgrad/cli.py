@@ -343,6 +343,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         summary.interrupted = True
         summary.results.extend(results)  # the interrupted spec's finished checks
         reporter.spec_results(results)
+    _describe_devices(summary)
     if "sim" in (_devices(args) or ()):
         summary.notes.append(
             "device sim is numpy under cupy's rules: it tells whether the layers and the engine are "
@@ -364,6 +365,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"--json {args.json}: cannot write the report: {exc}") from None
     return summary.exit_code
+
+
+def _describe_devices(summary: RunSummary) -> None:
+    """What each device the checks ran on is (a GPU's name), for the reports."""
+    from specgrad.backends import backend, unavailable
+
+    used = {r.device for r in summary.results}
+    used |= {r.target.removeprefix("device.") for r in summary.results if r.target.startswith("device.")}
+    for device in sorted(used):
+        if not unavailable(device):
+            summary.devices[device] = backend(device).describe()
 
 
 def _frameworks(planned: list[tuple[Spec, tuple[CasePlan, ...]]], summary: RunSummary) -> None:

@@ -95,6 +95,8 @@ class RunSummary:
     notes: list[str] = field(default_factory=list)
     #: per spec: {framework: {"installed": version, "verified_with": version}}
     frameworks: dict[str, dict[str, dict[str, str | None]]] = field(default_factory=dict)
+    #: the devices the checks ran on: {device: what it is (library, card)}
+    devices: dict[str, str] = field(default_factory=dict)
     specs_checked: int = 0
     interrupted: bool = False
 

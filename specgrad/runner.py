@@ -593,7 +593,9 @@ class CaseRun:
         out_shapes = [tuple(int(n) for n in g.shape) for g in self.upstream64 if g is not None]
         if declared == "auto":
             epsilon = plan.spec.tolerances[route.dtype].epsilon
-            probe = footprints(lambda: self._evaluate(route.tensors), x, self.upstream64, epsilon, xp)
+            probe = footprints(
+                lambda: self._evaluate(route.tensors), x, self.upstream64, epsilon, xp, self.backend.to_host
+            )
             links = detect(shape, out_shapes, probe, plan.seed)
             if not links:
                 return None

@@ -127,10 +127,16 @@ def colored_difference(
 
 
 def footprints(
-    evaluate: Callable[[], Outputs], x: Any, upstream: Sequence[Any | None], epsilon: float, xp: ModuleType
+    evaluate: Callable[[], Outputs],
+    x: Any,
+    upstream: Sequence[Any | None],
+    epsilon: float,
+    xp: ModuleType,
+    to_host: Callable[[Any], np.ndarray],
 ) -> Callable[[int], tuple[np.ndarray, ...]]:
-    """flat element j -> per differentiated output, the (host) mask of outputs that move
-    when x_j alone takes the step up: what `structure.detect` reads links from."""
+    """flat element j -> per differentiated output, the (host: `to_host`, the backend's)
+    mask of outputs that move when x_j alone takes the step up: what `structure.detect`
+    reads links from."""
     stencil = _Stencil(evaluate, x, upstream, 1.0, xp)
 
     def moved(j: int) -> tuple[np.ndarray, ...]:
@@ -142,13 +148,9 @@ def footprints(
             raise PerturbationError(j, exc) from exc
         finally:
             stencil.flat[j] = orig
-        return tuple(_host(xp, (fp != f0).reshape(-1)) for fp, f0 in zip(plus, stencil.base, strict=True))
+        return tuple(to_host((fp != f0).reshape(-1)) for fp, f0 in zip(plus, stencil.base, strict=True))
 
     return moved
-
-
-def _host(xp: ModuleType, array: Any) -> np.ndarray:
-    return np.asarray(array.get() if hasattr(array, "get") and xp is not np else array)
 
 
 @dataclass(frozen=True)

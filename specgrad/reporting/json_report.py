@@ -35,7 +35,11 @@ class JsonReporter:
         doc = {
             "format": FORMAT_VERSION,
             "specgrad": __version__,
-            "environment": {"python": platform.python_version(), "numpy": np.__version__},
+            "environment": {
+                "python": platform.python_version(),
+                "numpy": np.__version__,
+                "devices": summary.devices,
+            },
             "exit_code": summary.exit_code,
             "interrupted": summary.interrupted,
             "summary": {

@@ -61,7 +61,10 @@ def test_cpu_and_sim_report_per_device_and_agree(cli: Callable[..., CliResult], 
     r = cli("validate", _spec(tmp_path), "--device", "cpu,sim", "-j", "1", "--json", report)
     assert r.code == 0, r.text
     assert "device" in r.out and "cpu vs sim" in r.out
-    checks = json.loads(report.read_text())["checks"]
+    document = json.loads(report.read_text())
+    assert set(document["environment"]["devices"]) == {"cpu", "sim"}
+    assert document["environment"]["devices"]["sim"].startswith("simulated: numpy")
+    checks = document["checks"]
     by_device = {d: [c for c in checks if c["device"] == d] for d in ("cpu", "sim")}
     ids = {c["id"] for c in checks}
     assert "tanhy[float32,random,sim]::x" in ids and "tanhy[float32,random]::device.sim" in ids

@@ -48,7 +48,9 @@ def test_the_zoo_passes_on_the_device(cli: Callable[..., CliResult], tmp_path: P
     report = tmp_path / "zoo.json"
     r = cli("validate", SPECS, "--device", DEVICE, "-q", "-j", WORKERS, "--json", report)
     assert r.code == 0, r.text[-4000:]
-    checks = json.loads(report.read_text())["checks"]
+    document = json.loads(report.read_text())
+    print(f"device: {document['environment']['devices'][DEVICE]}")
+    checks = document["checks"]
     assert checks and {c["device"] for c in checks} == {DEVICE}
     assert {c["status"] for c in checks} <= {"PASS", "SKIP"}
 

@@ -89,7 +89,7 @@ def test_periods_are_the_tightest_separation() -> None:
 
 def _detected(forward: Any, x: np.ndarray) -> tuple[Link, ...] | None:
     out = forward(x)
-    probe = footprints(lambda: (forward(x),), x, [np.ones(out.shape)], 1e-3, np)
+    probe = footprints(lambda: (forward(x),), x, [np.ones(out.shape)], 1e-3, np, np.asarray)
     return detect(x.shape, [out.shape], probe, 0)
 
 
