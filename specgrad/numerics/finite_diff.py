@@ -246,12 +246,13 @@ def _evaluate_at(
 
 
 def stepped(orig: Any, h: Any, xp: ModuleType) -> tuple[Any, Any]:
-    """(orig + h rounded to orig's dtype, never equal to orig; |step taken| in float64)."""
+    """(orig + h rounded to orig's dtype, never equal to orig; |step taken| in float64).
+    Elementwise throughout, with no read-back: on a GPU a test of `stuck` would wait for
+    the device once per group."""
     values = (orig.astype(xp.float64) + h).astype(orig.dtype)
     stuck = values == orig  # h is below half an ulp of x_j in this dtype: take one ulp
-    if bool(xp.any(stuck)):
-        toward = xp.where(xp.asarray(h) > 0, xp.inf, -xp.inf).astype(orig.dtype)
-        values = xp.where(stuck, xp.nextafter(orig, toward), values)
+    toward = xp.where(xp.asarray(h) > 0, xp.inf, -xp.inf).astype(orig.dtype)
+    values = xp.where(stuck, xp.nextafter(orig, toward), values)
     return values, xp.abs(values.astype(xp.float64) - orig.astype(xp.float64))
 
 
