@@ -166,10 +166,16 @@ class AgreementRun:
         self.upstream: list[np.ndarray | None] = []
         ref = self._evaluate(self.ref_spec, self._upstream, side=self.home)
         if ref.problem:
-            what = "the reference implementation" if plan.kind == "agreement" else "on the reference device"
-            why = f"cannot compare: {what} {ref_name} {ref.problem}"
-            note = f"implementation {ref_name} not run: {ref.problem}" if ref.status is Status.SKIP else ""
-            return [self._result(t, ref.status, why, note=note) for t in plan.targets]
+            if plan.kind == "agreement":
+                why = f"cannot compare: the reference implementation {ref_name} {ref.problem}"
+                note = f"implementation {ref_name} not run: {ref.problem}"
+            else:
+                why = f"cannot compare: {self.spec.name} on the reference device {ref_name} {ref.problem}"
+                note = f"device {ref_name} not used: {self.spec.name} {ref.problem}"
+            return [
+                self._result(t, ref.status, why, note=note if ref.status is Status.SKIP else "")
+                for t in plan.targets
+            ]
         self.ref64 = self._evaluate64(self.ref_spec, self.home)
         floats = [float(np.max(np.abs(a))) for a in self.host.values() if a.dtype.kind == "f" and a.size]
         self.input_scale = max([1.0, *(f for f in floats if math.isfinite(f))])
@@ -307,8 +313,10 @@ class AgreementRun:
         run = self._evaluate(impl, self.upstream, side=side)
         if run.problem:
             if run.status is Status.SKIP:
-                what = "implementation" if self.plan.kind == "agreement" else "on device"
-                note = f"{what} {name} not run: {run.problem}"
+                if self.plan.kind == "agreement":
+                    note = f"implementation {name} not run: {run.problem}"
+                else:
+                    note = f"device {name} not used: {self.spec.name} {run.problem}"
                 return self._result(target, Status.SKIP, f"cannot compare: {note}", start=start, note=note)
             return self._result(target, Status.ERROR, f"cannot compare: {name} {run.problem}", start=start)
         if len(run.outputs) != len(ref.outputs):
@@ -528,7 +536,8 @@ class AgreementRun:
     ) -> CheckResult:
         if kinks:
             note = (
-                f"{kinks} gradient element(s) sit on kinks where the implementations pick different "
+                f"{kinks} gradient element(s) sit on kinks where the "
+                f"{'implementations' if self.plan.kind == 'agreement' else 'devices'} pick different "
                 "subgradients, both between the one-sided derivatives"
             )
         return self.plan.result(

@@ -89,10 +89,13 @@ class NumpyBackend:
 
 
 _NOT_GENERIC = (
-    "the layer converts the {device} device's arrays to numpy: it is not array-namespace generic "
-    "(take xp from the arrays, e.g. cupy.get_array_module(x), instead of calling numpy), or give "
-    "the spec `device: cpu` so it is checked on the CPU only"
+    "the layer {what}: it is not array-namespace generic. Take the namespace from the inputs "
+    "(specgrad.zoo._xp.namespace(x) gives numpy, cupy or the simulated device's; "
+    "cupy.get_array_module(x) numpy or cupy) and make constants with it, or give the spec "
+    "`device: cpu` so it is checked on the CPU only"
 )
+_CONVERTS = "converts the {device} device's arrays to numpy"
+_MIXES = "mixes host numpy arrays (a constant made with numpy?) with the {device} device's arrays"
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,12 @@ class CupyBackend:
         self.module.cuda.get_current_stream().synchronize()
 
     def hint(self, exc: BaseException) -> str:
-        return _NOT_GENERIC.format(device="gpu") if "Implicit conversion to a NumPy array" in str(exc) else ""
+        text = str(exc)
+        if "Implicit conversion to a NumPy array" in text:
+            return _NOT_GENERIC.format(what=_CONVERTS.format(device="gpu"))
+        if "Unsupported type <class 'numpy.ndarray'>" in text:
+            return _NOT_GENERIC.format(what=_MIXES.format(device="gpu"))
+        return ""
 
     def describe(self) -> str:
         cuda = self.module.cuda
@@ -158,8 +166,10 @@ class SimulatedBackend:
 
     def hint(self, exc: BaseException) -> str:
         text = str(exc)
-        if "Implicit conversion to a NumPy array" in text or "cannot be mixed with device arrays" in text:
-            return _NOT_GENERIC.format(device="sim")
+        if "Implicit conversion to a NumPy array" in text:
+            return _NOT_GENERIC.format(what=_CONVERTS.format(device="sim"))
+        if "cannot be mixed with device arrays" in text:
+            return _NOT_GENERIC.format(what=_MIXES.format(device="sim"))
         return ""
 
     def describe(self) -> str:
@@ -172,9 +182,13 @@ def _cupy() -> Backend:
         import cupy
     except ImportError as exc:
         raise DeviceUnavailable(
-            f"--device gpu needs cupy, which is not importable ({exc}): install it with "
+            f"the gpu device needs cupy, which is not importable ({exc}): install it with "
             "pip install 'specgrad[gpu]' (cupy-cuda12x, for CUDA 12), or use an existing cupy "
             "install (cupy-cuda11x, cupy-cuda13x, a conda cupy) in the same environment"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a broken install: a missing CUDA library, an old cupy
+        raise DeviceUnavailable(
+            f"the gpu device needs cupy, which failed to import: {type(exc).__name__}: {exc}"
         ) from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -183,7 +197,7 @@ def _cupy() -> Backend:
         cupy.zeros(1).sum().get()  # a driver too old for cupy's CUDA fails here, not above
     except Exception as exc:  # noqa: BLE001 - cupy raises its own CUDA error types
         raise DeviceUnavailable(
-            f"--device gpu: cupy {cupy.__version__} is installed but no CUDA device is usable: "
+            f"the gpu device: cupy {cupy.__version__} is installed but no CUDA device is usable: "
             f"{type(exc).__name__}: {exc}"
         ) from None
     return CupyBackend(cupy)
@@ -197,23 +211,31 @@ DEVICES: dict[str, Callable[[], Backend]] = {
 }
 
 
-@cache
 def backend(device: str) -> Backend:
     """The device's backend; DeviceUnavailable (exit 2 from the CLI) if it cannot be used."""
-    try:
-        make = DEVICES[device]
-    except KeyError:
-        raise UsageError(f"unknown device {device!r} (known: {', '.join(DEVICES)}, both)") from None
-    return make()
+    made = _made(device)
+    if isinstance(made, UsageError):
+        raise made
+    return made
 
 
 def unavailable(device: str) -> str:
     """Why the device cannot be used here ("" where it can)."""
+    made = _made(device)
+    return str(made) if isinstance(made, UsageError) else ""
+
+
+@cache
+def _made(device: str) -> Backend | UsageError:
+    """The backend, or why there is none: probed once per process (a CUDA probe is slow)."""
     try:
-        backend(device)
+        make = DEVICES[device]
+    except KeyError:
+        return UsageError(f"unknown device {device!r} (known: {', '.join(DEVICES)}, both)")
+    try:
+        return make()
     except UsageError as exc:
-        return str(exc)
-    return ""
+        return exc
 
 
 def parse_devices(text: str | Sequence[str]) -> tuple[str, ...]:

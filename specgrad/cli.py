@@ -348,7 +348,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         summary.notes.append(
             "device sim is numpy under cupy's rules: it tells whether the layers and the engine are "
             "ready for cupy (no implicit conversion to numpy, no host arrays mixed in, no numpy-only "
-            "functions); its results are numpy's, not a GPU's"
+            "functions); its results are numpy's, not a GPU's. torch and jax bindings get CPU tensors "
+            "there: where their own tensors live on a GPU is not checked"
         )
     if _mode(args) == "fast":
         summary.notes.append(

@@ -236,6 +236,10 @@ class TorchAdapter(Adapter):
         # ~1000x coarser, and the CPU/GPU agreement would measure TF32, not the kernel
         module.backends.cuda.matmul.allow_tf32 = False
         module.backends.cudnn.allow_tf32 = False
+        # cuDNN's autotuned convolutions may sum in another order from call to call: the
+        # backward_deterministic contract (bitwise by default) would fail on the library
+        module.backends.cudnn.deterministic = True
+        module.backends.cudnn.benchmark = False
 
     def is_native(self, value: object) -> bool:
         torch = self.load()
@@ -243,9 +247,12 @@ class TorchAdapter(Adapter):
 
     def from_engine(self, array: Any) -> Any:
         torch = self.load()
+        on_gpu = getattr(array, "__dlpack_device__", lambda: (1, 0))()[0] in (2, 13)  # CUDA, managed
+        if on_gpu and not torch.cuda.is_available():  # a CPU build of torch: a host copy
+            return torch.from_dlpack(np.array(_host(array), copy=True, order="C"))
         try:
             return torch.from_dlpack(array)
-        except (BufferError, RuntimeError, TypeError):  # read-only or oddly strided: a copy
+        except (BufferError, RuntimeError, TypeError, AssertionError):  # read-only, oddly strided
             return torch.from_dlpack(np.array(_host(array), copy=True, order="C"))  # 0-d stays 0-d
 
     def to_engine(self, value: Any, xp: ModuleType) -> Any:
@@ -283,6 +290,9 @@ class TorchAdapter(Adapter):
         torch = self.load()
         if not isinstance(layer, torch.nn.Module):
             return super().call_layer(layer, method, params, args, attrs)
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+        if device is not None and device.type != "cpu":
+            layer.to(device)  # buffers and parameters the spec does not set, too
         names = {dotted(path): value for path, value in params.items()}
         if method == "forward":
             return torch.func.functional_call(layer, names, tuple(args), dict(attrs))

@@ -493,11 +493,12 @@ def _first_order(raw: RawSpec) -> Spec:
 
 
 def _devices(data: Any) -> tuple[str, ...] | None:
-    """`device:` as the devices it names, in order (both: cpu and gpu)."""
+    """`device:` as the devices it names, the CPU first (the reference of the device
+    agreement; a list says what the binding supports, not an order)."""
     if data is None:
         return None
     names = ["cpu", "gpu"] if data == "both" else [data] if isinstance(data, str) else data
-    return tuple(names)
+    return tuple(sorted(names, key=lambda d: d != "cpu"))
 
 
 def _structure(data: Any, tensors: tuple[TensorSpec, ...]) -> Mapping[str, Structure]:

@@ -402,8 +402,13 @@ class CaseRun:
         text = f"{what} is {kind}, not a {self.backend.name} array"
         if value is None and what.startswith("output") and isinstance(self.spec.binding, LayerBinding):
             text += " (if forward stores its result instead of returning it, set layer.output)"
-        elif _looks_like_array(value):
+        elif _looks_like_array(value) and self.backend.xp is np:
             text += " (convert it in the layer or a small wrapper, e.g. with numpy.asarray)"
+        elif _looks_like_array(value):
+            text += (
+                f" (on the {self.backend.device} device the layer must return the device's arrays: "
+                "compute with the inputs' namespace, not numpy, or give the spec `device: cpu`)"
+            )
         return text
 
     def _check_deterministic(self, first: tuple[Any, ...], second: tuple[Any, ...]) -> None:

@@ -51,6 +51,10 @@ _STRICT: dict[str, tuple[Callable[..., bool], str]] = {
     ),
 }
 
+#: cupy functions that read back from the device before they return (their docstrings'
+#: "# synchronize!"): how many times; a boolean mask index reads back the count too
+_SYNCING = {"bincount": 2, "nonzero": 1, "flatnonzero": 1, "argwhere": 1, "unique": 1, "count_nonzero": 0}
+
 #: device-to-host ("to_host") and host-to-device ("to_device") transfers so far
 TRANSFERS: Counter[str] = Counter()
 
@@ -86,12 +90,17 @@ def _wrap(value: Any) -> Any:
         return tuple(_wrap(v) for v in value)
     if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
         return [_wrap(v) for v in value]
+    if isinstance(value, (np.random.Generator, np.random.RandomState)):
+        return _OnDevice(value)  # cupy's generators draw on the device
     return value
 
 
 def _index(key: Any) -> Any:
-    """An index: device arrays unwrapped; host index arrays are copied over (cupy does too)."""
+    """An index: device arrays unwrapped (a boolean mask reads its count back, as on cupy);
+    host index arrays are copied over (cupy does too)."""
     if isinstance(key, SimArray):
+        if key.dtype == np.bool_:
+            TRANSFERS["to_host"] += 1
         return key._a
     if isinstance(key, np.ndarray):
         TRANSFERS["to_device"] += 1
@@ -165,6 +174,10 @@ class SimArray:
     # -- numpy's protocols: functions cupy has run, mixed with host arrays they raise --
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        if not hasattr(xp, ufunc.__name__):  # numpy-only (spacing) or foreign (scipy.special.erf)
+            raise TypeError(
+                f"ufunc {ufunc.__name__!r} is not available for device arrays (simulated, as on cupy)"
+            )
         args = _unwrap(inputs, f"numpy.{ufunc.__name__}")
         if "out" in kwargs:
             kwargs["out"] = _unwrap(kwargs["out"], f"numpy.{ufunc.__name__}(out=)")
@@ -322,6 +335,21 @@ for _name, _unary in {
     setattr(SimArray, f"__{_name}__", lambda self, _f=_unary: _wrap(_f(self._a)))
 
 
+class _OnDevice:
+    """A numpy object whose methods make device arrays (a random generator: cupy's draw
+    on the device)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        member = getattr(self._inner, name)
+        if not callable(member):
+            return _wrap(member)
+        where = f"{type(self._inner).__name__}.{name}"
+        return lambda *args, **kwargs: _wrap(member(*_unwrap(args, where), **_unwrap(kwargs, where)))
+
+
 class _Ufunc:
     """A numpy ufunc on device arrays, with the methods cupy's ufuncs have."""
 
@@ -374,27 +402,35 @@ class _Namespace(ModuleType):
             return _Namespace(f"{self.__name__}.{name}", member, frozenset())
         if isinstance(member, np.ufunc):
             return _Ufunc(member)
-        if isinstance(member, type) or not callable(member):
+        if (isinstance(member, type) and not self.__name__.endswith(".random")) or not callable(member):
             return member  # dtypes, finfo, constants: numpy's own, as in cupy
         if name in _TRANSFER_IN:
             return _transfer_in(member)
 
         strict = _STRICT.get(name) if self._source is np else None
+        syncs = _SYNCING.get(name, 0) if self._source is np else 0
 
         def function(*args: Any, **kwargs: Any) -> Any:
             where = f"{self.__name__}.{name}"
             if strict is not None and not strict[0](*args, **kwargs):
                 raise TypeError(f"{where}: {strict[1]} (simulated device, as on cupy)")
+            TRANSFERS["to_host"] += syncs
             return _wrap(member(*_unwrap(args, where), **_unwrap(kwargs, where)))
 
         function.__name__ = name
         return function
 
 
+def _holds_device(value: Any) -> bool:
+    return isinstance(value, SimArray) or (
+        isinstance(value, (list, tuple)) and any(_holds_device(v) for v in value)
+    )
+
+
 def _transfer_in(make: Callable[..., np.ndarray]) -> Callable[..., Any]:
     def transfer(value: Any, *args: Any, **kwargs: Any) -> SimArray:
-        if isinstance(value, SimArray):
-            return SimArray(make(value._a, *args, **kwargs))
+        if _holds_device(value):  # device arrays (cupy stacks a nested sequence of them there)
+            return SimArray(make(_unwrap(value, "xp.asarray"), *args, **kwargs))
         TRANSFERS["to_device"] += 1
         made = make(value, *args, **kwargs)
         # a fresh device buffer: never a view of host memory

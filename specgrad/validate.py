@@ -130,6 +130,8 @@ def _from_schema_error(raw: RawSpec, error: jsonschema.ValidationError) -> Itera
 
 def _message(kw: str, inst: Any, want: Any, error: jsonschema.ValidationError, path: JsonPath) -> str:
     got = f"got {_kind(inst)} {inst!r}"
+    if kw == "type" and path[-1:] == ("device",):
+        return f"expected cpu, gpu, both or a list of cpu and gpu, {got}"
     if kw == "type":
         return f"expected {_type_name(want)}, {got}"
     if kw == "enum":

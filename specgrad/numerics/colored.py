@@ -153,6 +153,15 @@ def footprints(
     return moved
 
 
+def _summed(xp: ModuleType, index: Any, weights: Any, size: int) -> Any:
+    """Sums of `weights` by `index` (each in [0, size)), in float64: ufunc.at, which cupy
+    runs as one scatter kernel; its bincount reads the largest index back first (a wait
+    for the device per call). On numpy it adds in index order, as bincount does."""
+    out = xp.zeros(size, dtype=xp.float64)
+    xp.add.at(out, index, weights)
+    return out
+
+
 @dataclass(frozen=True)
 class _Pending:
     """A group's stepped values, waiting for their evaluations."""
@@ -287,18 +296,18 @@ class _ColoredRun:
             for total, (left, right) in zip(totals, ((fpf, f0f), (f0f, fmf)), strict=False):
                 xp.subtract(left, right, out=buf)
                 xp.multiply(buf, gf, out=buf)
-                total += xp.bincount(shifted, weights=buf, minlength=m + 1)[1:]
+                total += _summed(xp, shifted, buf, m + 1)[1:]
             # rounding power of the outputs that moved, as finite_diff._contract counts it (an
             # unmoved output adds no noise; counting it would let a large one hide errors)
             xp.not_equal(fpf, fmf, out=buf)
             xp.multiply(buf, self.stencil.weights[k], out=buf)
-            totals[2] += xp.bincount(shifted, weights=buf, minlength=m + 1)[1:]
+            totals[2] += _summed(xp, shifted, buf, m + 1)[1:]
             if self.model_terms:
                 xp.subtract(fpf, fmf, out=buf)
                 xp.multiply(buf, gf, out=buf)
-                totals[3] += xp.bincount(shifted, weights=xp.abs(buf, out=buf), minlength=m + 1)[1:]
+                totals[3] += _summed(xp, shifted, xp.abs(buf, out=buf), m + 1)[1:]
                 moved = (fpf != fmf).astype(xp.float64)
-                totals[4] += xp.bincount(shifted, weights=moved, minlength=m + 1)[1:]
+                totals[4] += _summed(xp, shifted, moved, m + 1)[1:]
             if unowned is not None:
                 for side in (fp, fm):
                     self._expect(side.reshape(-1)[unowned], f0.reshape(-1)[unowned], k, group, unowned, None)

@@ -197,6 +197,7 @@ class _Stencil:
 
     def noise(self, power: Any, steps: Any) -> Any:
         xp = self.xp
+        power = xp.asarray(power)  # a Python 0.0 where no output moved: cupy.where needs an array
         return NOISE_SIGMAS * self.u * xp.sqrt(xp.where(power > 0, power, self.resolution)) / steps
 
     def gradient(self, parts: list[tuple[Any, ...]], shape: tuple[int, ...]) -> NumericalGradient:

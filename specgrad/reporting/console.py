@@ -137,12 +137,13 @@ class ConsoleReporter:
 
     def _details(self, bad: list[CheckResult]) -> None:
         """Each failure once; checks of one case failing for the same reason share a block."""
-        key = lambda r: (r.file, r.dtype, r.case, r.status, r.message)
-        for (_, _, _, status, message), group in groupby(bad, key=key):
+        key = lambda r: (r.file, r.spec, r.device, r.dtype, r.case, r.status, r.message)
+        for (*_, status, message), group in groupby(bad, key=key):
             rs = list(group)
             more = "".join(f", ::{r.target}" for r in rs[1:])
             self._line(f"{status} {rs[0].check_id}{more}", _STYLE[status])
-            self._line(f"  {rs[0].file}: {rs[0].spec} [{rs[0].dtype}, case {rs[0].case}]")
+            where = "" if rs[0].device == "cpu" else f", device {rs[0].device}"
+            self._line(f"  {rs[0].file}: {rs[0].spec} [{rs[0].dtype}, case {rs[0].case}{where}]")
             for line in message.splitlines():
                 self._line(f"  {line}")
 

@@ -87,7 +87,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(q.shape[-1]))
     if causal:
         tq, tk = scores.shape[-2], scores.shape[-1]
-        allowed = torch.arange(tk)[None, :] <= torch.arange(tq)[:, None] + (tk - tq)
+        at = scores.device
+        allowed = torch.arange(tk, device=at)[None, :] <= torch.arange(tq, device=at)[:, None] + (tk - tq)
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 

@@ -47,7 +47,7 @@ def test_asking_for_a_gpu_that_is_not_there_is_exit_2_without_a_traceback(tmp_pa
     for device in ("gpu", "both", "cpu,gpu"):
         r = run_subprocess(["validate", str(SPECS / "relu.yaml"), "--device", device], tmp_path)
         assert r.code == 2, r.text
-        assert r.err.startswith("specgrad: error: --device gpu") and "Traceback" not in r.text
+        assert r.err.startswith("specgrad: error: the gpu device") and "Traceback" not in r.text
         assert "pip install 'specgrad[gpu]'" in r.err or "no CUDA device is usable" in r.err
 
 
@@ -109,7 +109,7 @@ def test_a_spec_asking_for_both_devices_runs_the_cpu_where_there_is_no_gpu(
 ) -> None:
     r = cli("validate", _spec(tmp_path, "device: both\n"), "-j", "1")
     assert r.code == 0, r.text
-    assert "note: device gpu unavailable: --device gpu" in r.out
+    assert "note: device gpu unavailable: the gpu device" in r.out
     assert "checks skipped: implementations or devices not run" in r.out
 
 
@@ -142,3 +142,30 @@ def test_the_zoo_runs_unchanged_on_the_simulated_device(tmp_path: Path) -> None:
     agreement = [c for c in checks if c["target"] == "device.sim"]
     assert len(agreement) > 50 and {c["status"] for c in agreement} == {"PASS"}
     assert {c["status"] for c in checks} <= {"PASS", "SKIP"}
+
+
+def test_a_broken_cupy_install_is_exit_2_or_a_skip_with_its_error(tmp_path: Path) -> None:
+    fake = tmp_path / "fake"
+    (fake / "cupy").mkdir(parents=True)
+    (fake / "cupy" / "__init__.py").write_text(
+        "raise OSError('libcudart.so.12: cannot open shared object file')\n"
+    )
+    r = run_subprocess(["validate", str(SPECS / "relu.yaml"), "--device", "gpu"], tmp_path, path=[fake])
+    assert r.code == 2 and "Traceback" not in r.text
+    assert "cupy, which failed to import: OSError: libcudart.so.12" in r.err
+    spec = _spec(tmp_path, "device: both\n")
+    r = run_subprocess(["validate", str(spec), "-j", "2"], tmp_path, path=[fake, tmp_path])
+    assert r.code == 0, r.text
+    assert "checks skipped: implementations or devices not run" in r.out and "failed to import" in r.out
+
+
+def test_failures_on_each_device_are_reported_under_their_own_ids(
+    cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    source = "def forward(x):\n    raise ValueError('boom')\ndef backward(g, x):\n    return g\n"
+    r = cli(
+        "validate", _spec(tmp_path, source=source), "--device", "cpu,sim", "--dtype", "float64", "-j", "1"
+    )
+    assert r.code == 1
+    assert "ERROR tanhy[float64,random]::x" in r.out and "ERROR tanhy[float64,random,sim]::x" in r.out
+    assert "tanhy [float64, case random, device sim]" in r.out

@@ -106,8 +106,17 @@ def test_gpu_with_cupy_but_no_device_names_cupys_error(tmp_path: Path) -> None:
         "class cuda:\n    runtime = _Runtime\n"
     )
     text = _device_error(_fake_cupy(tmp_path, body))
-    assert text.startswith("DeviceUnavailable --device gpu: cupy 99.0 is installed but no CUDA device")
+    assert text.startswith("DeviceUnavailable the gpu device: cupy 99.0 is installed but no CUDA device")
     assert "CUDARuntimeError: cudaErrorNoDevice" in text
+
+
+def test_a_cupy_that_fails_to_import_is_unavailable_with_its_error(tmp_path: Path) -> None:
+    body = "raise OSError('libcudart.so.12: cannot open shared object file')\n"
+    text = _device_error(_fake_cupy(tmp_path, body))
+    assert text == (
+        "DeviceUnavailable the gpu device needs cupy, which failed to import: "
+        "OSError: libcudart.so.12: cannot open shared object file"
+    )
 
 
 def test_gpu_with_zero_devices_is_unavailable_too(tmp_path: Path) -> None:

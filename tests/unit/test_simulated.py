@@ -99,3 +99,22 @@ def test_results_are_numpys_bit_for_bit(host: np.ndarray, op: str) -> None:
         got = getattr(xp, op)(xp.asarray(host))
     assert isinstance(got, SimArray)
     np.testing.assert_array_equal(got.get(), expected, strict=True)
+
+
+def test_what_cupy_has_works_on_the_device_too() -> None:
+    """No false alarms: cupy's generators draw on the device, and it stacks a nested
+    sequence of device arrays."""
+    a = xp.asarray(np.ones((2, 3)))
+    assert isinstance(xp.random.default_rng(0).random((2, 3)), SimArray)
+    assert isinstance(xp.random.RandomState(0).rand(2), SimArray)
+    assert isinstance(xp.random.normal(size=2), SimArray)
+    stacked = xp.array([a[0] * 2, a[1] * 3])
+    assert isinstance(stacked, SimArray) and stacked.get().tolist() == [[2.0] * 3, [3.0] * 3]
+    assert xp.asarray([a.sum(), a.sum()]).get().tolist() == [6.0, 6.0]
+
+
+def test_ufuncs_cupy_lacks_are_refused() -> None:
+    a = xp.asarray(np.ones(3))
+    with pytest.raises(TypeError, match="ufunc 'spacing' is not available for device arrays"):
+        np.spacing(a)
+    assert isinstance(np.exp(a), SimArray)  # those cupy has dispatch to the device
