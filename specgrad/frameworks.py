@@ -378,6 +378,10 @@ class JaxAdapter(Adapter):
     def load(self) -> ModuleType:
         from specgrad.process import single_threaded
 
+        if "jax" not in sys.modules:
+            # on a GPU jax takes 75% of its memory at start: -j N workers (and cupy beside
+            # it) would run out; allocate as needed instead
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         if single_threaded() and "jax" not in sys.modules:
             # XLA reads its flags once, at import: one CPU thread, as for BLAS
             flags = os.environ.get("XLA_FLAGS", "")
