@@ -53,7 +53,7 @@ _STRICT: dict[str, tuple[Callable[..., bool], str]] = {
 
 #: cupy functions that read back from the device before they return (their docstrings'
 #: "# synchronize!"): how many times; a boolean mask index reads back the count too
-_SYNCING = {"bincount": 2, "nonzero": 1, "flatnonzero": 1, "argwhere": 1, "unique": 1, "count_nonzero": 0}
+_SYNCING = {"bincount": 2, "nonzero": 1, "flatnonzero": 1, "argwhere": 1, "unique": 1}
 
 #: device-to-host ("to_host") and host-to-device ("to_device") transfers so far
 TRANSFERS: Counter[str] = Counter()
