@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +27,15 @@ from tests.conftest import SPECS, CliResult
 from tests.unit.test_devices import DEVICE_BUG, run, spec_file
 
 DEVICE = os.environ.get("SPECGRAD_GPU_TEST_DEVICE", "gpu")
-WHY = unavailable(DEVICE)
+with warnings.catch_warnings():  # cupy, torch and jax may warn about their CUDA setup: shown, not raised
+    warnings.simplefilter("default")
+    WHY = unavailable(DEVICE)
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(WHY), reason=WHY or "")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(bool(WHY), reason=WHY or ""),
+    pytest.mark.filterwarnings("default"),
+]
 
 WORKERS = str(min(8, os.cpu_count() or 1))
 
