@@ -42,15 +42,17 @@ print(f"python {platform.python_version()}, numpy {numpy.__version__}, cupy {ver
 PY
 } 2>&1 | tee "$out/machine.txt"
 
+# each stage is interrupted (SIGINT) at its limit: pytest still writes its report of the
+# tests that finished, the benchmark has written its JSON after every row
 echo "== GPU tests (device $device)"
-SPECGRAD_GPU_TEST_DEVICE=$device timeout 330 $py -m pytest tests/gpu -m gpu -p no:cacheprovider -q -rA -s \
+SPECGRAD_GPU_TEST_DEVICE=$device timeout -s INT -k 30 330 $py -m pytest tests/gpu -m gpu -p no:cacheprovider -q -rA -s \
   --junitxml "$out/gpu_tests.xml" 2>&1 | tee "$out/gpu_tests.log"
 tests=${PIPESTATUS[0]}
 
 echo "== benchmark: CPU vs $device"
 quick=--quick
 [ -n "${FULL:-}" ] && quick=
-timeout 300 $py benchmarks/gpu.py --device "$device" $quick \
+timeout -s INT -k 30 300 $py benchmarks/gpu.py --device "$device" $quick \
   --json "$out/gpu_bench.json" 2>&1 | tee "$out/gpu_bench.log"
 bench=${PIPESTATUS[0]}
 
