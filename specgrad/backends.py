@@ -94,8 +94,19 @@ _NOT_GENERIC = (
     "cupy.get_array_module(x) numpy or cupy) and make constants with it, or give the spec "
     "`device: cpu` so it is checked on the CPU only"
 )
-_CONVERTS = "converts the {device} device's arrays to numpy"
-_MIXES = "mixes host numpy arrays (a constant made with numpy?) with the {device} device's arrays"
+
+
+def _generic_hint(exc: BaseException, device: str, mixed: str) -> str:
+    """The hint for a layer that is not namespace generic, from the device library's error
+    (`mixed`: how it says that host and device arrays were mixed)."""
+    text = str(exc)
+    if "Implicit conversion to a NumPy array" in text:
+        what = f"converts the {device} device's arrays to numpy"
+    elif mixed in text:
+        what = f"mixes host numpy arrays (a constant made with numpy?) with the {device} device's arrays"
+    else:
+        return ""
+    return _NOT_GENERIC.format(what=what)
 
 
 @dataclass(frozen=True)
@@ -123,12 +134,7 @@ class CupyBackend:
         self.module.cuda.get_current_stream().synchronize()
 
     def hint(self, exc: BaseException) -> str:
-        text = str(exc)
-        if "Implicit conversion to a NumPy array" in text:
-            return _NOT_GENERIC.format(what=_CONVERTS.format(device="gpu"))
-        if "Unsupported type <class 'numpy.ndarray'>" in text:
-            return _NOT_GENERIC.format(what=_MIXES.format(device="gpu"))
-        return ""
+        return _generic_hint(exc, self.device, "Unsupported type <class 'numpy.ndarray'>")
 
     def describe(self) -> str:
         cuda = self.module.cuda
@@ -165,12 +171,7 @@ class SimulatedBackend:
         return None
 
     def hint(self, exc: BaseException) -> str:
-        text = str(exc)
-        if "Implicit conversion to a NumPy array" in text:
-            return _NOT_GENERIC.format(what=_CONVERTS.format(device="sim"))
-        if "cannot be mixed with device arrays" in text:
-            return _NOT_GENERIC.format(what=_MIXES.format(device="sim"))
-        return ""
+        return _generic_hint(exc, self.device, "cannot be mixed with device arrays")
 
     def describe(self) -> str:
         return f"simulated: numpy {np.__version__} under cupy's rules"

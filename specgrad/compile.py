@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Literal
 
 from specgrad.backends import DEFAULT_DEVICE
@@ -124,21 +125,18 @@ def compile_spec(
     if spec.abstract:
         return ()
     where = tuple(devices) if devices else spec.devices or (DEFAULT_DEVICE,)
+    derived = partial(  # the specs derived from this one compile with the same options
+        compile_spec,
+        dtypes=dtypes,
+        seed=seed,
+        select=select,
+        mode=mode,
+        max_elements=max_elements,
+        max_memory=max_memory,
+        devices=devices,
+    )
     if spec.implementations:
-        own = [
-            plan
-            for impl in spec.implementations
-            for plan in compile_spec(
-                impl,
-                dtypes=dtypes,
-                seed=seed,
-                select=select,
-                mode=mode,
-                max_elements=max_elements,
-                max_memory=max_memory,
-                devices=devices,
-            )
-        ]
+        own = [plan for impl in spec.implementations for plan in derived(impl)]
         return (*own, *_agreement_plans(spec, dtypes, seed, select, where))
     method = spec.method
     omitted: tuple[str, ...] = ()
@@ -160,16 +158,7 @@ def compile_spec(
         others = tuple(f"device.{d}" for d in where[1:])
         plans += _case_plans(spec, others, method, "devices", dtypes, seed, select, where[0])
     if spec.second_order is not None:
-        plans += compile_spec(
-            spec.second_order,
-            dtypes=dtypes,
-            seed=seed,
-            select=select,
-            mode=mode,
-            max_elements=max_elements,
-            max_memory=max_memory,
-            devices=devices,
-        )
+        plans += derived(spec.second_order)
     return tuple(plans)
 
 

@@ -248,12 +248,12 @@ class TorchAdapter(Adapter):
     def from_engine(self, array: Any) -> Any:
         torch = self.load()
         on_gpu = getattr(array, "__dlpack_device__", lambda: (1, 0))()[0] in (2, 13)  # CUDA, managed
-        if on_gpu and not torch.cuda.is_available():  # a CPU build of torch: a host copy
-            return torch.from_dlpack(np.array(_host(array), copy=True, order="C"))
-        try:
-            return torch.from_dlpack(array)
-        except (BufferError, RuntimeError, TypeError, AssertionError):  # read-only, oddly strided
-            return torch.from_dlpack(np.array(_host(array), copy=True, order="C"))  # 0-d stays 0-d
+        if not on_gpu or torch.cuda.is_available():  # else a CPU build of torch: a host copy
+            try:
+                return torch.from_dlpack(array)
+            except (BufferError, RuntimeError, TypeError, AssertionError):  # read-only, oddly strided
+                pass
+        return torch.from_dlpack(np.array(_host(array), copy=True, order="C"))  # 0-d stays 0-d
 
     def to_engine(self, value: Any, xp: ModuleType) -> Any:
         value = value.detach().resolve_conj().resolve_neg()
