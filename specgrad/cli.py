@@ -17,6 +17,7 @@ from pathlib import Path
 
 from specgrad import __version__
 from specgrad.compile import CasePlan, compile_spec
+from specgrad.config import Config, parse_size
 from specgrad.errors import Location, SpecError, SpecIssue, UsageError
 from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES
@@ -65,15 +66,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"specgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("paths", nargs="*", type=Path, help="spec files or folders (recursive)")
-    common.add_argument(
+    sources = argparse.ArgumentParser(add_help=False)
+    sources.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the pyproject.toml whose [tool.specgrad] to use (default: the nearest one with that "
+        "table, from the current folder up); command-line flags win over it",
+    )
+    sources.add_argument(
         "--from-package",
         action="append",
         default=[],
         metavar="NAME",
         help="also the specs an installed package ships (entry point group specgrad.specs)",
     )
+    common = argparse.ArgumentParser(add_help=False, parents=[sources])
+    common.add_argument("paths", nargs="*", type=Path, help="spec files or folders (recursive)")
     select = argparse.ArgumentParser(add_help=False)
     select.add_argument(
         "-k",
@@ -119,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", parents=[common, select], help="run the gradient checks")
     p.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report")
+    p.add_argument(
+        "--junit-xml", type=Path, metavar="FILE", help="write a JUnit XML report (a testcase per check)"
+    )
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write a self-contained HTML report, with heatmaps of where each failing gradient is "
+        "wrong (needs matplotlib: pip install 'specgrad[html]')",
+    )
     p.add_argument("--fail-fast", "-x", action="store_true", help="stop at the first failure")
     p.add_argument(
         "-j",
@@ -137,6 +156,59 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", parents=[common, select], help="print the compiled check ids")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser(
+        "explain",
+        parents=[sources],
+        help="run one check again and print everything about it",
+        description="Run one check again (its id as `specgrad list` or a report prints it) and print "
+        "how its inputs were filled, the step, the tolerance, its figures and the worst elements.",
+    )
+    p.add_argument("check_id", metavar="CHECK_ID", help="e.g. 'conv2d[float32,random]::w' (quote it)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        help="spec files or folders to look in (default: the configuration's, else .)",
+    )
+    p.add_argument("--top", type=_positive, default=10, metavar="N", help="worst elements listed (10)")
+    p.add_argument("--seed", type=_seed, help="override the spec's seed (as validate --seed did)")
+    p.add_argument("--mode", choices=MODES, help="as validate --mode (default: the spec's method)")
+    p.add_argument("--fast", action="store_true", help="the same as --mode fast")
+    p.add_argument("--max-elements", type=_positive, metavar="N", help="as validate --max-elements")
+    p.add_argument("--max-memory", type=_size, metavar="SIZE", help="as validate --max-memory")
+    p.set_defaults(func=cmd_explain, device=None, jobs=None, dtype=None)
+
+    p = sub.add_parser(
+        "new",
+        help="write a commented spec for a layer (it passes `specgrad lint`)",
+        description="Write a commented spec from a few flags, e.g. specgrad new conv2d --forward "
+        "mylayers.conv:forward --backward mylayers.conv:backward --input x=1,3,8,8 --param w=4,3,3,3",
+    )
+    p.add_argument("name", metavar="NAME", help="the layer's name: the first part of every check id")
+    p.add_argument("--forward", required=True, metavar="MOD:FN", help="forward's import string")
+    p.add_argument(
+        "--backward", required=True, metavar="MOD:FN", help="backward's import string (or autograd)"
+    )
+    p.add_argument(
+        "--input", action="append", default=[], metavar="NAME=SHAPE", help="an input, e.g. x=1,3,8,8 (repeat)"
+    )
+    p.add_argument(
+        "--param", action="append", default=[], metavar="NAME=SHAPE", help="a parameter, e.g. w=4,3,3,3"
+    )
+    p.add_argument(
+        "--attr", action="append", default=[], metavar="NAME=VALUE", help="a keyword argument, e.g. stride=2"
+    )
+    p.add_argument("--dtype", action="append", metavar="DTYPE", help="dtypes (default float32,float64)")
+    p.add_argument("--convention", choices=("functional", "cached"), default="functional")
+    p.add_argument("--framework", default="numpy", help="numpy (default), torch, jax, cupy")
+    p.add_argument("--description", default="", help="what the layer computes")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="where to write it (default NAME.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.set_defaults(func=cmd_new)
+
+    p = sub.add_parser("schema", help="print the spec JSON Schema (for editors and other tools)")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 
@@ -161,13 +233,46 @@ def _seed(text: str) -> int:
 
 
 def spec_paths(args: argparse.Namespace) -> list[tuple[Path, bool]]:
-    """The spec files the command line names: its paths and the --from-package folders."""
+    """The spec files the command line names (its paths and the --from-package folders),
+    else the configuration's `paths`."""
     from specgrad.packages import spec_folder
 
     paths = [*args.paths, *(spec_folder(name) for name in args.from_package)]
     if not paths:
-        raise UsageError("give spec files or folders, or --from-package NAME")
+        paths = list(args.settings.paths)
+    if not paths:
+        raise UsageError(
+            "give spec files or folders, or --from-package NAME (or set paths in [tool.specgrad])"
+        )
     return discover(paths)
+
+
+def configure(args: argparse.Namespace) -> Config:
+    """Load [tool.specgrad] and fill in what the command line left unset: flags win."""
+    from specgrad import config as project
+
+    try:
+        settings = project.load(args.config) if args.config else project.load()
+    except SpecError as exc:
+        raise UsageError("invalid configuration:\n" + "\n".join(map(str, exc.issues))) from None
+    if args.config and settings.source is None:
+        raise UsageError(f"--config {args.config}: no such file")
+    args.settings = settings
+    settings.use_import_roots()
+    unset = {
+        "dtype": [",".join(settings.dtypes)] if settings.dtypes else None,
+        "device": settings.device,
+        "seed": settings.seed,
+        "jobs": settings.jobs,
+        "max_memory": settings.max_memory,
+        "max_elements": settings.max_elements,
+    }
+    for name, value in unset.items():
+        if hasattr(args, name) and getattr(args, name) is None and value is not None:
+            setattr(args, name, value)
+    if hasattr(args, "mode") and args.mode is None and not args.fast and settings.mode:
+        args.mode = settings.mode
+    return settings
 
 
 def discover(paths: Sequence[Path]) -> list[tuple[Path, bool]]:
@@ -206,7 +311,10 @@ def _dtypes(values: list[str] | None) -> list[str] | None:
 
 
 def _load(
-    files: list[tuple[Path, bool]], summary: RunSummary, reporter: ConsoleReporter | None
+    files: list[tuple[Path, bool]],
+    summary: RunSummary,
+    reporter: ConsoleReporter | None,
+    settings: Config | None = None,
 ) -> list[Spec]:
     """Parse every file; errors are collected, never raised. A YAML file found by walking a
     folder that has no top-level `specgrad:` key is not a spec and is skipped with a note."""
@@ -219,7 +327,7 @@ def _load(
             if not named and not _looks_like_spec(file):
                 summary.notes.append(f"skipped {file}: no top-level 'specgrad:' key, not a spec")
                 continue
-            spec = parse_spec(file)
+            spec = parse_spec(file, settings)
             if spec.abstract:  # a base: valid, checked only as part of the specs extending it
                 bases.append(spec)
                 continue
@@ -295,12 +403,10 @@ def _devices(args: argparse.Namespace, usable: bool = False) -> tuple[str, ...] 
 
 
 def _size(text: str) -> int:
-    """Bytes from '1048576', '512K', '64M', '2G' (binary units)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not match or float(match.group(1)) <= 0:
+    size = parse_size(text)
+    if size is None:
         raise argparse.ArgumentTypeError(f"expected a size such as 512M or 2G, got {text!r}")
-    return int(float(match.group(1)) * units[match.group(2).upper()])
+    return size
 
 
 #: --mode choices
@@ -315,30 +421,35 @@ def _mode(args: argparse.Namespace) -> str | None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     tune_allocator()
+    configure(args)
     files = spec_paths(args)
     matcher = compile_expression(args.keyword) if args.keyword else None
     _dtypes(args.dtype)
     _devices(args, usable=True)
-    _check_report_path(args.json, [f for f, _ in files])
+    for option, path in _reports(args):
+        _check_report_path(option, path, [f for f, _ in files])
     reporter = ConsoleReporter(verbosity=args.verbose - args.quiet)
     summary = RunSummary()
     results: list[CheckResult] = []
     try:
-        planned = [(spec, _plans(spec, args, matcher)) for spec in _load(files, summary, reporter)]
+        loaded = _load(files, summary, reporter, args.settings)
+        planned = [(spec, _plans(spec, args, matcher)) for spec in loaded]
         planned = [(spec, plans) for spec, plans in planned if plans]
         _frameworks(planned, summary)
         workers = min(args.jobs or cores(), sum(len(plans) for _, plans in planned))
-        if workers > 1:
-            _run_parallel(planned, args, workers, summary, reporter)
-        with one_blas_thread():
-            for spec, plans in planned if workers <= 1 else ():
-                results = []
-                _run_one(spec, plans, summary, reporter, args.fail_fast, results)
-                summary.results.extend(results)
-                reporter.spec_results(results)
-                results = []
-                if args.fail_fast and summary.count(Status.FAIL) + summary.count(Status.ERROR):
-                    break
+        total = sum(len(p.targets) for _, plans in planned for p in plans)
+        with reporter.progress(total):
+            if workers > 1:
+                _run_parallel(planned, args, workers, summary, reporter)
+            with one_blas_thread():
+                for spec, plans in planned if workers <= 1 else ():
+                    results = []
+                    _run_one(spec, plans, summary, reporter, args.fail_fast, results)
+                    summary.results.extend(results)
+                    reporter.spec_results(results)
+                    results = []
+                    if args.fail_fast and summary.count(Status.FAIL) + summary.count(Status.ERROR):
+                        break
     except KeyboardInterrupt:
         summary.interrupted = True
         summary.results.extend(results)  # the interrupted spec's finished checks
@@ -359,13 +470,41 @@ def cmd_validate(args: argparse.Namespace) -> int:
             "zero_upstream, layout, taylor) were left out. Run without --mode fast for a per-element "
             "verdict"
         )
+    if args.html:
+        from specgrad.reporting.heatmap import unavailable
+
+        if unavailable() and any(r.evidence is not None for r in summary.results):
+            summary.notes.append(f"--html: {unavailable()}")
     reporter.closing(summary)
-    if args.json:
-        try:
-            JsonReporter(args.json).write(summary)
-        except OSError as exc:
-            raise UsageError(f"--json {args.json}: cannot write the report: {exc}") from None
+    _write_reports(args, summary)
     return summary.exit_code
+
+
+def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(option, path) of each report asked for."""
+    asked = (("--json", args.json), ("--junit-xml", args.junit_xml), ("--html", args.html))
+    return [(option, path) for option, path in asked if path is not None]
+
+
+def _write_reports(args: argparse.Namespace, summary: RunSummary) -> None:
+    """Every report asked for, each atomically (a temp file renamed into place); one that
+    cannot be written does not stop the others."""
+    from specgrad.reporting.html_report import HtmlReporter
+    from specgrad.reporting.junit_report import JunitReporter
+
+    writers: dict[str, type[JsonReporter | JunitReporter | HtmlReporter]] = {
+        "--json": JsonReporter,
+        "--junit-xml": JunitReporter,
+        "--html": HtmlReporter,
+    }
+    failed = []
+    for option, path in _reports(args):
+        try:
+            writers[option](path).write(summary)
+        except OSError as exc:
+            failed.append(f"{option} {path}: cannot write the report: {exc}")
+    if failed:
+        raise UsageError("; ".join(failed))
 
 
 def _describe_devices(summary: RunSummary) -> None:
@@ -398,24 +537,25 @@ def _frameworks(planned: list[tuple[Spec, tuple[CasePlan, ...]]], summary: RunSu
         )
 
 
-def _check_report_path(path: Path | None, specs: list[Path]) -> None:
+def _check_report_path(option: str, path: Path, specs: list[Path]) -> None:
     """Refuse an unwritable report path before running anything, not after, and never
     overwrite a spec (`--json a.yaml b.yaml` is an easy slip)."""
-    if path is None:
-        return
     if path.suffix in (".yaml", ".yml") or any(path.resolve() == s.resolve() for s in specs):
         raise UsageError(
-            f"--json {path}: refusing to write the report over a spec file "
-            "(the option takes the report's path: --json report.json)"
+            f"{option} {path}: refusing to write the report over a spec file "
+            f"(the option takes the report's path: {option} report{_SUFFIX[option]})"
         )
     if path.is_dir():
-        raise UsageError(f"--json {path}: is a folder, expected a file path")
+        raise UsageError(f"{option} {path}: is a folder, expected a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--json {path}: cannot create its folder: {exc}") from None
+        raise UsageError(f"{option} {path}: cannot create its folder: {exc}") from None
     if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"--json {path}: folder {path.parent} is not writable")
+        raise UsageError(f"{option} {path}: folder {path.parent} is not writable")
+
+
+_SUFFIX = {"--json": ".json", "--junit-xml": ".xml", "--html": ".html"}
 
 
 def _run_one(
@@ -435,6 +575,7 @@ def _run_one(
     try:
         for result in run_spec(spec, plans):
             results.append(result)
+            reporter.advance(1, spec.name)
             if fail_fast and result.status in (Status.FAIL, Status.ERROR):
                 break
     except SpecError as exc:
@@ -463,7 +604,9 @@ def _run_parallel(
         max_elements=args.max_elements,
         max_memory=args.max_memory,
         devices=_devices(args),
+        config=args.settings,
     )
+    plans_of = {spec.name: plans for spec, plans in planned}
     for spec, outcome in run_jobs(planned, options, workers):
         summary.specs_checked += 1
         results = outcome.results
@@ -476,6 +619,7 @@ def _run_parallel(
         if outcome.internal:
             _internal(summary, reporter, spec.path, "checking", RuntimeError(outcome.internal))
         summary.results.extend(results)
+        reporter.advance(sum(len(p.targets) for p in plans_of[spec.name]), spec.name)
         reporter.spec_results(results)
         if outcome.interrupted:
             raise KeyboardInterrupt
@@ -484,10 +628,11 @@ def _run_parallel(
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
+    settings = configure(args)
     files = spec_paths(args)
     summary = RunSummary()
     reporter = ConsoleReporter()
-    specs = _load(files, summary, reporter)
+    specs = _load(files, summary, reporter, settings)
     for spec in specs:
         if spec.abstract:
             print(f"ok {spec.path} ({spec.name}: abstract, a base for specs that extend it)")
@@ -506,15 +651,80 @@ def cmd_lint(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    settings = configure(args)
     files = spec_paths(args)
     matcher = compile_expression(args.keyword) if args.keyword else None
     summary = RunSummary()
-    specs = _load(files, summary, ConsoleReporter(stream=sys.stderr))  # stdout: ids only
+    specs = _load(files, summary, ConsoleReporter(stream=sys.stderr), settings)  # stdout: ids only
     for spec in specs:
         for plan in _plans(spec, args, matcher):
             for target in plan.targets:
                 print(plan.check_id(target))
     return _static_exit(summary)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from specgrad.explain import find_plan, report
+    from specgrad.runner import Engines, run_plan
+
+    settings = configure(args)
+    if not args.paths and not args.from_package and not settings.paths:
+        args.paths = [Path(".")]
+    summary = RunSummary()
+    specs = [s for s in _load(spec_paths(args), summary, ConsoleReporter(stream=sys.stderr), settings)]
+    options = {
+        "seed": args.seed,
+        "mode": _mode(args),
+        "max_elements": args.max_elements,
+        "max_memory": args.max_memory,
+    }
+    plan = find_plan(args.check_id, specs, **options)
+    tune_allocator()
+    with one_blas_thread():
+        try:
+            results = run_plan(plan, Engines())
+        except SpecError as exc:
+            ConsoleReporter(stream=sys.stderr).spec_errors(exc.issues)
+            return 2
+    print(report(plan, results[0], args.top))
+    return 1 if results[0].status in (Status.FAIL, Status.ERROR) else 0
+
+
+def cmd_new(args: argparse.Namespace) -> int:
+    from specgrad.reporting.atomic import write_atomic
+    from specgrad.scaffold import Scaffold, parse_attr, parse_tensor, render
+
+    scaffold = Scaffold(
+        name=args.name,
+        forward=args.forward,
+        backward=args.backward,
+        inputs=tuple(parse_tensor(t, "--input") for t in args.input),
+        parameters=tuple(parse_tensor(t, "--param") for t in args.param),
+        dtypes=tuple(_dtypes(args.dtype) or ("float32", "float64")),
+        convention=args.convention,
+        description=args.description,
+        framework=args.framework,
+        attrs=tuple(parse_attr(a) for a in args.attr),
+    )
+    text = render(scaffold)
+    out: Path = args.output or Path(f"{args.name}.yaml")
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists; --force overwrites it")
+    if out.suffix not in (".yaml", ".yml"):
+        raise UsageError(f"-o {out}: a spec file ends in .yaml or .yml (folders are searched for those)")
+    try:
+        write_atomic(out, text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc}") from None
+    print(f"wrote {out}; next: specgrad lint {out}, then specgrad validate {out}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from specgrad.validate import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
 
 
 def _static_exit(summary: RunSummary) -> int:

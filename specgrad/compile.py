@@ -53,6 +53,8 @@ class CasePlan:
     #: with it on this one (targets device.DEVICE)
     kind: Literal["checks", "agreement", "devices"] = "checks"
     device: str = DEFAULT_DEVICE  # where the checks run (devices: the reference device)
+    #: keep every gradient check's per-element figures (`explain`), not only a failure's
+    evidence: bool = False
 
     def check_id(self, target: str) -> str:
         return check_id(self.spec.name, self.dtype, self.case.name, target, self.device)
@@ -70,8 +72,19 @@ class CasePlan:
             message=message,
             seed=self.seed,
             device=self.device,
+            line=self.line_of(target),
             **figures,
         )
+
+    def line_of(self, target: str) -> int:
+        """The spec line a check comes from: its tensor's declaration (gradient checks), its
+        case (contracts), the spec's name (agreement checks)."""
+        if target.startswith(("agree.", "device.")):
+            return self.spec.name_location.line
+        if target.startswith("contract."):
+            return self.case.location.line or self.spec.name_location.line
+        tensor = next((t for t in self.spec.tensors if t.name == target), None)
+        return tensor.location.line if tensor is not None else self.spec.name_location.line
 
     def tolerance_for(self, tensor: str, *also: str) -> tuple[str, Tolerance]:
         """(dtype, tolerance) for a tensor's check: of the coarsest of its dtype, the check's

@@ -21,6 +21,7 @@ from specgrad.compile import CasePlan
 from specgrad.numerics.compare import Comparison, compare
 from specgrad.numerics.finite_diff import NumericalGradient, central_difference, joint_sides
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, UNIT_ROUNDOFF, Tolerance
+from specgrad.results import Evidence
 from specgrad.routes import Forward, Route
 
 
@@ -278,6 +279,45 @@ class Verdict:
     kinks: int = 0
     method: str = "elementwise"
     sample: tuple[int, ...] | None = None  # the flat indices compared, where a sample was
+    #: what the figures were read off, in the engine's namespace: (analytical, numerical, lo,
+    #: hi, bound) over the compared elements, and the kinks; see `evidence`
+    arrays: tuple[Any, ...] | None = None
+
+
+def evidence(
+    name: str, v: Verdict, value: Any, shape: tuple[int, ...], to_host: Callable[[Any], Any]
+) -> Evidence | None:
+    """The verdict's per-element figures on the host, shaped like the tensor (NaN where the
+    sample left elements out); None for a verdict not read element by element."""
+    if v.arrays is None:
+        return None
+    a, n, lo, hi, limit, kinks = v.arrays
+    size = int(np.prod(shape, dtype=np.int64))
+
+    def full(array: Any) -> np.ndarray:
+        host = np.asarray(to_host(array), dtype=np.float64).reshape(-1)
+        if v.sample is None:
+            return host.reshape(shape)
+        out = np.full(size, np.nan)
+        out[np.asarray(v.sample, dtype=np.int64)] = np.broadcast_to(host, (len(v.sample),))
+        return out.reshape(shape)
+
+    analytical, low, high = full(a), full(lo), full(hi)
+    checked = np.zeros(size, dtype=bool)
+    checked[slice(None) if v.sample is None else np.asarray(v.sample, dtype=np.int64)] = True
+    with np.errstate(invalid="ignore"):
+        error = np.maximum(np.maximum(low - analytical, analytical - high), 0.0)
+    # a non-finite value where an element was checked is a violation (as in `compare`)
+    error = np.where(checked.reshape(shape), np.where(np.isnan(error), np.inf, error), np.nan)
+    return Evidence(
+        name,
+        np.asarray(to_host(value), dtype=np.float64).reshape(shape),
+        analytical,
+        full(n),
+        full(limit),
+        error,
+        tuple(kinks),
+    )
 
 
 def judge(
@@ -300,6 +340,8 @@ def judge(
         limit.reshape(-1)[xp.asarray(estimate.positions(kinks))] = xp.inf
     a = estimate.subset(analytical, xp)
     c = compare(a, estimate.numerical.value, estimate.numerical.noise, limit, xp, (lo, hi))
+    full_limit = xp.broadcast_to(xp.asarray(limit, dtype=xp.float64), lo.shape)
+    arrays = (a, estimate.numerical.value, lo, hi, full_limit, kinks)
     if estimate.indices is not None and c.size:
         worst = estimate.elements([c.worst_index[0]])[0]
         c = replace(
@@ -310,12 +352,12 @@ def judge(
     kink_text = _kink_text(name, kinks, mode, shape)
     sample = estimate.indices
     if kinks and mode == "fail":
-        return Verdict(False, c, b.tolerance, b.atol, kink_text, len(kinks), sample=sample)
+        return Verdict(False, c, b.tolerance, b.atol, kink_text, len(kinks), sample=sample, arrays=arrays)
     if not c.passed:
         text = "; ".join(filter(None, (_failure_text(name, c, b), kink_text)))
-        return Verdict(False, c, b.tolerance, b.atol, text, len(kinks), sample=sample)
+        return Verdict(False, c, b.tolerance, b.atol, text, len(kinks), sample=sample, arrays=arrays)
     message = "; ".join(filter(None, (_inconclusive(name, c, estimate, b, limit, case_scale, xp), kink_text)))
-    return Verdict(True, c, b.tolerance, b.atol, message, len(kinks), sample=sample)
+    return Verdict(True, c, b.tolerance, b.atol, message, len(kinks), sample=sample, arrays=arrays)
 
 
 def joint_kink_check(

@@ -244,6 +244,23 @@ def _extended(raw: RawSpec, chain: tuple[Path, ...]) -> RawSpec:
     return RawSpec(raw.path, merged, locations, keys)
 
 
+def with_defaults(raw: RawSpec, defaults: dict[str, Any], where: Location) -> RawSpec:
+    """The spec on top of `defaults` (a project's configuration, written at `where`), merged
+    as a base is: the spec's own values win, key by key."""
+    if not defaults or not isinstance(raw.data, dict):
+        return raw
+    merged = _merge(defaults, raw.data)
+    locations = {p: where for p in _paths(defaults) if not _overridden(p, raw.data)}
+    locations.update(raw.locations)
+    return RawSpec(raw.path, merged, locations, raw.key_locations)
+
+
+def _paths(data: Any, prefix: JsonPath = ()) -> list[JsonPath]:
+    if not isinstance(data, dict):
+        return [prefix]
+    return [prefix, *(p for k, v in data.items() for p in _paths(v, (*prefix, k)))]
+
+
 def _merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in own.items():

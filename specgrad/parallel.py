@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from specgrad.compile import CasePlan
+from specgrad.config import Config
 from specgrad.errors import SpecError, SpecIssue
 from specgrad.model import Spec
 from specgrad.process import one_blas_thread, tune_allocator
@@ -58,6 +59,7 @@ class CompileOptions:
     max_elements: int | None = None
     max_memory: int | None = None
     devices: tuple[str, ...] | None = None
+    config: Config | None = None  # the project's [tool.specgrad]: its tolerances shape the specs
 
     def plans(self, spec: Spec) -> tuple[CasePlan, ...]:
         from specgrad.compile import compile_spec
@@ -253,7 +255,7 @@ def _work(job: Job) -> Outcome:
     try:
         key = (job.path, job.options)
         if key not in _COMPILED:
-            _COMPILED[key] = job.options.plans(parse_spec(Path(job.path)))
+            _COMPILED[key] = job.options.plans(parse_spec(Path(job.path), job.options.config))
         plan = _COMPILED[key][job.index]
         if key not in _BOUND:
             _BOUND[key] = Engines()

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
+import numpy as np
+
 from specgrad.errors import SpecIssue
 from specgrad.numerics.compare import Comparison
 from specgrad.numerics.tolerance import Tolerance
@@ -23,6 +25,39 @@ class Status(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """The per-element figures of one element-wise gradient check, on the host in float64
+    and shaped like the tensor (NaN where a sample left an element out): what the HTML
+    report's heatmaps and `specgrad explain` show. Kept for failing checks (and for every
+    check where asked), never written to JSON."""
+
+    tensor: str
+    value: np.ndarray  # the tensor at the check point, in the precision the differences ran in
+    analytical: np.ndarray
+    numerical: np.ndarray
+    bound: np.ndarray
+    error: np.ndarray  # distance of analytical from the admissible value(s): |a - n| off kinks
+    kinks: tuple[int, ...] = ()  # flat indices on a kink (their admissible set is an interval)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.analytical.shape)
+
+    @property
+    def ratio(self) -> np.ndarray:
+        """error / bound per element: > 1 is out of bound (NaN: not checked)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(np.isnan(self.error), np.nan, self.error / np.maximum(self.bound, 1e-300))
+
+    def worst(self, n: int) -> list[int]:
+        """The flat indices of the `n` elements that used the largest share of their bound."""
+        r = self.ratio.reshape(-1)
+        checked = np.flatnonzero(~np.isnan(r))
+        order = np.argsort(-r[checked], kind="stable")
+        return [int(i) for i in checked[order[:n]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +80,13 @@ class CheckResult:
     sample: tuple[int, ...] | None = None  # the flat indices checked, where a sample was
     duration: float = 0.0
     device: str = "cpu"  # where the check ran (device agreement: the reference device)
+    line: int = 0  # the spec line the check comes from: its tensor, its case, or the name
+    evidence: Evidence | None = None  # per-element figures (failing gradient checks)
+
+    @property
+    def where(self) -> str:
+        """file:line of the spec line the check comes from."""
+        return f"{self.file}:{self.line}" if self.line else self.file
 
     @property
     def kind(self) -> str:
@@ -57,6 +99,7 @@ class CheckResult:
             "id": self.check_id,
             "spec": self.spec,
             "file": self.file,
+            "line": self.line,
             "dtype": self.dtype,
             "case": self.case,
             "device": self.device,

@@ -40,6 +40,7 @@ from specgrad.gradient_check import (
     NOTHING_TO_VERIFY,
     Verdict,
     bound,
+    evidence,
     joint_kink_check,
     judge,
     kink_candidates,
@@ -56,12 +57,20 @@ from specgrad.numerics.sampling import stratified
 from specgrad.numerics.taylor import TaylorResult
 from specgrad.numerics.tolerance import FLOAT_DTYPES, Tolerance
 from specgrad.projections import directional, taylor
-from specgrad.results import CheckResult, Status
+from specgrad.results import CheckResult, Evidence, Status
 from specgrad.routes import Route, routes
 from specgrad.structure import Coloring, StructureMismatch, coloring, detect, elementwise, worthwhile
 from specgrad.structured import CONFIRMED, STRUCTURE_SAMPLE, confirm_alone, structured, verified
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+#: a failing check keeps its per-element figures (for the HTML report's heatmaps) up to
+#: this many compared elements: five float64 arrays, 40 MB at the limit
+EVIDENCE_LIMIT = 1 << 20
+
+
+def analytical_size(v: Verdict) -> int:
+    return 0 if v.arrays is None else int(v.arrays[0].size)
 
 
 def run_spec(spec: Spec, plans: Sequence[CasePlan], engines: Engines | None = None) -> Iterator[CheckResult]:
@@ -253,6 +262,7 @@ class CaseRun:
         method: str = "",
         sample: tuple[int, ...] | None = None,
         duration: float = 0.0,
+        evidence: Evidence | None = None,
     ) -> CheckResult:
         return self.plan.result(
             target,
@@ -266,6 +276,7 @@ class CaseRun:
             method=method,
             sample=sample,
             duration=duration,
+            evidence=evidence,
         )
 
     def _fail(self, contract: str, message: str, status: Status = Status.FAIL) -> None:
@@ -506,6 +517,9 @@ class CaseRun:
             self.kinked[name] = v.kinks
         if status is Status.FAIL:
             status, message = self._explained(name, route, v)
+        kept = None
+        if self.plan.evidence or (status is not Status.PASS and analytical_size(v) <= EVIDENCE_LIMIT):
+            kept = evidence(name, v, route.tensors[name], tuple(self.grads[name].shape), self.backend.to_host)
         return self._result(
             name,
             status,
@@ -518,6 +532,7 @@ class CaseRun:
             method=v.method,
             sample=v.sample,
             duration=time.perf_counter() - start,
+            evidence=kept,
         )
 
     def _explained(self, name: str, route: Route, v: Verdict) -> tuple[Status, str]:

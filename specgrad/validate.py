@@ -16,8 +16,9 @@ from typing import Any
 
 import jsonschema
 
+from specgrad.config import Config
 from specgrad.errors import SpecError, SpecIssue, did_you_mean
-from specgrad.loader import JsonPath, RawSpec, load_extended
+from specgrad.loader import JsonPath, RawSpec, load_extended, with_defaults
 from specgrad.model import Spec, spec_from_validated
 from specgrad.semantics import semantic_issues
 
@@ -38,9 +39,12 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(schema_text()))
 
 
-def parse_spec(path: Path | str) -> Spec:
-    """load -> validate -> model. Raises SpecError carrying every located issue."""
+def parse_spec(path: Path | str, config: Config | None = None) -> Spec:
+    """load -> validate -> model. Raises SpecError carrying every located issue. A project
+    `config` supplies defaults (its tolerances) under what the spec sets itself."""
     raw = load_extended(path)
+    if config is not None and config.tolerances:
+        raw = with_defaults(raw, {"tolerances": config.tolerance_defaults()}, config.location())
     issues = list(validate_raw(raw))
     if issues:
         raise SpecError(issues)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterable
 from itertools import groupby
 from typing import IO
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -47,11 +49,23 @@ class ConsoleReporter:
             file=stream,
             width=None if tty else 160,
             no_color=not tty,
+            force_terminal=tty,  # piped or in CI: plain text, whatever FORCE_COLOR says
             highlight=False,
             emoji=False,
             soft_wrap=not tty,
         )
         self.verbosity = verbosity
+        self.bar: ProgressBar | None = None
+
+    def progress(self, total: int) -> ProgressBar:
+        """A live progress bar over `total` checks, on a terminal only (it appears once the
+        run has taken PROGRESS_DELAY seconds and is gone when it ends); elsewhere a no-op."""
+        self.bar = ProgressBar(self.console if self.console.is_terminal else None, total)
+        return self.bar
+
+    def advance(self, checks: int, now: str = "") -> None:
+        if self.bar is not None:
+            self.bar.advance(checks, now)
 
     def _line(self, text: str, style: str | None = None) -> None:
         self.console.print(Text(text, style=style or ""), soft_wrap=True)
@@ -138,14 +152,11 @@ class ConsoleReporter:
     def _details(self, bad: list[CheckResult]) -> None:
         """Each failure once; checks of one case failing for the same reason share a block."""
         key = lambda r: (r.file, r.spec, r.device, r.dtype, r.case, r.status, r.message)
-        for (*_, status, message), group in groupby(bad, key=key):
-            rs = list(group)
-            more = "".join(f", ::{r.target}" for r in rs[1:])
-            self._line(f"{status} {rs[0].check_id}{more}", _STYLE[status])
-            where = "" if rs[0].device == "cpu" else f", device {rs[0].device}"
-            self._line(f"  {rs[0].file}: {rs[0].spec} [{rs[0].dtype}, case {rs[0].case}{where}]")
-            for line in message.splitlines():
-                self._line(f"  {line}")
+        for _, group in groupby(bad, key=key):
+            first, *rest = failure_text(list(group)).splitlines()
+            self._line(first, _STYLE[Status(first.split()[0])])
+            for line in rest:
+                self._line(line)
 
     def closing(self, summary: RunSummary) -> None:
         for note in summary.notes:
@@ -157,6 +168,72 @@ class ConsoleReporter:
         if summary.spec_errors:
             self._line(f"{len(summary.spec_errors)} spec error(s)", "red")
         self.console.print(Text(summary.closing_line()), soft_wrap=True)
+
+
+#: a run shorter than this shows no progress bar at all
+PROGRESS_DELAY = 0.5
+
+
+class ProgressBar:
+    """rich's Progress, started from a timer so quick runs never draw it; the reporter's
+    lines print above it while it runs. Thread-safe to start and stop."""
+
+    def __init__(self, console: Console | None, total: int) -> None:
+        self.console, self.total = console, total
+        self.done = 0
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> ProgressBar:
+        if self.console is not None and self.total:
+            self._timer = threading.Timer(PROGRESS_DELAY, self._start)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._timer is None:  # stopped meanwhile
+                return
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("checks"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._task = self._progress.add_task("checking", total=self.total, completed=self.done)
+            self._progress.start()
+
+    def advance(self, checks: int, now: str = "") -> None:
+        with self._lock:
+            self.done += checks
+            if self._progress is not None and self._task is not None:
+                self._progress.update(self._task, completed=self.done, description=now or "checking")
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if self._progress is not None:
+                self._progress.stop()
+                self._progress = None
+
+
+def failure_text(results: list[CheckResult]) -> str:
+    """The located report of checks of one case that failed for the same reason: what the
+    console prints, the pytest plugin's failure report and the JUnit failure text."""
+    r = results[0]
+    more = "".join(f", ::{o.target}" for o in results[1:])
+    where = "" if r.device == "cpu" else f", device {r.device}"
+    lines = [f"{r.status} {r.check_id}{more}", f"  {r.where}: {r.spec} [{r.dtype}, case {r.case}{where}]"]
+    lines += [f"  {line}" for line in r.message.splitlines()]
+    return "\n".join(lines)
 
 
 def _device(r: CheckResult) -> str:

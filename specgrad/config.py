@@ -1,0 +1,256 @@
+"""`[tool.specgrad]` in pyproject.toml: a project's defaults for the command line and the
+pytest plugin. Found as pytest and ruff find theirs: the nearest pyproject.toml with a
+`[tool.specgrad]` table, walking up from the current folder. Command-line flags win over
+it; it wins over the specs' own defaults (not over what a spec sets itself).
+
+    [tool.specgrad]
+    paths = ["specs"]                 # what `specgrad validate` checks when given no paths
+    dtypes = ["float32", "float64"]   # only these of each spec's dtypes
+    device = "cpu"                    # cpu | gpu | both | sim | a comma list
+    mode = "default"                  # default | fast | per-element
+    seed = 42                         # every spec's seed
+    jobs = 4                          # worker processes
+    max_memory = "1G"
+    max_elements = 100000
+    import_roots = ["src"]            # folders put on sys.path for the specs' import strings
+    [tool.specgrad.tolerances.float32]
+    epsilon = 1e-3                    # the step; rtol/atol replace the error model, with a reason
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from specgrad.errors import Location, SpecError, SpecIssue, UsageError, did_you_mean
+from specgrad.numerics.tolerance import FLOAT_DTYPES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+_MODES = ("default", "fast", "per-element")
+_TOLERANCE_KEYS = ("epsilon", "rtol", "atol", "reason")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The project's settings; None (or empty) where it sets nothing."""
+
+    source: Path | None = None  # the pyproject.toml they came from
+    paths: tuple[Path, ...] = ()
+    dtypes: tuple[str, ...] | None = None
+    device: str | None = None
+    mode: str | None = None
+    seed: int | None = None
+    jobs: int | None = None
+    max_memory: int | None = None
+    max_elements: int | None = None
+    import_roots: tuple[Path, ...] = ()
+    #: per dtype, defaults for the specs' `tolerances:` (a spec's own values win field by
+    #: field), as ((dtype, ((field, value), ...)), ...): hashable, for the workers' caches
+    tolerances: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def tolerance_defaults(self) -> dict[str, dict[str, Any]]:
+        return {dtype: dict(given) for dtype, given in self.tolerances}
+
+    def location(self) -> Location:
+        """Where the settings are written (for the specs' tolerances taken from them)."""
+        return Location(self.source) if self.source else Location(Path("pyproject.toml"))
+
+    def use_import_roots(self) -> None:
+        """Put the import roots first on sys.path (worker processes inherit it)."""
+        for root in reversed(self.import_roots):
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+
+
+def find(start: Path | None = None) -> Path | None:
+    """The nearest pyproject.toml with a [tool.specgrad] table, from `start` upward."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file() and _has_table(candidate):
+            return candidate
+    return None
+
+
+_TABLE = re.compile(r"^\s*\[\s*tool\s*\.\s*specgrad\s*[\].]|^\s*tool\s*\.\s*specgrad\s*[.=]", re.MULTILINE)
+
+
+def _has_table(path: Path) -> bool:
+    """Cheaply, by its text (a pyproject.toml of another project need not be valid TOML for
+    specgrad to walk past it); the file found is parsed properly in `load`."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    if _TABLE.search(text):
+        return True
+    return bool(re.search(r"^\s*\[\s*tool\s*\]", text, re.MULTILINE)) and "specgrad" in text
+
+
+def load(path: Path | None = None, *, start: Path | None = None) -> Config:
+    """The settings in `path` (else the nearest found from `start`); Config() where none.
+    Raises SpecError, located at the pyproject.toml line, for settings that are wrong."""
+    path = path or find(start)
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the configuration: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError.at(Location(path), "", f"invalid TOML: {exc}") from None
+    table = data.get("tool", {}).get("specgrad")
+    if table is None:
+        return Config(source=path)
+    return _parse(table, path, text)
+
+
+def _parse(table: Any, path: Path, text: str) -> Config:
+    folder = path.parent
+    issues: list[SpecIssue] = []
+
+    def issue(key: str, message: str) -> None:
+        issues.append(SpecIssue(Location(path, _line(text, key)), f"tool.specgrad.{key}", message))
+
+    if not isinstance(table, dict):
+        raise SpecError.at(Location(path), "tool.specgrad", "expected a table")
+    known = (
+        "paths",
+        "dtypes",
+        "device",
+        "mode",
+        "seed",
+        "jobs",
+        "max_memory",
+        "max_elements",
+        "import_roots",
+        "tolerances",
+    )
+    for key in table:
+        if key not in known:
+            issue(
+                key,
+                f"unknown setting '{key}'{did_you_mean(key, known)} (expected one of: {', '.join(known)})",
+            )
+    out: dict[str, Any] = {"source": path}
+    for key in ("paths", "import_roots"):
+        if key in table:
+            value = table[key]
+            if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+                issue(key, f"expected a list of folder or file paths, got {value!r}")
+            else:
+                out[key] = tuple((folder / v) for v in value)
+    if "dtypes" in table:
+        value = table["dtypes"]
+        if not (isinstance(value, list) and value and all(v in FLOAT_DTYPES for v in value)):
+            issue("dtypes", f"expected a non-empty list of {', '.join(FLOAT_DTYPES)}, got {value!r}")
+        else:
+            out["dtypes"] = tuple(value)
+    if "device" in table:
+        from specgrad.backends import parse_devices
+
+        try:
+            if not isinstance(table["device"], str):
+                raise UsageError(f"expected a string such as cpu, gpu, both, got {table['device']!r}")
+            parse_devices(table["device"])
+            out["device"] = table["device"]
+        except UsageError as exc:
+            issue("device", str(exc))
+    if "mode" in table:
+        if table["mode"] not in _MODES:
+            issue("mode", f"expected one of {', '.join(_MODES)}, got {table['mode']!r}")
+        else:
+            out["mode"] = table["mode"]
+    for key, low, high in (("seed", 0, 2**32 - 1), ("jobs", 1, None), ("max_elements", 1, None)):
+        if key in table:
+            value = table[key]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < low
+                or (high and value > high)
+            ):
+                issue(key, f"expected an integer >= {low}{f' and <= {high}' if high else ''}, got {value!r}")
+            else:
+                out[key] = value
+    if "max_memory" in table:
+        size = parse_size(table["max_memory"])
+        if size is None:
+            issue(
+                "max_memory",
+                f'expected a size such as "512M" or "2G" (or bytes), got {table["max_memory"]!r}',
+            )
+        else:
+            out["max_memory"] = size
+    if "tolerances" in table:
+        tolerances = _tolerances(table["tolerances"], lambda m: issue("tolerances", m))
+        if tolerances is not None:
+            out["tolerances"] = tuple((d, tuple(sorted(t.items()))) for d, t in sorted(tolerances.items()))
+    if issues:
+        raise SpecError(issues)
+    return Config(**out)
+
+
+def _tolerances(value: Any, issue: Any) -> dict[str, dict[str, Any]] | None:
+    if not isinstance(value, dict):
+        issue(f"expected a table of dtypes ({', '.join(FLOAT_DTYPES)}), got {value!r}")
+        return None
+    out: dict[str, dict[str, Any]] = {}
+    for dtype, given in value.items():
+        if dtype not in FLOAT_DTYPES:
+            issue(f"unknown dtype '{dtype}'{did_you_mean(dtype, FLOAT_DTYPES)}")
+            continue
+        if not isinstance(given, dict):
+            issue(f"{dtype}: expected a table with {', '.join(_TOLERANCE_KEYS)}, got {given!r}")
+            continue
+        for key, v in given.items():
+            if key not in _TOLERANCE_KEYS:
+                issue(f"{dtype}: unknown field '{key}'{did_you_mean(key, _TOLERANCE_KEYS)}")
+            elif key == "reason" and not (isinstance(v, str) and v.strip()):
+                issue(f"{dtype}.reason: expected a non-empty string, got {v!r}")
+            elif key != "reason" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                issue(f"{dtype}.{key}: expected a positive number, got {v!r}")
+        if ("rtol" in given or "atol" in given) and "reason" not in given:
+            issue(f"{dtype}: rtol/atol replace the error model and need a 'reason' beside them")
+        out[dtype] = {k: float(v) if k != "reason" else v for k, v in given.items() if k in _TOLERANCE_KEYS}
+    return out
+
+
+def parse_size(value: Any) -> int | None:
+    """Bytes from 1048576, "512K", "64M", "2G" (binary units); None if it is not a size."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        return None
+    return int(float(match.group(1)) * units[match.group(2).upper()])
+
+
+def _line(text: str, key: str) -> int:
+    """The line `key` is set on inside the [tool.specgrad] table (its header's where the
+    key cannot be found): tomllib keeps no positions."""
+    lines = text.splitlines()
+    start = next(
+        (i for i, line in enumerate(lines) if re.match(r"\s*\[\s*tool\s*\.\s*specgrad\b", line)), None
+    )
+    if start is None:
+        return 0
+    for i in range(start + 1, len(lines)):
+        if re.match(rf"\s*{re.escape(key)}\s*[=.]", lines[i]) or re.match(
+            rf"\s*\[\s*tool\s*\.\s*specgrad\s*\.\s*{re.escape(key)}\b", lines[i]
+        ):
+            return i + 1
+        if re.match(r"\s*\[", lines[i]) and not re.match(r"\s*\[\s*tool\s*\.\s*specgrad\b", lines[i]):
+            break
+    return start + 1

@@ -1,0 +1,185 @@
+"""Pictures of where a gradient is wrong, for the HTML report.
+
+A tensor is cut into 2-D slices over its last two axes, laid out as a grid: the batch axis
+(or the leading axes together) down, the channel axis across. Three blocks of that grid,
+one above the other: the analytical gradient, the numerical one (on one colour scale, so
+a transposed or mis-signed gradient shows as a different pattern), and |difference| with
+the out-of-bound elements outlined, so a border-only bug, a single wrong channel or one
+wrong sample is visible at a glance. matplotlib is an optional extra (`specgrad[html]`);
+`unavailable()` says why pictures cannot be drawn.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+
+from specgrad.results import Evidence
+
+#: at most this many slice rows and columns are drawn; where a tensor has more, those with
+#: the largest share of their bound used are kept (in their order)
+MAX_ROWS = 8
+MAX_COLS = 12
+
+
+@cache
+def unavailable() -> str:
+    """Why no pictures can be drawn ("" where they can)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed, so the report has no heatmaps (pip install 'specgrad[html]')"
+    return ""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A tensor as rows x cols panels of 2-D slices (shape [rows, cols, height, width]),
+    which of the tensor's slices the panels are, and how to name them."""
+
+    rows: tuple[int, ...]  # indices into the tensor's leading (row) slices
+    cols: tuple[int, ...]
+    row_count: int  # how many there are in all (rows is a selection where it is shorter)
+    col_count: int
+    row_label: str  # the axes the rows run over
+    col_label: str
+    lead_shape: tuple[int, ...]  # the shape of the row axes (several: their flat index)
+
+    def name_row(self, r: int) -> str:
+        if not self.lead_shape:
+            return ""
+        index = np.unravel_index(r, self.lead_shape)
+        return f"{self.row_label}={', '.join(str(int(i)) for i in index)}"
+
+    def name_col(self, c: int) -> str:
+        return f"{self.col_label}={c}" if self.col_label else ""
+
+
+def as_panels(array: np.ndarray) -> np.ndarray:
+    """The tensor as [rows, cols, height, width]: a vector is one row of one panel, a
+    matrix one panel, [C, H, W] one row of C panels, [N, C, H, W] N rows of C, and more
+    leading axes are folded into the rows."""
+    a = np.asarray(array)
+    if a.ndim == 0:
+        return a.reshape(1, 1, 1, 1)
+    if a.ndim == 1:
+        return a.reshape(1, 1, 1, -1)
+    if a.ndim == 2:
+        return a.reshape(1, 1, *a.shape)
+    if a.ndim == 3:
+        return a.reshape(1, *a.shape)
+    return a.reshape(-1, *a.shape[-3:])
+
+
+def grid(shape: tuple[int, ...], ratio: np.ndarray) -> Grid:
+    """Which slices to draw: all of them up to MAX_ROWS x MAX_COLS, else the rows and
+    columns whose worst element used the largest share of its bound."""
+    panels = as_panels(np.nan_to_num(ratio, nan=-1.0, posinf=np.finfo(np.float64).max))
+    r, c = panels.shape[:2]
+    score_rows = panels.max(axis=(1, 2, 3))
+    score_cols = panels.max(axis=(0, 2, 3))
+    rows = _keep(score_rows, MAX_ROWS)
+    cols = _keep(score_cols, MAX_COLS)
+    lead = tuple(shape[:-3]) if len(shape) >= 4 else ()
+    row_label = "dim0" if len(lead) == 1 else f"dims 0-{len(lead) - 1}"
+    col_label = f"dim{len(lead)}" if len(shape) >= 3 else ""
+    return Grid(rows, cols, r, c, row_label, col_label, lead)
+
+
+def _keep(score: np.ndarray, limit: int) -> tuple[int, ...]:
+    if score.size <= limit:
+        return tuple(range(score.size))
+    top = np.argsort(-score, kind="stable")[:limit]
+    return tuple(int(i) for i in sorted(top))
+
+
+def _panel_inches(height: int, width: int) -> tuple[float, float]:
+    if height == 1:  # a vector: one long strip
+        return min(10.0, 1.0 + 0.12 * width), 0.6
+    aspect = width / height
+    base = 1.5
+    return (min(6.0, base * aspect), base) if aspect >= 1 else (base, min(6.0, base / aspect))
+
+
+def png(ev: Evidence, title: str) -> bytes:
+    """The heatmaps of one gradient check's evidence, as PNG bytes."""
+    from matplotlib.figure import Figure
+
+    g = grid(ev.shape, ev.ratio)
+    analytical, numerical = as_panels(ev.analytical), as_panels(ev.numerical)
+    error, ratio = as_panels(ev.error), as_panels(ev.ratio)
+    h, w = analytical.shape[2:]
+    pw, ph = _panel_inches(h, w)
+    cols, rows = len(g.cols), len(g.rows)
+    scale = _finite_max(np.abs(np.concatenate([analytical.ravel(), numerical.ravel()])))
+    worst = _finite_max(error.ravel())
+    fig = Figure(figsize=(cols * pw + 1.6, 3 * rows * ph + 1.4), dpi=80, layout="constrained")
+    fig.suptitle(title, fontsize=10)
+    blocks = (
+        ("analytical", analytical, "RdBu_r", -scale, scale),
+        ("numerical", numerical, "RdBu_r", -scale, scale),
+        (_difference_title(ev), np.where(np.isinf(error), worst, error), "magma", 0.0, worst),
+    )
+    for sub, (name, data, cmap, lo, hi) in zip(_subfigures(fig), blocks, strict=True):
+        axes = sub.subplots(rows, cols, squeeze=False)
+        image = None
+        for i, r in enumerate(g.rows):
+            for j, c in enumerate(g.cols):
+                ax = axes[i, j]
+                panel = np.ma.masked_invalid(data[r, c])
+                image = ax.imshow(
+                    panel, cmap=_cmap(cmap), vmin=lo, vmax=hi, aspect="auto", interpolation="nearest"
+                )
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if name.startswith("|") and h > 1 and w > 1 and bool(np.any(ratio[r, c] > 1)):
+                    ax.contour(np.nan_to_num(ratio[r, c]) > 1, levels=[0.5], colors="cyan", linewidths=0.8)
+                if i == 0 and g.name_col(c):
+                    ax.set_title(g.name_col(c), fontsize=7)
+                if j == 0 and g.name_row(r):
+                    ax.set_ylabel(g.name_row(r), fontsize=7)
+        sub.suptitle(name + _shown(g), fontsize=9)
+        if image is not None:
+            sub.colorbar(image, ax=axes, shrink=0.9, aspect=30)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _subfigures(fig: Any) -> list[Any]:
+    """The figure's three stacked blocks (matplotlib types them loosely)."""
+    return list(fig.subfigures(3, 1))
+
+
+def _difference_title(ev: Evidence) -> str:
+    text = "|difference| (out of bound: outlined)"
+    return text + "; at kinks: the distance to the one-sided interval" if ev.kinks else text
+
+
+def _shown(g: Grid) -> str:
+    parts = []
+    if len(g.rows) < g.row_count:
+        parts.append(f"{len(g.rows)} of {g.row_count} rows")
+    if len(g.cols) < g.col_count:
+        parts.append(f"{len(g.cols)} of {g.col_count} channels")
+    return f" ({' and '.join(parts)}: those with the largest errors)" if parts else ""
+
+
+def _finite_max(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if finite.size else 0.0
+    return top if top > 0 and math.isfinite(top) else 1.0
+
+
+@cache
+def _cmap(name: str):  # type: ignore[no-untyped-def]  # matplotlib's Colormap, imported lazily
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name].copy()
+    cmap.set_bad("#bbbbbb")  # elements a sample left out
+    return cmap
