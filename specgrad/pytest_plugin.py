@@ -1,0 +1,255 @@
+"""pytest plugin (entry point `pytest11`): `pytest specs/` collects spec files and runs
+every compiled check as a test item, so gradient checks sit beside a project's other tests.
+
+A node id is the file and the check id, FILE::NAME[DTYPE,CASE]::TARGET (`pytest
+"specs/conv2d.yaml::conv2d[float32,random]::w"` runs one). Items of one case share a
+forward/backward evaluation point: the case's selected checks run together the first time
+one of them runs (once per process; under pytest-xdist, `--dist loadscope` keeps a case on
+one worker, its scope being FILE::NAME[DTYPE,CASE], so it is evaluated once). Verdicts and
+figures are those of `specgrad validate` (same compile options, one BLAS thread), and a
+failure's report is the text the CLI prints. Markers select: the dtype (`-m float32`), the
+device (`-m cpu`), the case (`-m case_special`), and `specgrad` with keyword arguments
+(`-m "specgrad(kind='contract')"`, pytest >= 8.3). Options: `--specgrad-dtype`,
+`--specgrad-device`, `--specgrad-mode`, `--specgrad-seed`, `--specgrad-max-elements`,
+`--specgrad-max-memory`; `[tool.specgrad]` supplies the defaults, as for the CLI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from specgrad.compile import CasePlan
+from specgrad.config import Config
+from specgrad.errors import SpecError, SpecIssue, UsageError
+from specgrad.numerics.tolerance import FLOAT_DTYPES
+from specgrad.results import CheckResult, Status
+
+_SPEC_KEY = re.compile(r"^specgrad[ \t]*:", re.MULTILINE)
+_SETTINGS = pytest.StashKey[Config]()
+_OPTIONS = pytest.StashKey[dict[str, Any]]()
+_MODES = ("default", "fast", "per-element")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("specgrad", "specgrad gradient checks of spec files")
+    group.addoption("--specgrad-dtype", action="append", metavar="DTYPE", help="only these dtypes")
+    group.addoption("--specgrad-device", metavar="DEVICE", help="cpu, gpu, both, sim or a comma list")
+    group.addoption("--specgrad-mode", choices=_MODES, help="default, fast or per-element")
+    group.addoption("--specgrad-seed", type=int, metavar="N", help="override every spec's seed")
+    group.addoption("--specgrad-max-elements", type=int, metavar="N", help="elements checked per tensor")
+    group.addoption("--specgrad-max-memory", metavar="SIZE", help="e.g. 512M, 2G")
+    parser.addini(
+        "specgrad_collect", "collect spec files (*.yaml with a specgrad: key)", type="bool", default=True
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from specgrad import config as project
+
+    config.addinivalue_line("markers", "specgrad(spec, dtype, case, device, kind, target): a specgrad check")
+    for dtype in FLOAT_DTYPES:
+        config.addinivalue_line("markers", f"{dtype}: a specgrad check in {dtype}")
+    for device in ("cpu", "gpu", "sim"):
+        config.addinivalue_line("markers", f"{device}: a specgrad check run on device {device}")
+    try:
+        settings = project.load(start=Path(config.invocation_params.dir))
+    except SpecError as exc:
+        raise pytest.UsageError(
+            "specgrad: invalid configuration:\n" + "\n".join(map(str, exc.issues))
+        ) from None
+    except UsageError as exc:
+        raise pytest.UsageError(f"specgrad: {exc}") from None
+    settings.use_import_roots()
+    config.stash[_SETTINGS] = settings
+    config.stash[_OPTIONS] = _options(config)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix not in (".yaml", ".yml") or not parent.config.getini("specgrad_collect"):
+        return None
+    try:
+        if not _SPEC_KEY.search(file_path.read_text(encoding="utf-8", errors="replace")):
+            return None  # another tool's YAML
+    except OSError:
+        return None
+    return SpecFile.from_parent(parent, path=file_path)
+
+
+def _options(config: pytest.Config) -> dict[str, Any]:
+    """compile_spec's options: the command line's, else [tool.specgrad]'s."""
+    from specgrad.backends import parse_devices
+    from specgrad.config import parse_size
+
+    settings = config.stash[_SETTINGS]
+    dtypes = [d.strip() for v in config.getoption("specgrad_dtype") or () for d in v.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in FLOAT_DTYPES:
+            raise pytest.UsageError(f"--specgrad-dtype {d!r}: expected one of {', '.join(FLOAT_DTYPES)}")
+    device = config.getoption("specgrad_device") or settings.device
+    memory = config.getoption("specgrad_max_memory")
+    size = parse_size(memory) if memory else settings.max_memory
+    if memory and size is None:
+        raise pytest.UsageError(f"--specgrad-max-memory {memory!r}: expected a size such as 512M or 2G")
+    seed = config.getoption("specgrad_seed")
+    try:
+        devices = parse_devices(device) if device else None
+    except UsageError as exc:
+        raise pytest.UsageError(f"--specgrad-device: {exc}") from None
+    return {
+        "dtypes": dtypes or (list(settings.dtypes) if settings.dtypes else None),
+        "seed": seed if seed is not None else settings.seed,
+        "mode": config.getoption("specgrad_mode") or settings.mode,
+        "max_elements": config.getoption("specgrad_max_elements") or settings.max_elements,
+        "max_memory": size,
+        "devices": devices,
+    }
+
+
+class SpecFile(pytest.File):
+    """One spec file: an item per check (named by its id), or one InvalidSpec item."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plans: tuple[CasePlan, ...] = ()
+        self._results: dict[int, dict[str, CheckResult] | SpecError] = {}
+
+    def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
+        from specgrad.compile import compile_spec
+        from specgrad.validate import parse_spec
+
+        try:
+            spec = parse_spec(self.path, self.config.stash[_SETTINGS])
+            plans = compile_spec(spec, **self.config.stash[_OPTIONS])
+        except SpecError as exc:
+            yield InvalidSpec.from_parent(self, name="invalid-spec", issues=tuple(exc.issues))
+            return
+        self.plans = plans
+        for index, plan in enumerate(plans):
+            for target in plan.targets:
+                yield CheckItem.from_parent(self, name=plan.check_id(target), index=index, target=target)
+
+    def results(self, index: int) -> dict[str, CheckResult] | SpecError:
+        """The plan's results by target, run once for the checks of it this session runs."""
+        if index not in self._results:
+            self._results[index] = self._run(index)
+        return self._results[index]
+
+    def _run(self, index: int) -> dict[str, CheckResult] | SpecError:
+        from dataclasses import replace
+
+        from specgrad.process import one_blas_thread, tune_allocator
+        from specgrad.runner import run_plan
+
+        plan = self.plans[index]
+        selected = {
+            item.target
+            for item in self.session.items
+            if isinstance(item, CheckItem) and item.parent is self and item.index == index
+        }
+        targets = tuple(t for t in plan.targets if t in selected) or plan.targets
+        tune_allocator()
+        try:
+            with one_blas_thread():
+                results = run_plan(replace(plan, targets=targets), _engines(self.session))
+        except SpecError as exc:
+            return exc
+        return {r.target: r for r in results}
+
+
+_ENGINES = pytest.StashKey[Any]()
+
+
+def _engines(session: pytest.Session) -> Any:
+    """One set of bound callables per session (per xdist worker), as the CLI's per process."""
+    from specgrad.runner import Engines
+
+    if _ENGINES not in session.stash:
+        session.stash[_ENGINES] = Engines()
+    return session.stash[_ENGINES]
+
+
+class CheckFailed(Exception):
+    """A check that FAILed or ERRORed: its report is the CLI's text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class CheckItem(pytest.Item):
+    """One check; its name is its check id."""
+
+    def __init__(self, *, index: int, target: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.index, self.target = index, target
+        node = self.parent
+        assert isinstance(node, SpecFile)
+        self.plan = plan = node.plans[index]
+        self.result: CheckResult | None = None
+        kind = "agreement" if target.startswith(("agree.", "device.")) else "gradient"
+        kind = "contract" if target.startswith("contract.") else kind
+        case_marker = "case_" + re.sub(r"\W", "_", plan.case.name)
+        self.config.addinivalue_line(
+            "markers", f"{case_marker}: a specgrad check of input case {plan.case.name}"
+        )
+        for marker in (plan.dtype, plan.device, case_marker):
+            self.add_marker(getattr(pytest.mark, marker))
+        self.add_marker(
+            pytest.mark.specgrad(
+                spec=plan.spec.name,
+                dtype=plan.dtype,
+                case=plan.case.name,
+                device=plan.device,
+                kind=kind,
+                target=target,
+            )
+        )
+
+    def runtest(self) -> None:
+        node = self.parent
+        assert isinstance(node, SpecFile)
+        outcome = node.results(self.index)
+        if isinstance(outcome, SpecError):
+            raise CheckFailed("\n".join(str(i) for i in outcome.issues))
+        self.result = r = outcome[self.target]
+        self.user_properties.append(("specgrad_status", str(r.status)))
+        if r.status is Status.SKIP:
+            pytest.skip(r.message or r.note or "skipped")
+        if r.status in (Status.FAIL, Status.ERROR):
+            from specgrad.reporting.console import failure_text
+
+            raise CheckFailed(failure_text([r]))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
+        if isinstance(excinfo.value, CheckFailed):
+            return excinfo.value.text
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        line = self.plan.line_of(self.target)
+        return self.path, (line - 1 if line else None), self.name
+
+
+class InvalidSpec(pytest.Item):
+    """A spec that does not load: one failing item at the first problem's line."""
+
+    def __init__(self, *, issues: tuple[SpecIssue, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.issues = issues
+
+    def runtest(self) -> None:
+        raise CheckFailed("invalid spec:\n" + "\n".join(f"  {i}" for i in self.issues))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str | Any:
+        if isinstance(excinfo.value, CheckFailed):
+            return excinfo.value.text
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        line = self.issues[0].location.line if self.issues else 0
+        return self.path, (line - 1 if line else None), f"invalid spec {self.path.name}"
