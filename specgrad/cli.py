@@ -255,8 +255,6 @@ def configure(args: argparse.Namespace) -> Config:
         settings = project.load(args.config) if args.config else project.load()
     except SpecError as exc:
         raise UsageError("invalid configuration:\n" + "\n".join(map(str, exc.issues))) from None
-    if args.config and settings.source is None:
-        raise UsageError(f"--config {args.config}: no such file")
     args.settings = settings
     settings.use_import_roots()
     unset = {

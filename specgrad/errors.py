@@ -19,6 +19,8 @@ class Location:
     def __str__(self) -> str:
         if self.line <= 0:
             return str(self.file)
+        if self.column <= 0:
+            return f"{self.file}:{self.line}"
         return f"{self.file}:{self.line}:{self.column}"
 
 

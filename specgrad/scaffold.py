@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from specgrad.errors import SpecError, UsageError
 from specgrad.loader import load_spec_text
 from specgrad.numerics.tolerance import FLOAT_DTYPES
@@ -103,9 +101,9 @@ def parse_attr(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not _IDENT.match(key.strip()):
         raise UsageError(f"--attr {text!r}: expected NAME=VALUE such as stride=2")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+    try:  # read as the spec will read it back (YAML 1.2: 1e-5 is a number)
+        parsed = load_spec_text(f"value: {value}\n", Path("--attr")).data["value"] if value.strip() else None
+    except SpecError:
         raise UsageError(f"--attr {text!r}: the value is not a YAML scalar") from None
     if isinstance(parsed, (dict, list)) or parsed is None:
         raise UsageError(f"--attr {text!r}: give a number, true/false or a string; edit the file for more")

@@ -15,6 +15,11 @@ import pytest
 from specgrad.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+pytest_plugins = ["pytester"]
+# spec files the tests run on purpose (buggy layers): never collected as this suite's items
+collect_ignore = ["fixtures"]
 SPECS = REPO / "specs"
 SCHEMA_LINE = "# yaml-language-server: $schema=../schemas/spec.schema.json\n"
 

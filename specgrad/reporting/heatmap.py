@@ -180,6 +180,4 @@ def _finite_max(values: np.ndarray) -> float:
 def _cmap(name: str):  # type: ignore[no-untyped-def]  # matplotlib's Colormap, imported lazily
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad("#bbbbbb")  # elements a sample left out
-    return cmap
+    return matplotlib.colormaps[name].with_extremes(bad="#bbbbbb")  # elements a sample left out
