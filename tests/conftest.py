@@ -74,3 +74,16 @@ def run_subprocess(
     cmd = (exe or [sys.executable, "-m", "specgrad"]) + args
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def zoo_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """`specgrad validate specs/` once per session, in a fresh interpreter: its JSON report,
+    with the exit code and output under "_run"."""
+    import json
+
+    path = tmp_path_factory.mktemp("zoo") / "zoo.json"
+    result = run_subprocess(["validate", str(SPECS), "--json", str(path)], cwd=REPO)
+    doc = json.loads(path.read_text()) if path.is_file() else {"checks": []}
+    doc["_run"] = result
+    return doc

@@ -39,8 +39,8 @@ dtypes: [float64]
 """
 
 
-def test_zoo_validates(cli) -> None:  # type: ignore[no-untyped-def]
-    result = cli("validate", SPECS)
+def test_zoo_validates(zoo_report) -> None:  # type: ignore[no-untyped-def]
+    result = zoo_report["_run"]
     assert result.code == 0, result.text
     last = result.out.rstrip("\n").splitlines()[-1]
     assert re.fullmatch(r"\d+ passed, 0 failed(, \d+ skipped)?", last), last
