@@ -4,7 +4,7 @@ A tensor is cut into 2-D slices over its last two axes, laid out as a grid: the 
 (or the leading axes together) down, the channel axis across. Three blocks of that grid,
 one above the other: the analytical gradient, the numerical one (on one colour scale, so
 a transposed or mis-signed gradient shows as a different pattern), and |difference| with
-the out-of-bound elements outlined, so a border-only bug, a single wrong channel or one
+the out-of-bound elements dotted, so a border-only bug, a single wrong channel or one
 wrong sample is visible at a glance. matplotlib is an optional extra (`specgrad[html]`);
 `unavailable()` says why pictures cannot be drawn.
 """
@@ -137,8 +137,9 @@ def png(ev: Evidence, title: str) -> bytes:
                 )
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if name.startswith("|") and h > 1 and w > 1 and bool(np.any(ratio[r, c] > 1)):
-                    ax.contour(np.nan_to_num(ratio[r, c]) > 1, levels=[0.5], colors="cyan", linewidths=0.8)
+                if name.startswith("|"):  # the out-of-bound elements, dotted
+                    ys, xs = np.nonzero(np.nan_to_num(ratio[r, c]) > 1)
+                    ax.scatter(xs, ys, s=max(1.0, 40.0 / max(h, w)), c="cyan", marker="o", linewidths=0)
                 if i == 0 and g.name_col(c):
                     ax.set_title(g.name_col(c), fontsize=7)
                 if j == 0 and g.name_row(r):
@@ -157,7 +158,7 @@ def _subfigures(fig: Any) -> list[Any]:
 
 
 def _difference_title(ev: Evidence) -> str:
-    text = "|difference| (out of bound: outlined)"
+    text = "|difference| (out of bound: dotted)"
     return text + "; at kinks: the distance to the one-sided interval" if ev.kinks else text
 
 
