@@ -28,7 +28,16 @@ BUGGY = FIXTURES / "buggy"
 def buggy_reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("reports")
     proc = subprocess.run(
-        [sys.executable, "-m", "specgrad", "validate", str(BUGGY), "-j", "1", "-q"]
+        [
+            sys.executable,
+            "-m",
+            "specgrad",
+            "validate",
+            str(BUGGY),
+            "-j",
+            "2",
+            "-q",
+        ]  # evidence crosses processes
         + ["--json", str(out / "r.json"), "--junit-xml", str(out / "r.xml"), "--html", str(out / "r.html")],
         cwd=REPO,
         capture_output=True,
@@ -276,3 +285,36 @@ def test_progress_bar_on_a_terminal_plain_output_when_piped(tmp_path: Path) -> N
     )
     assert piped.returncode == 0 and "\x1b" not in piped.stdout + piped.stderr
     assert "checks" not in piped.stdout.replace("contract checks", "")
+
+
+def test_interrupted_run_writes_every_report_complete(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C in user code: JSON, JUnit and HTML all hold the checks that finished."""
+    from tests.e2e.test_cli import GOOD, LAYERS
+
+    write(
+        "layers.py",
+        LAYERS
+        + "\ndef stop(x, w):\n    if (x == 0.0).any():\n        raise KeyboardInterrupt\n    return x @ w\n",
+    )
+    write("a.yaml", GOOD)
+    write("b.yaml", GOOD.replace("name: lin", "name: stop").replace("layers:forward", "layers:stop"))
+    out = tmp_path / "out"
+    result = cli(
+        "validate",
+        tmp_path,
+        "-j",
+        "1",
+        "--json",
+        out / "r.json",
+        "--junit-xml",
+        out / "r.xml",
+        "--html",
+        out / "r.html",
+    )
+    assert result.code == 130
+    doc = json.loads((out / "r.json").read_text())
+    xml = junitparser.JUnitXml.fromfile(str(out / "r.xml"))
+    assert xml.tests == len(doc["checks"]) == doc["summary"]["passed"] > 0
+    page = (out / "r.html").read_text()
+    assert "interrupted" in page and page.rstrip().endswith("</html>")
+    assert sorted(p.name for p in out.iterdir()) == ["r.html", "r.json", "r.xml"]
