@@ -34,6 +34,19 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 _MODES = ("default", "fast", "per-element")
+#: the keys of [tool.specgrad]
+SETTINGS = (
+    "paths",
+    "dtypes",
+    "device",
+    "mode",
+    "seed",
+    "jobs",
+    "max_memory",
+    "max_elements",
+    "import_roots",
+    "tolerances",
+)
 _TOLERANCE_KEYS = ("epsilon", "rtol", "atol", "reason")
 
 
@@ -122,18 +135,7 @@ def _parse(table: Any, path: Path, text: str) -> Config:
 
     if not isinstance(table, dict):
         raise SpecError.at(Location(path), "tool.specgrad", "expected a table")
-    known = (
-        "paths",
-        "dtypes",
-        "device",
-        "mode",
-        "seed",
-        "jobs",
-        "max_memory",
-        "max_elements",
-        "import_roots",
-        "tolerances",
-    )
+    known = SETTINGS
     for key in table:
         if key not in known:
             issue(
@@ -211,16 +213,22 @@ def _tolerances(value: Any, issue: Any) -> dict[str, dict[str, Any]] | None:
         if not isinstance(given, dict):
             issue(f"{dtype}: expected a table with {', '.join(_TOLERANCE_KEYS)}, got {given!r}")
             continue
+        clean: dict[str, Any] = {}
         for key, v in given.items():
             if key not in _TOLERANCE_KEYS:
                 issue(f"{dtype}: unknown field '{key}'{did_you_mean(key, _TOLERANCE_KEYS)}")
-            elif key == "reason" and not (isinstance(v, str) and v.strip()):
-                issue(f"{dtype}.reason: expected a non-empty string, got {v!r}")
-            elif key != "reason" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            elif key == "reason":
+                if isinstance(v, str) and v.strip():
+                    clean[key] = v
+                else:
+                    issue(f"{dtype}.reason: expected a non-empty string, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or v == float("inf"):
                 issue(f"{dtype}.{key}: expected a positive number, got {v!r}")
+            else:
+                clean[key] = float(v)
         if ("rtol" in given or "atol" in given) and "reason" not in given:
             issue(f"{dtype}: rtol/atol replace the error model and need a 'reason' beside them")
-        out[dtype] = {k: float(v) if k != "reason" else v for k, v in given.items() if k in _TOLERANCE_KEYS}
+        out[dtype] = clean
     return out
 
 

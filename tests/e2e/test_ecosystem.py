@@ -27,6 +27,14 @@ BUGGY = FIXTURES / "buggy"
 @pytest.fixture(scope="module")
 def buggy_reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path_factory.mktemp("reports")
+    reports = [
+        "--json",
+        str(out / "r.json"),
+        "--junit-xml",
+        str(out / "r.xml"),
+        "--html",
+        str(out / "r.html"),
+    ]
     proc = subprocess.run(
         [
             sys.executable,
@@ -37,8 +45,8 @@ def buggy_reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.
             "-j",
             "2",
             "-q",
-        ]  # evidence crosses processes
-        + ["--json", str(out / "r.json"), "--junit-xml", str(out / "r.xml"), "--html", str(out / "r.html")],
+            *reports,
+        ],  # evidence crosses processes
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -94,9 +102,16 @@ def test_html_renders_its_heatmaps_in_chromium(
     page = tmp_path / "probe.html"
     page.write_text((out / "r.html").read_text().replace("</body>", _PROBE))
     proc = subprocess.run(
-        [str(_CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
-        + ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
-        + [
+        [
+            str(_CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=10000",
             "--dump-dom",

@@ -138,21 +138,7 @@ _values = st.one_of(
         max_size=2,
     ),
 )
-_keys = st.sampled_from(
-    [
-        "paths",
-        "dtypes",
-        "device",
-        "mode",
-        "seed",
-        "jobs",
-        "max_memory",
-        "max_elements",
-        "import_roots",
-        "tolerances",
-        "speed",
-    ]
-)
+_keys = st.sampled_from([*project.SETTINGS, "speed"])  # and one it does not know
 
 
 def _toml(value: object) -> str:
@@ -169,7 +155,7 @@ def _toml(value: object) -> str:
     return '""'
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.dictionaries(_keys, _values, max_size=5))
 def test_any_table_is_settings_or_a_located_error(
     tmp_path_factory: pytest.TempPathFactory, table: dict
