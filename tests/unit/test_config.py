@@ -147,7 +147,9 @@ def _toml(value: object) -> str:
     if isinstance(value, (int, float)):
         return repr(value) if value == value and abs(value) != float("inf") else "0"
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON escapes are TOML escapes
+        return json.dumps(value, ensure_ascii=False).replace(
+            "\x7f", "\\u007f"
+        )  # JSON escapes are TOML escapes (but for DEL)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, dict):
