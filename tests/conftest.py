@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from specgrad.cli import main
 
@@ -18,6 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 pytest_plugins = ["pytester"]
+
+# the suite is deterministic: hypothesis draws the same examples every run (HYPOTHESIS_PROFILE=explore
+# draws fresh ones, to look for new failures by hand)
+settings.register_profile("deterministic", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
 # spec files the tests run on purpose (buggy layers): never collected as this suite's items
 collect_ignore = ["fixtures"]
 SPECS = REPO / "specs"
