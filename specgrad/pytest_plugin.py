@@ -1,11 +1,12 @@
 """pytest plugin (entry point `pytest11`): `pytest specs/` collects spec files and runs
 every compiled check as a test item, so gradient checks sit beside a project's other tests.
 
-A node id is the file and the check id, FILE::NAME[DTYPE,CASE]::TARGET (`pytest
-"specs/conv2d.yaml::conv2d[float32,random]::w"` runs one). Items of one case share a
-forward/backward evaluation point: the case's selected checks run together the first time
-one of them runs (once per process; under pytest-xdist, `--dist loadscope` keeps a case on
-one worker, its scope being FILE::NAME[DTYPE,CASE], so it is evaluated once). Verdicts and
+The check NAME[DTYPE,CASE]::TARGET is the item FILE::NAME::TARGET[DTYPE,CASE] (pytest
+parses brackets only at the end of a node id), and its report is headed by its check id
+(`pytest "specs/conv2d.yaml::conv2d::w[float32,random]"` runs one). Items of one case
+share a forward/backward evaluation point: the case's selected checks run together the
+first time one of them runs (once per process; under pytest-xdist, `--dist loadscope`
+keeps a spec's checks on one worker, so each case is evaluated once). Verdicts and
 figures are those of `specgrad validate` (same compile options, one BLAS thread), and a
 failure's report is the text the CLI prints. Markers select: the dtype (`-m float32`), the
 device (`-m cpu`), the case (`-m case_special`), and `specgrad` with keyword arguments
@@ -111,12 +112,7 @@ def _options(config: pytest.Config) -> dict[str, Any]:
 
 
 class SpecFile(pytest.File):
-    """One spec file: an item per check (named by its id), or one InvalidSpec item."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.plans: tuple[CasePlan, ...] = ()
-        self._results: dict[int, dict[str, CheckResult] | SpecError] = {}
+    """One spec file: a SpecNode per (derived) spec name, or one InvalidSpec item."""
 
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         from specgrad.compile import compile_spec
@@ -128,10 +124,32 @@ class SpecFile(pytest.File):
         except SpecError as exc:
             yield InvalidSpec.from_parent(self, name="invalid-spec", issues=tuple(exc.issues))
             return
+        by_name: dict[str, list[CasePlan]] = {}
+        for plan in plans:
+            by_name.setdefault(plan.spec.name, []).append(plan)
+        for name, group in by_name.items():
+            yield SpecNode.from_parent(self, name=name, plans=tuple(group))
+
+
+def item_name(plan: CasePlan, target: str) -> str:
+    """TARGET[DTYPE,CASE] (and the device): the check id's parts in pytest's own shape, a
+    name with its parameters in a closing bracket, which every pytest version parses."""
+    check_id = plan.check_id(target)
+    return f"{target}[{check_id[len(plan.spec.name) + 1 : -len(target) - 3]}]"
+
+
+class SpecNode(pytest.Collector):
+    """NAME (NAME@IMPL, NAME.second_order): that spec's checks, one item each."""
+
+    def __init__(self, *, plans: tuple[CasePlan, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.plans = plans
-        for index, plan in enumerate(plans):
+        self._results: dict[int, dict[str, CheckResult] | SpecError] = {}
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for index, plan in enumerate(self.plans):
             for target in plan.targets:
-                yield CheckItem.from_parent(self, name=plan.check_id(target), index=index, target=target)
+                yield CheckItem.from_parent(self, name=item_name(plan, target), index=index, target=target)
 
     def results(self, index: int) -> dict[str, CheckResult] | SpecError:
         """The plan's results by target, run once for the checks of it this session runs."""
@@ -182,14 +200,17 @@ class CheckFailed(Exception):
 
 
 class CheckItem(pytest.Item):
-    """One check; its name is its check id."""
+    """One check: FILE::NAME::TARGET[DTYPE,CASE]; its report is headed by its check id,
+    which JUnit files carry as the property `check_id`."""
 
     def __init__(self, *, index: int, target: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.index, self.target = index, target
         node = self.parent
-        assert isinstance(node, SpecFile)
+        assert isinstance(node, SpecNode)
         self.plan = plan = node.plans[index]
+        self.check_id = plan.check_id(target)
+        self.user_properties.append(("check_id", self.check_id))
         self.result: CheckResult | None = None
         kind = "agreement" if target.startswith(("agree.", "device.")) else "gradient"
         kind = "contract" if target.startswith("contract.") else kind
@@ -212,12 +233,11 @@ class CheckItem(pytest.Item):
 
     def runtest(self) -> None:
         node = self.parent
-        assert isinstance(node, SpecFile)
+        assert isinstance(node, SpecNode)
         outcome = node.results(self.index)
         if isinstance(outcome, SpecError):
             raise CheckFailed("\n".join(str(i) for i in outcome.issues))
         self.result = r = outcome[self.target]
-        self.user_properties.append(("specgrad_status", str(r.status)))
         if r.status is Status.SKIP:
             pytest.skip(r.message or r.note or "skipped")
         if r.status in (Status.FAIL, Status.ERROR):
@@ -232,7 +252,7 @@ class CheckItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         line = self.plan.line_of(self.target)
-        return self.path, (line - 1 if line else None), self.name
+        return self.path, (line - 1 if line else None), self.check_id
 
 
 class InvalidSpec(pytest.Item):

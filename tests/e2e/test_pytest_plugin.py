@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-import junitparser
 import pytest
 
 from specgrad.cli import main
@@ -34,6 +34,13 @@ def _cli_report(folder: Path, tmp: Path, *args: str) -> dict[str, Any]:
     return {c["id"]: c for c in json.loads(report.read_text())["checks"]}
 
 
+def _id_of(nodeid: str) -> str:
+    """FILE::NAME::TARGET[DTYPE,CASE] -> NAME[DTYPE,CASE]::TARGET (the CLI's check id)."""
+    _, name, rest = nodeid.split("::", 2)
+    target, _, bracket = rest.partition("[")
+    return f"{name}[{bracket}::{target}"
+
+
 class Recorder:
     """Each check item's result, as the CLI's JSON writes it."""
 
@@ -46,8 +53,8 @@ class Recorder:
         report = yield
         result = getattr(item, "result", None)
         if call.when == "call" and result is not None:
-            self.results[item.name] = json.loads(json.dumps(_clean(result.to_dict())))  # as in the JSON
-        self.locations[item.name] = item.location
+            self.results[item.check_id] = json.loads(json.dumps(_clean(result.to_dict())))  # as in the JSON
+        self.locations[item.nodeid] = item.location
         return report
 
 
@@ -61,7 +68,10 @@ def test_items_are_the_cli_checks_with_the_same_verdicts_and_figures(
     reports = {
         r.nodeid: r for r in run.getreports("pytest_runtest_logreport") if r.when == "call" or r.skipped
     }
-    by_name = {nodeid.split("::", 1)[1]: r for nodeid, r in reports.items()}
+    by_name = {
+        _id_of(nodeid) if nodeid.count("::") == 2 else nodeid.split("::")[1]: r
+        for nodeid, r in reports.items()
+    }
     assert set(by_name) == set(cli) | {"invalid-spec"}
     for check_id, c in cli.items():
         assert by_name[check_id].outcome == _OUTCOME[c["status"]], check_id
@@ -99,9 +109,9 @@ def test_reportinfo_gives_the_real_line(buggy: Path, pytester: pytest.Pytester) 
     pytester.inline_run("-p", "no:cacheprovider", "--collect-only", plugins=[recorder])
     items = pytester.getitems(buggy / "conv2d_border.yaml")
     where = {item.name: item.reportinfo() for item in items}
-    assert where["conv2d_border[float64,random]::x"][1] == 6  # 0-based: `x:` is on line 7
-    assert where["conv2d_border[float64,random]::b"][1] == 9
-    assert where["conv2d_border[float64,random]::contract.taylor"][1] == 12  # `cases:`
+    assert where["x[float64,random]"] == (buggy / "conv2d_border.yaml", 6, "conv2d_border[float64,random]::x")
+    assert where["b[float64,random]"][1] == 9  # 0-based: `b:` is on line 10
+    assert where["contract.taylor[float64,random]"][1] == 12  # `cases:`
     (invalid,) = pytester.getitems(buggy / "invalid.yaml")
     assert invalid.reportinfo()[1] == 0
 
@@ -112,7 +122,7 @@ def test_reportinfo_gives_the_real_line(buggy: Path, pytester: pytest.Pytester) 
         (["-k", "linear_transposed and float32 and not contract"], 6),
         (["-m", "float64 and case_special"], 22),
         (["-m", "specgrad(kind='gradient') and float32"], 12),
-        (["linear_transposed.yaml::linear_transposed[float64,random]::w"], 1),
+        (["linear_transposed.yaml::linear_transposed::w[float64,random]"], 1),
     ],
 )
 def test_selection(buggy: Path, pytester: pytest.Pytester, args: list[str], count: int) -> None:
@@ -135,13 +145,15 @@ def test_options_and_configuration(buggy: Path, pytester: pytest.Pytester) -> No
 
 
 def _outcomes(xml: Path) -> dict[str, str]:
+    """check id (pytest's JUnit file carries it as the testcase property check_id) -> outcome."""
     out = {}
-    for suite in junitparser.JUnitXml.fromfile(str(xml)):
-        for case in suite:
-            kinds = {type(r).__name__ for r in case.result}
-            out[case.name] = (
-                "failed" if kinds & {"Failure", "Error"} else "skipped" if "Skipped" in kinds else "passed"
-            )
+    for case in ET.parse(xml).iter("testcase"):
+        kinds = {child.tag for child in case}
+        prop = case.find("properties/property[@name='check_id']")
+        name = prop.get("value", "") if prop is not None else case.get("name", "")
+        out[name] = (
+            "failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed"
+        )
     return out
 
 
