@@ -480,7 +480,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
     """(option, path) of each report asked for."""
-    asked = (("--json", args.json), ("--junit-xml", args.junit_xml), ("--html", args.html))
+    # the HTML first: Ctrl-C while it draws makes the run interrupted, which the others then say
+    asked = (("--html", args.html), ("--json", args.json), ("--junit-xml", args.junit_xml))
     return [(option, path) for option, path in asked if path is not None]
 
 
@@ -497,10 +498,17 @@ def _write_reports(args: argparse.Namespace, summary: RunSummary) -> None:
     }
     failed = []
     for option, path in _reports(args):
+        writer = writers[option](path)
         try:
-            writers[option](path).write(summary)
+            writer.write(summary)
         except OSError as exc:
             failed.append(f"{option} {path}: cannot write the report: {exc}")
+        if isinstance(writer, HtmlReporter) and writer.interrupted:
+            summary.interrupted = True  # exit 130; the report holds the pictures drawn so far
+            print(
+                f"interrupted while drawing {path}'s pictures: it is written with those drawn",
+                file=sys.stderr,
+            )
     if failed:
         raise UsageError("; ".join(failed))
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
 from specgrad.backends import DEFAULT_DEVICE
+from specgrad.errors import Location
 from specgrad.model import Case, Method, Spec
 from specgrad.numerics.tolerance import UNIT_ROUNDOFF, Tolerance
 from specgrad.results import CheckResult, Status
@@ -61,6 +63,7 @@ class CasePlan:
 
     def result(self, target: str, status: Status, message: str = "", **figures: Any) -> CheckResult:
         """The result of one of this plan's checks (`figures`: CheckResult's other fields)."""
+        origin = self.origin(target)
         return CheckResult(
             check_id=self.check_id(target),
             spec=self.spec.name,
@@ -72,19 +75,21 @@ class CasePlan:
             message=message,
             seed=self.seed,
             device=self.device,
-            line=self.line_of(target),
+            line=origin.line,
+            line_file="" if origin.file == self.spec.path else _shown(origin.file),
             **figures,
         )
 
-    def line_of(self, target: str) -> int:
-        """The spec line a check comes from: its tensor's declaration (gradient checks), its
-        case (contracts), the spec's name (agreement checks)."""
+    def origin(self, target: str) -> Location:
+        """Where the check comes from: its tensor's declaration (gradient checks), its case
+        (contracts), the spec's name (agreement checks); in a base spec where `extends:`
+        brought it in."""
         if target.startswith(("agree.", "device.")):
-            return self.spec.name_location.line
+            return self.spec.name_location
         if target.startswith("contract."):
-            return self.case.location.line or self.spec.name_location.line
+            return self.case.location if self.case.location.line else self.spec.name_location
         tensor = next((t for t in self.spec.tensors if t.name == target), None)
-        return tensor.location.line if tensor is not None else self.spec.name_location.line
+        return tensor.location if tensor is not None else self.spec.name_location
 
     def tolerance_for(self, tensor: str, *also: str) -> tuple[str, Tolerance]:
         """(dtype, tolerance) for a tensor's check: of the coarsest of its dtype, the check's
@@ -99,6 +104,14 @@ class CasePlan:
         if self.kind != "checks":
             return ()
         return tuple(t for t in self.targets if not t.startswith("contract."))
+
+
+def _shown(path: Path) -> str:
+    """A base spec's path as a person reads it: relative to the current folder if inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
 
 
 def check_id(spec: str, dtype: str, case: str, target: str, device: str = DEFAULT_DEVICE) -> str:

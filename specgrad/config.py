@@ -1,7 +1,8 @@
 """`[tool.specgrad]` in pyproject.toml: a project's defaults for the command line and the
 pytest plugin. Found as pytest and ruff find theirs: the nearest pyproject.toml with a
 `[tool.specgrad]` table, walking up from the current folder. Command-line flags win over
-it; it wins over the specs' own defaults (not over what a spec sets itself).
+it. Each setting acts as its flag does (`seed` replaces every spec's seed, `dtypes` selects
+among each spec's dtypes); `tolerances` are defaults under what a spec sets itself.
 
     [tool.specgrad]
     paths = ["specs"]                 # what `specgrad validate` checks when given no paths
@@ -92,19 +93,22 @@ def find(start: Path | None = None) -> Path | None:
     return None
 
 
-_TABLE = re.compile(r"^\s*\[\s*tool\s*\.\s*specgrad\s*[\].]|^\s*tool\s*\.\s*specgrad\s*[.=]", re.MULTILINE)
-
-
 def _has_table(path: Path) -> bool:
-    """Cheaply, by its text (a pyproject.toml of another project need not be valid TOML for
-    specgrad to walk past it); the file found is parsed properly in `load`."""
+    """Whether the file has a [tool.specgrad] table (in any TOML spelling), or names
+    specgrad but cannot be read as TOML: then it is the file meant, and `load` reports
+    what is wrong with it. Files that never mention specgrad are walked past unparsed."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        raw = path.read_bytes()
     except OSError:
         return False
-    if _TABLE.search(text):
+    if b"specgrad" not in raw:
+        return False
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
         return True
-    return bool(re.search(r"^\s*\[\s*tool\s*\]", text, re.MULTILINE)) and "specgrad" in text
+    tool = data.get("tool")
+    return isinstance(tool, dict) and "specgrad" in tool
 
 
 def load(path: Path | None = None, *, start: Path | None = None) -> Config:
@@ -118,6 +122,8 @@ def load(path: Path | None = None, *, start: Path | None = None) -> Config:
         data = tomllib.loads(text)
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the configuration: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError.at(Location(path), "", f"not UTF-8 text (TOML is UTF-8): {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SpecError.at(Location(path), "", f"invalid TOML: {exc}") from None
     table = data.get("tool", {}).get("specgrad")
@@ -148,6 +154,10 @@ def _parse(table: Any, path: Path, text: str) -> Config:
             value = table[key]
             if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
                 issue(key, f"expected a list of folder or file paths, got {value!r}")
+                continue
+            missing = [v for v in value if not (folder / v).exists()]
+            if missing:
+                issue(key, f"no such file or folder: {', '.join(missing)} (paths are relative to {folder})")
             else:
                 out[key] = tuple((folder / v) for v in value)
     if "dtypes" in table:

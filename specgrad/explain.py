@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from specgrad.backends import DEVICES
 from specgrad.compile import CasePlan, compile_spec
 from specgrad.errors import UsageError, did_you_mean
 from specgrad.model import Fill, Spec
@@ -33,6 +34,9 @@ def find_plan(check_id: str, specs: Sequence[Spec], **options: object) -> CasePl
             "(as `specgrad list` prints them; quote it in the shell)"
         )
     device, target = match["device"], match["target"]
+    for named in (device, target.removeprefix("device.") if target.startswith("device.") else None):
+        if named and named not in DEVICES:
+            raise UsageError(f"{check_id!r}: no device {named!r} (devices: {', '.join(DEVICES)})")
     devices: tuple[str, ...] | None = None
     if device:
         devices = ("cpu", device)

@@ -83,7 +83,7 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 
 def _options(config: pytest.Config) -> dict[str, Any]:
     """compile_spec's options: the command line's, else [tool.specgrad]'s."""
-    from specgrad.backends import parse_devices
+    from specgrad.backends import backend, parse_devices
     from specgrad.config import parse_size
 
     settings = config.stash[_SETTINGS]
@@ -97,15 +97,22 @@ def _options(config: pytest.Config) -> dict[str, Any]:
     if memory and size is None:
         raise pytest.UsageError(f"--specgrad-max-memory {memory!r}: expected a size such as 512M or 2G")
     seed = config.getoption("specgrad_seed")
-    try:
+    if seed is not None and not 0 <= seed < 2**32:
+        raise pytest.UsageError(f"--specgrad-seed {seed}: expected an integer from 0 to 2**32-1")
+    elements = config.getoption("specgrad_max_elements")
+    if elements is not None and elements < 1:
+        raise pytest.UsageError(f"--specgrad-max-elements {elements}: expected a positive integer")
+    try:  # as the CLI: a device asked for that cannot be used is an error, not skipped checks
         devices = parse_devices(device) if device else None
+        for d in devices or ():
+            backend(d)
     except UsageError as exc:
-        raise pytest.UsageError(f"--specgrad-device: {exc}") from None
+        raise pytest.UsageError(f"specgrad: {exc}") from None
     return {
         "dtypes": dtypes or (list(settings.dtypes) if settings.dtypes else None),
         "seed": seed if seed is not None else settings.seed,
         "mode": config.getoption("specgrad_mode") or settings.mode,
-        "max_elements": config.getoption("specgrad_max_elements") or settings.max_elements,
+        "max_elements": elements if elements is not None else settings.max_elements,
         "max_memory": size,
         "devices": devices,
     }
@@ -120,6 +127,7 @@ class SpecFile(pytest.File):
 
         try:
             spec = parse_spec(self.path, self.config.stash[_SETTINGS])
+            _unique(spec, self.session)
             plans = compile_spec(spec, **self.config.stash[_OPTIONS])
         except SpecError as exc:
             yield InvalidSpec.from_parent(self, name="invalid-spec", issues=tuple(exc.issues))
@@ -129,6 +137,24 @@ class SpecFile(pytest.File):
             by_name.setdefault(plan.spec.name, []).append(plan)
         for name, group in by_name.items():
             yield SpecNode.from_parent(self, name=name, plans=tuple(group))
+
+
+_NAMES = pytest.StashKey[dict[str, Any]]()
+
+
+def _unique(spec: Any, session: pytest.Session) -> None:
+    """As the CLI: two spec files of one name would give checks of one id; the second is
+    the error (files are collected in the same order on every xdist worker)."""
+    if spec.abstract:
+        return
+    seen = session.stash.setdefault(_NAMES, {})
+    first = seen.setdefault(spec.name, spec.name_location)
+    if first is not spec.name_location and first.file != spec.name_location.file:
+        raise SpecError.at(
+            spec.name_location,
+            "name",
+            f"spec name '{spec.name}' is already used by {first}; check ids must be unique",
+        )
 
 
 def item_name(plan: CasePlan, target: str) -> str:
@@ -251,8 +277,9 @@ class CheckItem(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        line = self.plan.line_of(self.target)
-        return self.path, (line - 1 if line else None), self.check_id
+        origin = self.plan.origin(self.target)
+        line = origin.line - 1 if origin.line else None
+        return Path(origin.file), line, self.check_id
 
 
 class InvalidSpec(pytest.Item):
@@ -271,5 +298,7 @@ class InvalidSpec(pytest.Item):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        line = self.issues[0].location.line if self.issues else 0
-        return self.path, (line - 1 if line else None), f"invalid spec {self.path.name}"
+        where = self.issues[0].location if self.issues else None
+        if where is None or not where.line:
+            return self.path, None, f"invalid spec {self.path.name}"
+        return Path(where.file), where.line - 1, f"invalid spec {self.path.name}"

@@ -81,12 +81,13 @@ class CheckResult:
     duration: float = 0.0
     device: str = "cpu"  # where the check ran (device agreement: the reference device)
     line: int = 0  # the spec line the check comes from: its tensor, its case, or the name
+    line_file: str = ""  # the file that line is in, where not `file` (a base spec, extends:)
     evidence: Evidence | None = None  # per-element figures (failing gradient checks)
 
     @property
     def where(self) -> str:
         """file:line of the spec line the check comes from."""
-        return f"{self.file}:{self.line}" if self.line else self.file
+        return f"{self.line_file or self.file}:{self.line}" if self.line else self.file
 
     @property
     def kind(self) -> str:
@@ -100,6 +101,7 @@ class CheckResult:
             "spec": self.spec,
             "file": self.file,
             "line": self.line,
+            **({"line_file": self.line_file} if self.line_file else {}),
             "dtype": self.dtype,
             "case": self.case,
             "device": self.device,

@@ -4,6 +4,7 @@ semantic rules before it is written, so what it writes always passes `specgrad l
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -162,11 +163,19 @@ def render(s: Scaffold) -> str:
 
 
 def _attrs(attrs: Sequence[tuple[str, Any]]) -> str:
-    return "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in attrs) + "}"
+    return "{" + ", ".join(f"{k}: {_scalar(v)}" for k, v in attrs) + "}"
+
+
+def _scalar(value: Any) -> str:
+    """A YAML 1.2 scalar that reads back as `value` (JSON's NaN and Infinity do not)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    return json.dumps(value)
 
 
 def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A double-quoted YAML scalar: JSON's escapes are YAML's, so newlines survive."""
+    return json.dumps(text)
 
 
 def _lint(text: str, s: Scaffold) -> None:

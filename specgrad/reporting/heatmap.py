@@ -15,7 +15,6 @@ import io
 import math
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import numpy as np
 
@@ -32,8 +31,11 @@ def unavailable() -> str:
     """Why no pictures can be drawn ("" where they can)."""
     try:
         import matplotlib  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
     except ImportError:
         return "matplotlib is not installed, so the report has no heatmaps (pip install 'specgrad[html]')"
+    except Exception as exc:  # noqa: BLE001 - a broken install or setting (MPLBACKEND) must not stop the report
+        return f"matplotlib cannot be loaded ({type(exc).__name__}: {exc}), so the report has no heatmaps"
     return ""
 
 
@@ -98,67 +100,94 @@ def _keep(score: np.ndarray, limit: int) -> tuple[int, ...]:
     return tuple(int(i) for i in sorted(top))
 
 
-def _panel_inches(height: int, width: int) -> tuple[float, float]:
-    if height == 1:  # a vector: one long strip
-        return min(10.0, 1.0 + 0.12 * width), 0.6
-    aspect = width / height
-    base = 1.5
-    return (min(6.0, base * aspect), base) if aspect >= 1 else (base, min(6.0, base / aspect))
+def mosaic(panels: np.ndarray, rows: tuple[int, ...], cols: tuple[int, ...]) -> np.ndarray:
+    """The chosen panels tiled into one 2-D array, one NaN row/column between neighbours
+    (drawn over as a white gap): one image per block is what keeps a big tensor's picture
+    fast to draw."""
+    h, w = panels.shape[2:]
+    out = np.full((len(rows) * (h + 1) - 1, len(cols) * (w + 1) - 1), np.nan)
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            out[i * (h + 1) : i * (h + 1) + h, j * (w + 1) : j * (w + 1) + w] = panels[r, c]
+    return out
+
+
+#: drawn over the heatmaps: values that are not finite (NaN or inf gradients), kept apart
+#: from the grey of elements a sample left out
+NON_FINITE = "#39ff14"
 
 
 def png(ev: Evidence, title: str) -> bytes:
     """The heatmaps of one gradient check's evidence, as PNG bytes."""
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
     g = grid(ev.shape, ev.ratio)
+    checked = ~np.isnan(ev.error)
     analytical, numerical = as_panels(ev.analytical), as_panels(ev.numerical)
     error, ratio = as_panels(ev.error), as_panels(ev.ratio)
     h, w = analytical.shape[2:]
-    pw, ph = _panel_inches(h, w)
-    cols, rows = len(g.cols), len(g.rows)
     scale = _finite_max(np.abs(np.concatenate([analytical.ravel(), numerical.ravel()])))
     worst = _finite_max(error.ravel())
-    fig = Figure(figsize=(cols * pw + 1.6, 3 * rows * ph + 1.4), dpi=80, layout="constrained")
-    fig.suptitle(title, fontsize=10)
     blocks = (
         ("analytical", analytical, "RdBu_r", -scale, scale),
         ("numerical", numerical, "RdBu_r", -scale, scale),
-        (_difference_title(ev), np.where(np.isinf(error), worst, error), "magma", 0.0, worst),
+        (_difference_title(ev), error, "magma", 0.0, worst),
     )
-    for sub, (name, data, cmap, lo, hi) in zip(_subfigures(fig), blocks, strict=True):
-        axes = sub.subplots(rows, cols, squeeze=False)
-        image = None
-        for i, r in enumerate(g.rows):
-            for j, c in enumerate(g.cols):
-                ax = axes[i, j]
-                panel = np.ma.masked_invalid(data[r, c])
-                image = ax.imshow(
-                    panel, cmap=_cmap(cmap), vmin=lo, vmax=hi, aspect="auto", interpolation="nearest"
-                )
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if name.startswith("|"):  # the out-of-bound elements, dotted
-                    ys, xs = np.nonzero(np.nan_to_num(ratio[r, c]) > 1)
-                    ax.scatter(xs, ys, s=max(1.0, 40.0 / max(h, w)), c="cyan", marker="o", linewidths=0)
-                if i == 0 and g.name_col(c):
-                    ax.set_title(g.name_col(c), fontsize=7)
-                if j == 0 and g.name_row(r):
-                    ax.set_ylabel(g.name_row(r), fontsize=7)
-        sub.suptitle(name + _shown(g), fontsize=9)
-        if image is not None:
-            sub.colorbar(image, ax=axes, shrink=0.9, aspect=30)
+    tiles = [mosaic(data, g.rows, g.cols) for _, data, *_ in blocks]
+    shown = as_panels(checked)
+    mask = mosaic(shown.astype(float), g.rows, g.cols) > 0  # checked elements (gaps: False)
+    gaps = np.isnan(mosaic(np.zeros(analytical.shape), g.rows, g.cols))
+    height, width = tiles[0].shape
+    inches = min(12.0, max(4.0, 0.09 * width + 1.5))
+    block = min(6.0, max(1.2, inches * height / max(width, 1) + 0.6))
+    fig = Figure(figsize=(inches + 1.2, 3 * block + 0.8), dpi=80, layout="constrained")
+    fig.suptitle(title, fontsize=10)
+    axes = fig.subplots(3, 1)
+    for ax, tile, (name, _, cmap, lo, hi) in zip(axes, tiles, blocks, strict=True):
+        finite = np.isfinite(tile)
+        image = ax.imshow(
+            np.ma.masked_where(~(finite & mask), tile),
+            cmap=_cmap(cmap),
+            vmin=lo,
+            vmax=hi,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        bad = mask & ~finite  # checked, but NaN or inf
+        if bad.any():
+            ax.imshow(
+                np.ma.masked_where(~bad, np.ones_like(tile)),
+                cmap=ListedColormap([NON_FINITE]),
+                aspect="auto",
+                interpolation="nearest",
+            )
+        if gaps.any():
+            ax.imshow(  # dark between diverging panels (whose zero is white), white between the others
+                np.ma.masked_where(~gaps, np.ones_like(tile)),
+                cmap=ListedColormap(["#303030" if cmap == "RdBu_r" else "white"]),
+                aspect="auto",
+                interpolation="nearest",
+            )
+        if name.startswith("|"):  # the out-of-bound elements, dotted
+            ys, xs = np.nonzero(np.nan_to_num(mosaic(ratio, g.rows, g.cols), nan=0.0, posinf=2.0) > 1)
+            ax.scatter(
+                xs, ys, s=max(1.0, 12.0 * 40 / max(width, height, 40)), c="cyan", marker="o", linewidths=0
+            )
+        ax.set_xticks([j * (w + 1) + (w - 1) / 2 for j in range(len(g.cols))])
+        ax.set_xticklabels([g.name_col(c) for c in g.cols], fontsize=7)
+        ax.set_yticks([i * (h + 1) + (h - 1) / 2 for i in range(len(g.rows))])
+        ax.set_yticklabels([g.name_row(r) for r in g.rows], fontsize=7)
+        ax.tick_params(length=0)
+        ax.set_title(name + _shown(g), fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.9, aspect=20)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
 
 
-def _subfigures(fig: Any) -> list[Any]:
-    """The figure's three stacked blocks (matplotlib types them loosely)."""
-    return list(fig.subfigures(3, 1))
-
-
 def _difference_title(ev: Evidence) -> str:
-    text = "|difference| (out of bound: dotted)"
+    text = "|difference| (out of bound: dotted; NaN or inf: green; not checked: grey)"
     return text + "; at kinks: the distance to the one-sided interval" if ev.kinks else text
 
 

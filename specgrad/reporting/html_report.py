@@ -46,6 +46,7 @@ def _fmt(value: float | None) -> str:
 class HtmlReporter:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self.interrupted = False  # Ctrl-C while drawing: the report holds the pictures drawn
 
     def render(self, summary: RunSummary) -> str:
         self.anchors = {r.check_id: f"check-{i}" for i, r in enumerate(summary.results)}
@@ -106,13 +107,10 @@ class HtmlReporter:
             out.append(f'<h3><span class="{r.status}">{r.status}</span> <code>{_e(r.check_id)}</code></h3>')
             out.append(f"<pre>{_e(failure_text([r]))}</pre>")
             if r.evidence is not None and not heatmap.unavailable():
-                if drawn < MAX_PICTURES:
-                    picture = heatmap.png(r.evidence, r.check_id)
-                    data = base64.b64encode(picture).decode("ascii")
-                    out.append(
-                        f'<img class="heatmap" alt="heatmaps of {_e(r.check_id)}" '
-                        f'src="data:image/png;base64,{data}">'
-                    )
+                if self.interrupted:
+                    out.append("<p>(no picture: drawing was interrupted)</p>")
+                elif drawn < MAX_PICTURES:
+                    out.append(self._picture(r))
                     drawn += 1
                 else:
                     out.append(f"<p>(no picture: only the first {MAX_PICTURES} failures are drawn)</p>")
@@ -120,6 +118,19 @@ class HtmlReporter:
                 out.append("<p>(no per-element figures for this check: directional or too large)</p>")
             out.append("</section>")
         return "\n".join(out)
+
+    def _picture(self, r: CheckResult) -> str:
+        """The check's heatmaps as an <img>, or why there is none: a picture that cannot be
+        drawn never costs the report (and Ctrl-C stops the drawing, not the writing)."""
+        assert r.evidence is not None
+        try:
+            data = base64.b64encode(heatmap.png(r.evidence, r.check_id)).decode("ascii")
+        except KeyboardInterrupt:
+            self.interrupted = True
+            return "<p>(no picture: drawing was interrupted)</p>"
+        except Exception as exc:  # noqa: BLE001 - matplotlib's own failure, reported in the page
+            return f"<p>(no picture: drawing it failed: {_e(type(exc).__name__)}: {_e(exc)})</p>"
+        return f'<img class="heatmap" alt="heatmaps of {_e(r.check_id)}" src="data:image/png;base64,{data}">'
 
     def _all_checks(self, results: list[CheckResult]) -> str:
         if not results:

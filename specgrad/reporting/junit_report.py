@@ -56,7 +56,7 @@ class JunitReporter:
                 "testcase",
                 name=_x(r.check_id),
                 classname=_x(spec),
-                file=_x(r.file),
+                file=_x(r.line_file or r.file),
                 line=str(r.line),
                 time=f"{r.duration:.6f}",
             )

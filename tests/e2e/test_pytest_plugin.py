@@ -203,3 +203,40 @@ def test_the_zoo_under_pytest_agrees_with_validate(
     got = _outcomes(tmp_path / "z.xml")
     want = {c["id"]: _OUTCOME[c["status"]] for c in zoo_report["checks"]}
     assert got == want
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--specgrad-seed=-1"], "--specgrad-seed -1: expected an integer from 0 to 2**32-1"),
+        (["--specgrad-seed=4294967296"], "expected an integer from 0 to 2**32-1"),
+        (["--specgrad-max-elements=0"], "--specgrad-max-elements 0: expected a positive integer"),
+        (["--specgrad-device=tpu"], "unknown device 'tpu'"),
+        (["--specgrad-max-memory=lots"], "expected a size such as 512M"),
+    ],
+)
+def test_bad_options_are_usage_errors(
+    buggy: Path, pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    result = pytester.runpytest("-p", "no:cacheprovider", "relu_ok.yaml", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str(), result.stderr.str()
+
+
+def test_an_unusable_device_is_an_error_not_a_green_run(buggy: Path, pytester: pytest.Pytester) -> None:
+    from specgrad.backends import unavailable
+
+    if not unavailable("gpu"):
+        pytest.skip("this machine has a usable GPU")
+    result = pytester.runpytest("-p", "no:cacheprovider", "relu_ok.yaml", "--specgrad-device", "gpu")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and "cupy" in result.stderr.str()
+
+
+def test_duplicate_spec_names_are_the_second_file_s_error(buggy: Path, pytester: pytest.Pytester) -> None:
+    """As `specgrad validate`: check ids must be unique across files."""
+    (buggy / "z_again.yaml").write_text((buggy / "relu_ok.yaml").read_text())
+    result = pytester.runpytest("-p", "no:cacheprovider", "relu_ok.yaml", "z_again.yaml")
+    result.assert_outcomes(passed=58, skipped=2, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*z_again.yaml:2:7: name: spec name 'relu_ok' is already used by *relu_ok.yaml:2:7*"]
+    )

@@ -29,6 +29,7 @@ def _project(tmp_path: Path, table: str) -> Path:
 
 
 def test_found_walking_up_past_projects_without_the_table(tmp_path: Path) -> None:
+    (tmp_path / "specs").mkdir()
     _project(tmp_path, 'paths = ["specs"]\nseed = 7')
     inner = tmp_path / "sub" / "deeper"
     inner.mkdir(parents=True)
@@ -44,6 +45,8 @@ def test_no_table_anywhere_is_no_settings(tmp_path: Path) -> None:
 
 
 def test_every_setting_parsed(tmp_path: Path) -> None:
+    for folder in ("specs", "more", "src"):
+        (tmp_path / folder).mkdir()
     path = _project(
         tmp_path,
         'paths = ["specs", "more"]\ndtypes = ["float64"]\ndevice = "cpu,sim"\nmode = "fast"\nseed = 3\n'
@@ -174,3 +177,31 @@ def test_any_table_is_settings_or_a_located_error(
         )
     else:
         assert c.source == path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[tool.specgrad]]\nseed = 1\n",  # an array of tables: wrong, but meant for specgrad
+        'tool = {specgrad = {seed = "x"}}\n',
+        "[tool.specgrad\nseed = 1\n",  # malformed header
+        b"[tool.specgrad]\nseed = 1 # caf\xe9\n",  # not UTF-8
+    ],
+)
+def test_a_pyproject_meant_for_specgrad_is_never_walked_past(tmp_path: Path, text: str | bytes) -> None:
+    path = tmp_path / "pyproject.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert project.find(tmp_path) == path
+    with pytest.raises(SpecError) as info:
+        project.load(start=tmp_path)
+    assert all(str(i.location.file) == str(path) for i in info.value.issues)
+
+
+def test_paths_and_import_roots_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "specs").mkdir()
+    path = _project(tmp_path, 'paths = ["specs", "nope"]\nimport_roots = ["src"]')
+    with pytest.raises(SpecError) as info:
+        project.load(path)
+    text = "\n".join(map(str, info.value.issues))
+    assert "pyproject.toml:5: tool.specgrad.paths: no such file or folder: nope" in text
+    assert "pyproject.toml:6: tool.specgrad.import_roots: no such file or folder: src" in text

@@ -171,3 +171,26 @@ def test_any_valid_flags_give_a_spec_that_validates(
         assert "not valid" in str(exc)
         return
     assert validate_raw(load_spec_text(text, Path("s.yaml"))) == []
+
+
+def test_unknown_device_in_an_id_is_refused() -> None:
+    linear = parse_spec(SPECS / "linear.yaml")
+    with pytest.raises(UsageError, match="no device 'bogus'"):
+        find_plan("linear[float32,random,bogus]::w", [linear])
+    with pytest.raises(UsageError, match="no device 'tpu'"):
+        find_plan("linear[float32,random]::device.tpu", [linear])
+
+
+def test_values_read_back_as_written(tmp_path: Path) -> None:
+    s = Scaffold(
+        "l",
+        "m:f",
+        "m:b",
+        (Tensor("x", (2,)),),
+        attrs=(("a", float("nan")), ("b", float("-inf")), ("c", "1e-5")),
+        description="two\nlines",
+    )
+    raw = load_spec_text(render(s), Path("l.yaml"))
+    attrs = raw.data["attrs"]
+    assert attrs["a"] != attrs["a"] and attrs["b"] == float("-inf") and attrs["c"] == "1e-5"
+    assert raw.data["description"] == "two\nlines"

@@ -185,3 +185,74 @@ def test_html_escapes_what_user_code_says(tmp_path: Path, border: RunSummary) ->
     summary = RunSummary(results=[odd])
     text = HtmlReporter(tmp_path / "r.html").render(summary)
     assert "<script>alert" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_mosaic_tiles_with_gaps() -> None:
+    panels = np.arange(2 * 3 * 2 * 2, dtype=float).reshape(2, 3, 2, 2)
+    m = heatmap.mosaic(panels, (0, 1), (0, 2))
+    assert m.shape == (5, 5) and np.isnan(m[2]).all() and np.isnan(m[:, 2]).all()
+    assert (m[:2, :2] == panels[0, 0]).all() and (m[3:, 3:] == panels[1, 2]).all()
+
+
+@pytest.mark.skipif(bool(heatmap.unavailable()), reason="matplotlib is not installed")
+def test_non_finite_gradients_are_drawn_apart_from_unchecked_elements() -> None:
+    import io
+
+    from matplotlib.image import imread
+
+    from specgrad.results import Evidence
+
+    a = np.ones((4, 4))
+    a[1, 2] = np.nan
+    n = np.ones((4, 4))
+    error = np.zeros((4, 4))
+    error[1, 2] = np.inf
+    pixels = imread(io.BytesIO(heatmap.png(Evidence("t", a, a, n, np.full((4, 4), 1e-6), error), "t")))
+    green = np.all(np.abs(pixels[..., :3] - np.array([0x39, 0xFF, 0x14]) / 255) < 0.02, axis=-1)
+    assert green.any()
+    error[1, 2] = np.nan  # not checked: grey, no green
+    a[1, 2] = np.nan
+    n[1, 2] = np.nan
+    pixels = imread(io.BytesIO(heatmap.png(Evidence("t", a, a, n, np.full((4, 4), 1e-6), error), "t")))
+    green = np.all(np.abs(pixels[..., :3] - np.array([0x39, 0xFF, 0x14]) / 255) < 0.02, axis=-1)
+    assert not green.any()
+
+
+def test_a_picture_that_fails_or_is_interrupted_never_costs_the_report(
+    tmp_path: Path, border: RunSummary, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(heatmap, "unavailable", lambda: "")
+
+    def broken(*_: object) -> bytes:
+        raise ValueError("no backend")
+
+    monkeypatch.setattr(heatmap, "png", broken)
+    reporter = HtmlReporter(tmp_path / "r.html")
+    reporter.write(border)
+    assert "(no picture: drawing it failed: ValueError: no backend)" in (tmp_path / "r.html").read_text()
+    assert not reporter.interrupted
+
+    def stopped(*_: object) -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(heatmap, "png", stopped)
+    reporter = HtmlReporter(tmp_path / "r.html")
+    reporter.write(border)
+    assert (
+        reporter.interrupted and "(no picture: drawing was interrupted)" in (tmp_path / "r.html").read_text()
+    )
+
+
+def test_checks_from_a_base_spec_point_at_the_base_line() -> None:
+    """`extends:` brings tensors in from a base file: the line is the base's, with its file."""
+    from tests.conftest import SPECS
+
+    spec = parse_spec(SPECS / "frameworks" / "linear.yaml")
+    plan = next(p for p in compile_spec(spec) if p.spec.implementation == "torch")
+    origin = plan.origin("x")
+    assert origin.file.name == "linear.yaml" and origin.file.parent.name == "specs" and origin.line == 8
+    r = plan.result("x", Status.PASS)
+    assert (
+        r.line == 8 and r.line_file.endswith("specs/linear.yaml") and r.where.endswith("specs/linear.yaml:8")
+    )
+    assert r.to_dict()["line_file"] == r.line_file
