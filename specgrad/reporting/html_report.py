@@ -48,6 +48,13 @@ class HtmlReporter:
         self.path = Path(path)
         self.interrupted = False  # Ctrl-C while drawing: the report holds the pictures drawn
 
+    def pictures(self, summary: RunSummary) -> int:
+        """How many heatmaps the report will draw (about half a second each)."""
+        if heatmap.unavailable():
+            return 0
+        bad = [r for r in summary.results if r.status in _BAD and r.evidence is not None]
+        return min(len(bad), MAX_PICTURES)
+
     def render(self, summary: RunSummary) -> str:
         self.anchors = {r.check_id: f"check-{i}" for i, r in enumerate(summary.results)}
         parts = [
