@@ -16,6 +16,7 @@ from specgrad.reporting.json_report import _clean
 from tests.conftest import FIXTURES, SPECS
 
 BUGGY = FIXTURES / "buggy"
+XDIST = ("-p", "no:cacheprovider", "-p", "xdist", "-n", "2")
 _OUTCOME = {"PASS": "passed", "SKIP": "skipped", "FAIL": "failed", "ERROR": "failed"}
 
 
@@ -160,20 +161,9 @@ def _outcomes(xml: Path) -> dict[str, str]:
 def test_xdist_gives_the_same_results(buggy: Path, pytester: pytest.Pytester, tmp_path: Path) -> None:
     pytest.importorskip("xdist")
     one = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--junit-xml", str(tmp_path / "one.xml"))
-    two = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-p", "xdist", "-n", "2", "--junit-xml", str(tmp_path / "two.xml")
-    )
+    two = pytester.runpytest_subprocess(*XDIST, "--junit-xml", str(tmp_path / "two.xml"))
     scoped = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "xdist",
-        "-n",
-        "2",
-        "--dist",
-        "loadscope",
-        "--junit-xml",
-        str(tmp_path / "three.xml"),
+        *XDIST, "--dist", "loadscope", "--junit-xml", str(tmp_path / "three.xml")
     )
     assert one.ret == two.ret == scoped.ret == pytest.ExitCode.TESTS_FAILED
     first = _outcomes(tmp_path / "one.xml")
@@ -187,17 +177,7 @@ def test_the_zoo_under_pytest_agrees_with_validate(
     pytest.importorskip("xdist")
     shutil.copytree(SPECS, pytester.path / "specs")
     result = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "xdist",
-        "-n",
-        "2",
-        "--dist",
-        "loadscope",
-        "specs",
-        "--junit-xml",
-        str(tmp_path / "z.xml"),
+        *XDIST, "--dist", "loadscope", "specs", "--junit-xml", str(tmp_path / "z.xml")
     )
     assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-3000:]
     got = _outcomes(tmp_path / "z.xml")
