@@ -679,7 +679,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not args.paths and not args.from_package and not settings.paths:
         args.paths = [Path(".")]
     summary = RunSummary()
-    specs = [s for s in _load(spec_paths(args), summary, ConsoleReporter(stream=sys.stderr), settings)]
+    specs = _load(spec_paths(args), summary, ConsoleReporter(stream=sys.stderr), settings)
     options = {
         "seed": args.seed,
         "mode": _mode(args),
