@@ -499,8 +499,9 @@ def _write_reports(args: argparse.Namespace, summary: RunSummary) -> None:
     failed = []
     for option, path in _reports(args):
         writer = writers[option](path)
-        if isinstance(writer, HtmlReporter) and writer.pictures(summary) > 3:
-            print(f"drawing {writer.pictures(summary)} heatmaps for {path} ...", file=sys.stderr)
+        pictures = writer.pictures(summary) if isinstance(writer, HtmlReporter) else 0
+        if pictures > 3:
+            print(f"drawing {pictures} heatmaps for {path} ...", file=sys.stderr)
         try:
             writer.write(summary)
         except OSError as exc:

@@ -55,9 +55,9 @@ from specgrad.numerics.finite_diff import InconsistentOutput, NumericalGradient,
 from specgrad.numerics.inputs import make_inputs, make_upstream
 from specgrad.numerics.sampling import stratified
 from specgrad.numerics.taylor import TaylorResult
-from specgrad.numerics.tolerance import FLOAT_DTYPES, Tolerance
+from specgrad.numerics.tolerance import FLOAT_DTYPES
 from specgrad.projections import directional, taylor
-from specgrad.results import CheckResult, Evidence, Status
+from specgrad.results import CheckResult, Status
 from specgrad.routes import Route, routes
 from specgrad.structure import Coloring, StructureMismatch, coloring, detect, elementwise, worthwhile
 from specgrad.structured import CONFIRMED, STRUCTURE_SAMPLE, confirm_alone, structured, verified
@@ -221,7 +221,7 @@ class CaseRun:
                 out.append(self._jvp())
             elif target.startswith("contract."):
                 status, message = self.verdicts.get(target, (Status.ERROR, "not evaluated"))
-                out.append(self._result(target, status, message, duration=base))
+                out.append(self.plan.result(target, status, message, duration=base))
             else:
                 out.append(results.get(target) or self._gradient(target))
         return out
@@ -246,38 +246,7 @@ class CaseRun:
                 status = Status.FAIL if target == contract else Status.ERROR
                 self.verdicts.setdefault(target, (status, message))
         self.blocked = message
-        return {t: self._result(t, Status.ERROR, message) for t in self.plan.gradient_targets}
-
-    def _result(
-        self,
-        target: str,
-        status: Status,
-        message: str = "",
-        *,
-        comparison: Any = None,
-        tolerance: Tolerance | None = None,
-        numerical_dtype: str = "",
-        note: str = "",
-        kinks: int = 0,
-        method: str = "",
-        sample: tuple[int, ...] | None = None,
-        duration: float = 0.0,
-        evidence: Evidence | None = None,
-    ) -> CheckResult:
-        return self.plan.result(
-            target,
-            status,
-            message,
-            comparison=comparison,
-            tolerance=tolerance,
-            numerical_dtype=numerical_dtype,
-            note=note,
-            kinks=kinks,
-            method=method,
-            sample=sample,
-            duration=duration,
-            evidence=evidence,
-        )
+        return {t: self.plan.result(t, Status.ERROR, message) for t in self.plan.gradient_targets}
 
     def _fail(self, contract: str, message: str, status: Status = Status.FAIL) -> None:
         previous = self.verdicts.get(f"contract.{contract}")
@@ -483,9 +452,9 @@ class CaseRun:
 
     def _gradient(self, name: str) -> CheckResult:
         if self.blocked:
-            return self._result(name, Status.ERROR, self.blocked)
+            return self.plan.result(name, Status.ERROR, self.blocked)
         if name in self.grad_problems:
-            return self._result(name, Status.FAIL, self.grad_problems[name])
+            return self.plan.result(name, Status.FAIL, self.grad_problems[name])
         start = time.perf_counter()
         if self.routes is None:
             self.routes = routes(
@@ -495,11 +464,11 @@ class CaseRun:
         try:
             v = self._verdict(name, route)
         except PerturbationError as exc:
-            return self._result(
+            return self.plan.result(
                 name, Status.ERROR, self._perturbation_text(name, exc), duration=time.perf_counter() - start
             )
         except StructureViolation as exc:
-            return self._result(
+            return self.plan.result(
                 name,
                 Status.ERROR,
                 f"structure error: the spec's structure for {name} is wrong: {exc}",
@@ -520,7 +489,7 @@ class CaseRun:
         kept = None
         if self.plan.evidence or (status is not Status.PASS and analytical_size(v) <= EVIDENCE_LIMIT):
             kept = evidence(name, v, route.tensors[name], tuple(self.grads[name].shape), self.backend.to_host)
-        return self._result(
+        return self.plan.result(
             name,
             status,
             message,
@@ -744,12 +713,12 @@ class CaseRun:
         if self.blocked or self.grad_problems or not names:
             why = self.blocked or "not run: backward's gradients are unusable (see contract.backward_grads)"
             if not names:
-                return self._result("contract.taylor", Status.SKIP, "no differentiable tensor")
-            return self._result("contract.taylor", Status.ERROR, why)
+                return self.plan.result("contract.taylor", Status.SKIP, "no differentiable tensor")
+            return self.plan.result("contract.taylor", Status.ERROR, why)
         start = time.perf_counter()
         if self.kinked:
             where = ", ".join(f"{n} ({k})" for n, k in self.kinked.items())
-            return self._result(
+            return self.plan.result(
                 "contract.taylor",
                 Status.SKIP,
                 f"not applicable here: the gradient checks found kinks in {where}, where no gradient is "
@@ -757,7 +726,7 @@ class CaseRun:
             )
         result = self._taylor_of(names)
         if isinstance(result, str):
-            return self._result("contract.taylor", Status.ERROR, result)
+            return self.plan.result("contract.taylor", Status.ERROR, result)
         if not result.smooth:
             status, text = (
                 Status.SKIP,
@@ -777,14 +746,14 @@ class CaseRun:
                     f"{result.describe()}; right gradients shrink at order 2"
                 ),
             )
-        return self._result("contract.taylor", status, text, duration=time.perf_counter() - start)
+        return self.plan.result("contract.taylor", status, text, duration=time.perf_counter() - start)
 
     def _jvp(self) -> CheckResult:
         """contract.jvp: the framework's forward mode against differences (forward_mode)."""
         jvp = getattr(self.evaluator, "jvp", None)
         if self.blocked or self.grad_problems or jvp is None:
             why = self.blocked or "not run: backward's gradients are unusable (see contract.backward_grads)"
-            return self._result(
+            return self.plan.result(
                 "contract.jvp", Status.ERROR, why if jvp else "the binding has no forward mode"
             )
         start = time.perf_counter()
@@ -795,18 +764,18 @@ class CaseRun:
         try:
             findings = check_jvp(self.plan, jvp, self._evaluate, self.tensors, self.routes, self.xp)
         except ContractError as exc:
-            return self._result("contract.jvp", Status.ERROR, f"forward mode (jvp): {exc}")
+            return self.plan.result("contract.jvp", Status.ERROR, f"forward mode (jvp): {exc}")
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
             adapter = getattr(self.evaluator, "adapter", None)
             if adapter is not None and adapter.lacks_forward_mode(exc):
                 why = f"not run: {adapter.name} has no forward mode for an operation this forward uses"
-                return self._result("contract.jvp", Status.SKIP, f"{why}: {type(exc).__name__}: {exc}")
-            return self._result("contract.jvp", Status.ERROR, self._describe("forward mode (jvp)", exc))
+                return self.plan.result("contract.jvp", Status.SKIP, f"{why}: {type(exc).__name__}: {exc}")
+            return self.plan.result("contract.jvp", Status.ERROR, self._describe("forward mode (jvp)", exc))
         passed, message, comparison, kinks = describe_jvp(
             findings, self.spec.implementation or self.spec.name
         )
         status = Status.PASS if passed else Status.FAIL
-        return self._result(
+        return self.plan.result(
             "contract.jvp",
             status,
             message,
