@@ -1,8 +1,9 @@
 """The `specgrad` command: parse -> build the pipeline -> execute -> exit code.
 
-Exit codes: 0 every selected check passed; 1 a check failed or errored; 2 a spec or the
-command line is invalid (takes precedence); 3 internal error in specgrad itself;
-130 interrupted (Ctrl-C), after reporting the checks that finished.
+Exit codes: 0 every selected check passed; 1 a check failed, errored or timed out; 2 a
+spec or the command line is invalid (takes precedence); 3 internal error in specgrad
+itself; 5 nothing selected; 130 interrupted (Ctrl-C) or 143 (SIGTERM), after reporting the
+checks that finished; 141 the output pipe closed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -22,10 +24,10 @@ from specgrad.errors import Location, SpecError, SpecIssue, UsageError
 from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES
 from specgrad.parallel import cores
-from specgrad.process import one_blas_thread, tune_allocator
+from specgrad.process import Terminated, one_blas_thread, sigterm_interrupts, tune_allocator
 from specgrad.reporting.console import ConsoleReporter
 from specgrad.reporting.json_report import JsonReporter
-from specgrad.results import EXIT_INTERNAL, CheckResult, RunSummary, Status
+from specgrad.results import EXIT_INTERNAL, CheckResult, RunSummary
 from specgrad.select import Matcher, compile_expression
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a killed pipe writer
@@ -60,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specgrad",
         description="Gradient checks for hand-written layer backward passes, from YAML specs.",
-        epilog="exit codes: 0 all selected checks passed, 1 a check failed or errored, 2 invalid "
-        "spec or command line, 3 internal error, 5 nothing selected, 130 interrupted, "
-        "141 output pipe closed",
+        epilog="exit codes: 0 all selected checks passed, 1 a check failed, errored or timed out, "
+        "2 invalid spec or command line, 3 internal error, 5 nothing selected, 130 interrupted "
+        "(Ctrl-C), 143 terminated (SIGTERM), 141 output pipe closed",
     )
     parser.add_argument("--version", action="version", version=f"specgrad {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,8 +118,9 @@ def _parser() -> argparse.ArgumentParser:
         "--max-memory",
         type=_size,
         metavar="SIZE",
-        help="memory a check's batched evaluations may hold at once, e.g. 512M or 2G (default 1G); "
-        "no dense Jacobian is ever built",
+        help="memory one check may take, e.g. 512M or 2G: a check estimated to need more is refused "
+        "(ERROR) before it runs (default: half the memory available when it starts); no dense "
+        "Jacobian is ever built",
     )
     select.add_argument(
         "--max-elements",
@@ -146,6 +149,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes (default: the machine's cores; 1 runs in this process); "
         "results are the same for any N",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="stop a check that takes longer (reported as TIMEOUT; a spec's timeout: wins); "
+        "checks then run in worker processes",
+    )
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        default=None,
+        help="run checks in worker processes with -j 1 too (a crash in user code is that "
+        "check's ERROR, not the end of the run); always so with more than one worker",
     )
     p.add_argument("-q", "--quiet", action="count", default=0, help="only failures and the count")
     p.add_argument("-v", "--verbose", action="count", default=0, help="every check, with noise floors")
@@ -222,6 +239,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number), got {text!r}") from None
+    if not 0 < value <= 604800:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 and <= 604800 (a week), got {text}")
+    return value
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -264,6 +291,8 @@ def configure(args: argparse.Namespace) -> Config:
         "jobs": settings.jobs,
         "max_memory": settings.max_memory,
         "max_elements": settings.max_elements,
+        "timeout": settings.timeout,
+        "isolate": settings.isolate,
     }
     for name, value in unset.items():
         if hasattr(args, name) and getattr(args, name) is None and value is not None:
@@ -385,6 +414,7 @@ def _plans(spec: Spec, args: argparse.Namespace, matcher: Matcher | None) -> tup
         max_elements=args.max_elements,
         max_memory=args.max_memory,
         devices=_devices(args),
+        timeout=getattr(args, "timeout", None),
     )
 
 
@@ -418,6 +448,11 @@ def _mode(args: argparse.Namespace) -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    with sigterm_interrupts():
+        return _validate(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
     tune_allocator()
     configure(args)
     files = spec_paths(args)
@@ -435,21 +470,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
         planned = [(spec, plans) for spec, plans in planned if plans]
         _frameworks(planned, summary)
         workers = min(args.jobs or cores(), sum(len(plans) for _, plans in planned))
+        timed = any(p.timeout is not None for _, plans in planned for p in plans)
+        isolated = workers > 1 or bool(args.isolate) or timed
         total = sum(len(p.targets) for _, plans in planned for p in plans)
         with reporter.progress(total):
-            if workers > 1:
+            if isolated and workers:
                 _run_parallel(planned, args, workers, summary, reporter)
             with one_blas_thread():
-                for spec, plans in planned if workers <= 1 else ():
+                for spec, plans in planned if not isolated else ():
                     results = []
                     _run_one(spec, plans, summary, reporter, args.fail_fast, results)
                     summary.results.extend(results)
                     reporter.spec_results(results)
                     results = []
-                    if args.fail_fast and summary.count(Status.FAIL) + summary.count(Status.ERROR):
+                    if args.fail_fast and any(r.status.bad for r in summary.results):
                         break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         summary.interrupted = True
+        summary.signal = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
         summary.results.extend(results)  # the interrupted spec's finished checks
         reporter.spec_results(results)
     _describe_devices(summary)
@@ -585,7 +623,7 @@ def _run_one(
         for result in run_spec(spec, plans):
             results.append(result)
             reporter.advance(1, spec.name)
-            if fail_fast and result.status in (Status.FAIL, Status.ERROR):
+            if fail_fast and result.status.bad:
                 break
     except SpecError as exc:
         summary.spec_errors.extend(exc.issues)
@@ -613,13 +651,14 @@ def _run_parallel(
         max_elements=args.max_elements,
         max_memory=args.max_memory,
         devices=_devices(args),
+        timeout=args.timeout,
         config=args.settings,
     )
     plans_of = {spec.name: plans for spec, plans in planned}
     for spec, outcome in run_jobs(planned, options, workers):
         summary.specs_checked += 1
         results = outcome.results
-        failed = [i for i, r in enumerate(results) if r.status in (Status.FAIL, Status.ERROR)]
+        failed = [i for i, r in enumerate(results) if r.status.bad]
         if args.fail_fast and failed:
             results = results[: failed[0] + 1]
         if outcome.error:
@@ -696,7 +735,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             ConsoleReporter(stream=sys.stderr).spec_errors(exc.issues)
             return 2
     print(report(plan, results[0], args.top))
-    return 1 if results[0].status in (Status.FAIL, Status.ERROR) else 0
+    return 1 if results[0].status.bad else 0
 
 
 def cmd_new(args: argparse.Namespace) -> int:

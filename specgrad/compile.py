@@ -57,6 +57,8 @@ class CasePlan:
     device: str = DEFAULT_DEVICE  # where the checks run (devices: the reference device)
     #: keep every gradient check's per-element figures (`explain`), not only a failure's
     evidence: bool = False
+    #: seconds each check may take (the spec's timeout:, else --timeout; None: no limit)
+    timeout: float | None = None
 
     def check_id(self, target: str) -> str:
         return check_id(self.spec.name, self.dtype, self.case.name, target, self.device)
@@ -140,6 +142,7 @@ def compile_spec(
     max_elements: int | None = None,
     max_memory: int | None = None,
     devices: Sequence[str] | None = None,
+    timeout: float | None = None,
 ) -> tuple[CasePlan, ...]:
     """Plans for the spec's dtypes (filtered by `dtypes`) and cases, checks filtered by
     `select`; `mode` "fast" makes every gradient check directional, "per-element" perturbs
@@ -147,7 +150,8 @@ def compile_spec(
     caps the elements checked per tensor, `max_memory` the bytes a check's batched
     evaluations may hold (all override the spec's method). `devices` (the command line's)
     replaces the spec's own `device:` (default: the CPU); with several, each device after
-    the first is compared with the first."""
+    the first is compared with the first. `timeout` (seconds per check) applies where the
+    spec sets none of its own."""
     if spec.abstract:
         return ()
     where = tuple(devices) if devices else spec.devices or (DEFAULT_DEVICE,)
@@ -160,10 +164,13 @@ def compile_spec(
         max_elements=max_elements,
         max_memory=max_memory,
         devices=devices,
+        timeout=timeout,
     )
+    limit = spec.timeout if spec.timeout is not None else timeout
     if spec.implementations:
         own = [plan for impl in spec.implementations for plan in derived(impl)]
-        return (*own, *_agreement_plans(spec, dtypes, seed, select, where))
+        agree = _agreement_plans(spec, dtypes, seed, select, where)
+        return (*own, *(replace(p, timeout=limit) for p in agree))
     method = spec.method
     omitted: tuple[str, ...] = ()
     if mode == "fast":
@@ -183,6 +190,7 @@ def compile_spec(
     if len(where) > 1:
         others = tuple(f"device.{d}" for d in where[1:])
         plans += _case_plans(spec, others, method, "devices", dtypes, seed, select, where[0])
+    plans = [replace(p, timeout=limit) for p in plans]
     if spec.second_order is not None:
         plans += derived(spec.second_order)
     return tuple(plans)

@@ -13,6 +13,8 @@ among each spec's dtypes); `tolerances` are defaults under what a spec sets itse
     jobs = 4                          # worker processes
     max_memory = "1G"
     max_elements = 100000
+    timeout = 600                     # seconds per check (a spec's timeout: wins)
+    isolate = true                    # checks in worker processes even with jobs = 1
     import_roots = ["src"]            # folders put on sys.path for the specs' import strings
     [tool.specgrad.tolerances.float32]
     epsilon = 1e-3                    # the step; rtol/atol replace the error model, with a reason
@@ -45,6 +47,8 @@ SETTINGS = (
     "jobs",
     "max_memory",
     "max_elements",
+    "timeout",
+    "isolate",
     "import_roots",
     "tolerances",
 )
@@ -64,6 +68,8 @@ class Config:
     jobs: int | None = None
     max_memory: int | None = None
     max_elements: int | None = None
+    timeout: float | None = None
+    isolate: bool | None = None
     import_roots: tuple[Path, ...] = ()
     #: per dtype, defaults for the specs' `tolerances:` (a spec's own values win field by
     #: field), as ((dtype, ((field, value), ...)), ...): hashable, for the workers' caches
@@ -193,6 +199,17 @@ def _parse(table: Any, path: Path, text: str) -> Config:
                 issue(key, f"expected an integer >= {low}{f' and <= {high}' if high else ''}, got {value!r}")
             else:
                 out[key] = value
+    if "timeout" in table:
+        value = table["timeout"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 604800:
+            issue("timeout", f"expected seconds, a number > 0 and <= 604800, got {value!r}")
+        else:
+            out["timeout"] = float(value)
+    if "isolate" in table:
+        if not isinstance(table["isolate"], bool):
+            issue("isolate", f"expected true or false, got {table['isolate']!r}")
+        else:
+            out["isolate"] = table["isolate"]
     if "max_memory" in table:
         size = parse_size(table["max_memory"])
         if size is None:

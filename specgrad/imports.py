@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -17,8 +18,17 @@ from typing import Any
 from specgrad.errors import SpecError, did_you_mean
 from specgrad.model import ImportRef
 
+#: `package.module:qualname`, nothing else: an import string is looked up, never evaluated
+IMPORT_STRING = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", re.ASCII)
+
 
 def resolve(ref: ImportRef, folder: Path) -> Any:
+    if not IMPORT_STRING.fullmatch(ref.target):
+        raise SpecError.at(
+            ref.location,
+            ref.field,
+            f"expected an import string 'package.module:qualname', got {ref.target!r}",
+        )
     module_name, _, qualname = ref.target.partition(":")
     module = _import_module(ref, module_name, folder.resolve())
     obj: Any = module

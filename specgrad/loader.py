@@ -120,6 +120,13 @@ def load_spec_text(text: str, path: Path) -> RawSpec:
     return RawSpec(path, data, builder.locations, builder.key_locations)
 
 
+#: the only tags a mapping or a list may carry: no tag constructs an object
+_PLAIN_TAGS: dict[type[yaml.Node], str] = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
+
+
 class _Builder:
     """Turns a composed node tree into plain data, recording each node's location."""
 
@@ -143,6 +150,13 @@ class _Builder:
             return None
         self._active.add(id(node))
         try:
+            plain = _PLAIN_TAGS.get(type(node))
+            if plain is not None and node.tag != plain:
+                kind = "mapping" if isinstance(node, yaml.MappingNode) else "list"
+                self._fail(
+                    node, path, f"unsupported YAML tag {node.tag!r} on a {kind} (specs are plain YAML)"
+                )
+                return None
             if isinstance(node, yaml.MappingNode):
                 return self._mapping(node, path)
             if isinstance(node, yaml.SequenceNode):

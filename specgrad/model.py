@@ -142,10 +142,6 @@ class AgreementTolerance:
         return self.rtol is not None or self.atol is not None
 
 
-#: --max-memory's default: the memory stacked evaluations of one check may hold at once
-DEFAULT_MAX_MEMORY = 1 << 30
-
-
 @dataclass(frozen=True, slots=True)
 class Method:
     """How gradients are checked: every element (`elementwise`, optionally a stratified
@@ -156,7 +152,8 @@ class Method:
     max_elements: int | None = None
     directions: int = 8
     structured: bool = True  # elementwise: perturb groups the Jacobian's structure allows
-    max_memory: int = DEFAULT_MAX_MEMORY  # bytes a check's stacked evaluations may take
+    #: bytes one check may take (--max-memory; None: half the memory available, see budget)
+    max_memory: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +203,7 @@ class Spec:
     verified_with: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     abstract: bool = False  # a base for other specs (extends:), not checked itself
     devices: tuple[str, ...] | None = None  # where the binding runs (device:); None: anywhere
+    timeout: float | None = None  # seconds per check (timeout:), over --timeout
 
     def runs_on(self, device: str) -> bool:
         """Whether the binding supports the device (`sim` stands in for the GPU)."""
@@ -482,6 +480,7 @@ def _first_order(raw: RawSpec) -> Spec:
         dtypes=tuple(raw.data.get("dtypes", ["float32", "float64"])),
         cases=_cases(raw, tensors),
         seed=int(raw.data.get("seed", 42)),
+        timeout=float(raw.data["timeout"]) if "timeout" in raw.data else None,
         tolerances=_tolerances(raw),
         name_location=raw.locate(("name",)),
         kinks=raw.data.get("kinks", "subgradient"),

@@ -1,28 +1,23 @@
-"""Case plans across worker processes (-j N), results identical to a run in one process.
+"""Case plans across worker processes (-j N, --isolate, timeouts), results identical to a
+run in one process.
 
 A job is (spec file, plan number, how plans were compiled): picklable, and each worker
 parses and compiles the spec itself (once per process), so no model object crosses a
-process boundary. Jobs are submitted largest first (estimated from the elements the plan
+process boundary. Jobs are handed out largest first (estimated from the elements the plan
 perturbs) so a big convolution does not start last; results are handed back per spec in
 the order of the specs and of their plans, whatever order the jobs finish in.
 
-Workers are started with `spawn` after the BLAS thread variables are set to one thread
+Workers (`workers.Pool`) are spawned with the BLAS thread variables set to one thread
 (every check runs on one BLAS thread, in process too: see `process`), so N workers use N
 cores and a BLAS's thread-dependent sums never make figures depend on N. A worker that
-dies (a segfault in user code) breaks the pool; the jobs it took down are rerun one at a
-time in a single worker, so only the one that kills its process is reported, as an ERROR
-of its checks.
+dies or outlives a check's time limit takes only that job's unfinished checks with it.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import traceback
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,20 +27,11 @@ from specgrad.config import Config
 from specgrad.errors import SpecError, SpecIssue
 from specgrad.model import Spec
 from specgrad.process import one_blas_thread, tune_allocator
-from specgrad.results import CheckResult, Status
+from specgrad.results import CheckResult
+from specgrad.workers import Outcome, Pool
 
 if TYPE_CHECKING:
-    from specgrad.runner import Engines
-
-#: the thread-count variables of the BLAS and OpenMP runtimes numpy and cupy link against
-THREAD_VARIABLES = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "BLIS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-)
+    from specgrad.runner import Engines, Observer
 
 
 @dataclass(frozen=True)
@@ -59,6 +45,7 @@ class CompileOptions:
     max_elements: int | None = None
     max_memory: int | None = None
     devices: tuple[str, ...] | None = None
+    timeout: float | None = None
     config: Config | None = None  # the project's [tool.specgrad]: its tolerances shape the specs
 
     def plans(self, spec: Spec) -> tuple[CasePlan, ...]:
@@ -76,6 +63,7 @@ class CompileOptions:
             max_elements=self.max_elements,
             max_memory=self.max_memory,
             devices=self.devices,
+            timeout=self.timeout,
         )
 
 
@@ -84,22 +72,6 @@ class Job:
     path: str
     index: int
     options: CompileOptions
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one job (or, assembled, one spec) came to: its results, and what stopped it,
-    if anything: a spec error binding its callables, an internal error, an interrupt."""
-
-    results: list[CheckResult]
-    error: tuple[SpecIssue, ...] | None = None
-    internal: str | None = None
-    interrupted: bool = False
-    contained: bool = False  # the error stops one implementation of several, not the spec
-
-    @property
-    def stopped(self) -> bool:
-        return bool((self.error and not self.contained) or self.internal or self.interrupted)
 
 
 def cores() -> int:
@@ -124,62 +96,47 @@ def run_jobs(
     specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]], options: CompileOptions, workers: int
 ) -> Iterator[tuple[Spec, Outcome]]:
     """Each spec with its assembled outcome, in order, as soon as it and every spec before
-    it are done. A plan that stops (spec error, internal error, interrupt) ends its spec
-    there, as in one process; an interrupt also ends the run once the plans before it are
-    done (what a run in one process would have finished)."""
+    it are done. A plan that stops (spec error, internal error, interrupt in user code) ends
+    its spec there, as in one process; an interrupt also ends the run once the plans before
+    it are done. Ctrl-C or SIGTERM here (KeyboardInterrupt) stops the workers at once: every
+    check finished so far is yielded, per spec in order, then the interrupt goes on."""
     jobs = {(s, i): plan for s, (_, plans) in enumerate(specs) for i, plan in enumerate(plans)}
     done: dict[tuple[int, int], Outcome] = {}
-    lost: list[tuple[int, int]] = []
     stop: tuple[int, int] | None = None
     cursor = 0
-    with _pool(workers) as pool:
-        futures = {
-            pool.submit(_work, Job(str(specs[key[0]][0].path), key[1], options)): key
-            for key in sorted(jobs, key=lambda k: -cost(jobs[k]))
-        }
-        for future in as_completed(futures):
-            key = futures[future]
-            if future.cancelled():
-                continue
-            try:
-                done[key] = future.result()
-            except BrokenProcessPool:
-                lost.append(key)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a result that cannot come back is that plan's error
-                done[key] = Outcome([], internal=f"a worker's result could not come back: {exc!r}")
-            if done[key].interrupted and (stop is None or key < stop):
-                stop = key
-                for other, k in futures.items():
-                    if k > stop:
-                        other.cancel()
-            ready, cursor = _assemble(specs, done, cursor, stop)
-            yield from ready
-            if stop is not None and cursor > stop[0]:
-                return
-    _isolated(sorted(k for k in lost if stop is None or k < stop), jobs, specs, options, done)
-    ready, cursor = _assemble(specs, done, cursor, stop)
-    yield from ready
+    order = sorted(jobs, key=lambda k: -cost(jobs[k]))
+    with Pool(workers, _work) as pool:
+        try:
+            for key, outcome in pool.run(
+                [(k, Job(str(specs[k[0]][0].path), k[1], options), jobs[k]) for k in order]
+            ):
+                assert isinstance(key, tuple)
+                done[key] = outcome
+                if outcome.interrupted and (stop is None or key < stop):
+                    stop = key
+                ready, cursor = _assemble(specs, done, cursor, stop)
+                yield from ready
+                if stop is not None and cursor > stop[0]:
+                    return
+        except KeyboardInterrupt:
+            for key, streamed in pool.in_flight():
+                assert isinstance(key, tuple)
+                done[key] = Outcome(streamed)
+            yield from _finished(specs, done, cursor)
+            raise
 
 
-def _isolated(
-    lost: list[tuple[int, int]],
-    jobs: dict[tuple[int, int], CasePlan],
-    specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]],
-    options: CompileOptions,
-    done: dict[tuple[int, int], Outcome],
-) -> None:
-    """Rerun the jobs a dead worker took down one at a time in a single worker (replaced
-    after a job kills it): only the job that kills its process is reported as dead."""
-    while lost:
-        with _pool(1) as alone:
-            while lost:
-                key = lost.pop(0)
-                try:
-                    done[key] = alone.submit(_work, Job(str(specs[key[0]][0].path), key[1], options)).result()
-                except BrokenProcessPool:
-                    done[key] = Outcome(_died(jobs[key]))
-                    break
+def _finished(
+    specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]], done: dict[tuple[int, int], Outcome], cursor: int
+) -> Iterator[tuple[Spec, Outcome]]:
+    """After an interrupt: every spec from `cursor` on with the results of its plans that
+    finished (or got partway), in plan order (the interrupt itself is raised after them)."""
+    for s in range(cursor, len(specs)):
+        spec, plans = specs[s]
+        found = [done[(s, i)] for i in range(len(plans)) if (s, i) in done]
+        if found:
+            errors = tuple(e for o in found for e in o.error or ())
+            yield spec, Outcome([r for o in found for r in o.results], error=errors or None)
 
 
 def _assemble(
@@ -209,32 +166,6 @@ def _assemble(
     return ready, cursor
 
 
-def _died(plan: CasePlan) -> list[CheckResult]:
-    message = "the worker process running this case died (a crash in native code?); the run went on"
-    return [plan.result(t, Status.ERROR, message) for t in plan.targets]
-
-
-@contextmanager
-def _pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """A spawn pool whose workers run BLAS on one thread (the variables stay set while it
-    lives: workers start on demand; this process's BLAS has long read them)."""
-    saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
-    for v in THREAD_VARIABLES:
-        os.environ[v] = "1"
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            try:
-                yield pool
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-    finally:
-        for v, value in saved.items():
-            if value is None:
-                os.environ.pop(v, None)
-            else:
-                os.environ[v] = value
-
-
 # -- in the worker --------------------------------------------------------------------------
 
 _COMPILED: dict[tuple[str, CompileOptions], tuple[CasePlan, ...]] = {}
@@ -242,7 +173,7 @@ _BOUND: dict[tuple[str, CompileOptions], Engines] = {}
 _ONE_THREAD: list[object] = []
 
 
-def _work(job: Job) -> Outcome:
+def _work(job: Job, observer: Observer) -> Outcome:
     from specgrad.runner import Engines, run_plan
     from specgrad.validate import parse_spec
 
@@ -259,7 +190,7 @@ def _work(job: Job) -> Outcome:
         plan = _COMPILED[key][job.index]
         if key not in _BOUND:
             _BOUND[key] = Engines()
-        return Outcome(run_plan(plan, _BOUND[key]))
+        return Outcome(run_plan(plan, _BOUND[key], observer))
     except SpecError as exc:
         return Outcome(
             [], error=tuple(exc.issues), contained=plan is not None and bool(plan.spec.implementation)

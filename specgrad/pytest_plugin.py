@@ -266,7 +266,7 @@ class CheckItem(pytest.Item):
         self.result = r = outcome[self.target]
         if r.status is Status.SKIP:
             pytest.skip(r.message or r.note or "skipped")
-        if r.status in (Status.FAIL, Status.ERROR):
+        if r.status.bad:
             from specgrad.reporting.console import failure_text
 
             raise CheckFailed(failure_text([r]))

@@ -14,17 +14,22 @@ from specgrad.numerics.tolerance import Tolerance
 
 EXIT_INTERNAL = 3
 EXIT_NOTHING_SELECTED = 5
-EXIT_INTERRUPTED = 130
 
 
 class Status(str, Enum):
     PASS = "PASS"
     FAIL = "FAIL"  # the implementation is wrong: a gradient or a contract does not hold
     ERROR = "ERROR"  # the check could not be carried out: user code raised, or a prerequisite failed
+    TIMEOUT = "TIMEOUT"  # the check did not finish within its time limit (--timeout, timeout:)
     SKIP = "SKIP"
 
     def __str__(self) -> str:
         return self.value
+
+    @property
+    def bad(self) -> bool:
+        """Whether the status makes the run fail (exit 1)."""
+        return self in (Status.FAIL, Status.ERROR, Status.TIMEOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,27 +149,28 @@ class RunSummary:
     devices: dict[str, str] = field(default_factory=dict)
     specs_checked: int = 0
     interrupted: bool = False
+    signal: int = 2  # what interrupted the run: SIGINT (Ctrl-C, 2) or SIGTERM (15)
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status is status)
 
     @property
     def exit_code(self) -> int:
-        """130 interrupted, 3 internal error, 2 invalid spec, 1 a check failed or errored,
-        5 nothing was selected, 0 every selected check passed."""
+        """130 interrupted (143 by SIGTERM), 3 internal error, 2 invalid spec, 1 a check
+        failed, errored or timed out, 5 nothing was selected, 0 every selected check passed."""
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return 128 + self.signal
         if self.internal_errors:
             return EXIT_INTERNAL
         if self.spec_errors:
             return 2
-        if any(r.status in (Status.FAIL, Status.ERROR) for r in self.results):
+        if any(r.status.bad for r in self.results):
             return 1
         return 0 if self.results else EXIT_NOTHING_SELECTED
 
     def closing_line(self) -> str:
         passed = self.count(Status.PASS)
-        failed = self.count(Status.FAIL) + self.count(Status.ERROR)
+        failed = sum(r.status.bad for r in self.results)
         line = f"{passed} passed, {failed} failed"
         skipped = self.count(Status.SKIP)
         return f"{line}, {skipped} skipped" if skipped else line

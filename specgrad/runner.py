@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from specgrad.bindings import (
     raw_outputs_of,
     round_trip,
 )
+from specgrad.budget import case_estimate, check_estimate, refusal
 from specgrad.compile import CasePlan
 from specgrad.contracts import PROBED, Probe, same
 from specgrad.errors import SpecError, SpecIssue
@@ -125,22 +126,47 @@ class Engines:
         return self._sides[device]
 
 
-def run_plan(plan: CasePlan, engines: Engines) -> list[CheckResult]:
+class Observer(Protocol):
+    """Told what a plan is doing while it runs: a worker process passes it on, so the
+    parent knows which checks a hang or a crash belongs to and keeps those already done."""
+
+    def step(self, label: str, targets: tuple[str, ...]) -> None:
+        """`targets` are being worked on now (`label` says how, for a person)."""
+
+    def result(self, result: CheckResult) -> None:
+        """One check finished (the contracts settled by the first calls come first)."""
+
+
+class _Quiet:
+    def step(self, label: str, targets: tuple[str, ...]) -> None:
+        pass
+
+    def result(self, result: CheckResult) -> None:
+        pass
+
+
+def run_plan(plan: CasePlan, engines: Engines, observer: Observer | None = None) -> list[CheckResult]:
     """One plan's results: its checks, or the agreement of implementations or devices. An
     implementation whose framework is unavailable, or a device the spec does not run on or
     that cannot be used here, has its checks skipped with the reason."""
+    observer = observer or _Quiet()
     skipped = _not_run(plan)
     if skipped:
         return [plan.result(t, Status.SKIP, f"not run: {skipped}", note=skipped) for t in plan.targets]
     if plan.kind != "checks":
+        observer.step(
+            "the comparison of " + ("implementations" if plan.kind == "agreement" else "devices"),
+            plan.targets,
+        )
         return AgreementRun(plan, engines).run()
     side = engines(plan.device)
+    observer.step("importing the spec's callables", plan.targets)
     try:
         evaluator = side.bind(plan.spec)
     except Unavailable as exc:
         note = f"implementation {plan.spec.implementation or plan.spec.name} not run: {exc}"
         return [plan.result(t, Status.SKIP, f"not run: {exc}", note=note) for t in plan.targets]
-    return CaseRun(plan, evaluator, side.backend).run()
+    return CaseRun(plan, evaluator, side.backend, observer).run()
 
 
 def _not_run(plan: CasePlan) -> str:
@@ -186,8 +212,11 @@ def _largest(arrays: Iterable[Any | None], xp: ModuleType) -> float:
 class CaseRun:
     """The checks of one CasePlan; `run()` returns them in the plan's target order."""
 
-    def __init__(self, plan: CasePlan, evaluator: Evaluator, backend: Backend) -> None:
+    def __init__(
+        self, plan: CasePlan, evaluator: Evaluator, backend: Backend, observer: Observer | None = None
+    ) -> None:
         self.plan, self.evaluator, self.backend = plan, evaluator, backend
+        self.observer = observer or _Quiet()
         self.xp = backend.xp
         self.spec = plan.spec
         self.verdicts: dict[str, tuple[Status, str]] = {}
@@ -211,23 +240,42 @@ class CaseRun:
 
     def _run(self) -> list[CheckResult]:
         start = time.perf_counter()
+        phase = tuple(
+            t
+            for t in self.plan.targets
+            if t.startswith("contract.") and t not in ("contract.taylor", "contract.jvp")
+        )
+        self.observer.step("the case's forward and backward calls", phase)
         results = self._prepare()
         base = (time.perf_counter() - start) / max(len(self.plan.targets), 1)
-        out = []
+        for target in phase:  # settled by the phase: told at once (a later hang keeps them)
+            status, message = self.verdicts.get(target, (Status.ERROR, "not evaluated"))
+            results[target] = self.plan.result(target, status, message, duration=base)
+        for result in results.values():
+            self.observer.result(result)
         for target in self.plan.targets:
+            if target in results:
+                continue
             if target == "contract.taylor" and target not in self.verdicts:
-                out.append(self._taylor())
+                self.observer.step("the Taylor test", (target,))
+                results[target] = self._taylor()
             elif target == "contract.jvp" and target not in self.verdicts:
-                out.append(self._jvp())
+                self.observer.step("the forward-mode check", (target,))
+                results[target] = self._jvp()
             elif target.startswith("contract."):
                 status, message = self.verdicts.get(target, (Status.ERROR, "not evaluated"))
-                out.append(self.plan.result(target, status, message, duration=base))
+                results[target] = self.plan.result(target, status, message, duration=base)
             else:
-                out.append(results.get(target) or self._gradient(target))
-        return out
+                self.observer.step(f"the gradient check of {target}", (target,))
+                results[target] = self._gradient(target)
+            self.observer.result(results[target])
+        return [results[t] for t in self.plan.targets]
 
     def _prepare(self) -> dict[str, CheckResult]:
         """Contract phase; returns gradient results already decided (errors) by target."""
+        refused = refusal(case_estimate(self.plan), self.plan, "the case")
+        if refused:
+            return self._error_all(refused)
         try:
             host = make_inputs(self.spec, self.plan.case, self.plan.dtype, self.plan.seed)
         except Exception as exc:  # noqa: BLE001 - e.g. an .npy file changed since validation
@@ -455,11 +503,20 @@ class CaseRun:
             return self.plan.result(name, Status.ERROR, self.blocked)
         if name in self.grad_problems:
             return self.plan.result(name, Status.FAIL, self.grad_problems[name])
+        outputs = sum(int(o.size) for o in self.outputs if _looks_like_array(o))
+        refused = refusal(
+            check_estimate(self.plan, name, outputs), self.plan, f"the gradient check of {name}"
+        )
+        if refused:
+            return self.plan.result(name, Status.ERROR, refused)
         start = time.perf_counter()
         if self.routes is None:
+            targets = self.plan.gradient_targets
+            self.observer.step("the precision probes of the gradient checks", targets[targets.index(name) :])
             self.routes = routes(
                 self.plan, self._evaluate, self.tensors, self.outputs, self.xp, probe=self.probed
             )
+            self.observer.step(f"the gradient check of {name}", (name,))
         route = self.routes[name]
         try:
             v = self._verdict(name, route)

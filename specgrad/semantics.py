@@ -183,7 +183,31 @@ def _fill_issues(
         for dtype in dtypes:
             yield from _representable(raw, path, values, dtype)
     if kind == "npy":
-        yield from _npy_issues(raw, path, raw.path.parent / data["path"], shape)
+        file = raw.path.parent / data["path"]
+        root = project_root(raw.path)
+        if not data.get("allow_outside_root") and not file.resolve().is_relative_to(root):
+            yield raw.issue(
+                (*path, "path"),
+                f"{data['path']} resolves to {file.resolve()}, outside the spec's project {root} (the "
+                f"nearest folder above the spec with one of {', '.join(PROJECT_MARKERS)}; else its "
+                "folder); set allow_outside_root: true in this fill to read it anyway",
+            )
+            return
+        yield from _npy_issues(raw, path, file, shape)
+
+
+#: what marks a project's root folder, for the fixtures its specs may read
+PROJECT_MARKERS = ("pyproject.toml", "setup.cfg", "setup.py", ".git")
+
+
+def project_root(spec: Path) -> Path:
+    """The nearest folder above the spec file (resolved) holding a PROJECT_MARKERS entry,
+    else the spec's own folder."""
+    folder = spec.resolve().parent
+    for candidate in (folder, *folder.parents):
+        if any((candidate / marker).exists() for marker in PROJECT_MARKERS):
+            return candidate
+    return folder
 
 
 def _representable(raw: RawSpec, path: JsonPath, values: list[float], dtype: str) -> Iterator[SpecIssue]:
@@ -197,9 +221,29 @@ def _representable(raw: RawSpec, path: JsonPath, values: list[float], dtype: str
             )
 
 
+def _holds_objects(file: Path) -> bool:
+    """Whether an .npy file's header says its dtype holds Python objects (read without
+    loading the data; an unreadable header is np.load's to report)."""
+    fmt = np.lib.format
+    try:
+        with open(file, "rb") as f:
+            version = fmt.read_magic(f)
+            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            return bool(header(f)[2].hasobject)
+    except (OSError, ValueError):
+        return False
+
+
 def _npy_issues(raw: RawSpec, path: JsonPath, file: Path, shape: list[int]) -> Iterator[SpecIssue]:
     if not file.is_file():
         yield raw.issue((*path, "path"), f"no such file: {file}")
+        return
+    if _holds_objects(file):
+        yield raw.issue(
+            (*path, "path"),
+            f"{file} holds Python objects (a pickle): specgrad reads .npy files with allow_pickle=False, "
+            "so save a numeric array",
+        )
         return
     try:
         array = np.load(file, mmap_mode="r", allow_pickle=False)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from specgrad.budget import stack_bytes
 from specgrad.compile import CasePlan
 from specgrad.gradient_check import KINK_SUSPECT
 from specgrad.numerics.colored import Stacking, StackingRefused, StructureViolation, colored_difference
@@ -104,10 +105,6 @@ def structured(
     return numerical, how
 
 
-#: stacked calls hold about this much (within the memory budget): enough copies to make a
-#: call's fixed cost vanish, not so many that the copies stop fitting in cache
-STACK_BYTES = 16 << 20
-
 #: fewer copies than this per call are not worth stacking (a large batch is arithmetic-bound)
 MIN_COPIES = 8
 
@@ -121,7 +118,7 @@ def stacking(
     coloring: Coloring,
 ) -> Stacking | None:
     """Stacked evaluation for an input whose outputs all lead with its batch axis, in as
-    many copies per call as STACK_BYTES (or a smaller `method.max_memory`) holds (None: not
+    many copies per call as the memory budget gives stacking (budget.stack_bytes) (None: not
     applicable, or fewer than MIN_COPIES fit). Whether the layer really is batch independent is checked on the
     first stacked call (numerics.colored)."""
     tensor = plan.spec.tensor(name)
@@ -139,7 +136,8 @@ def stacking(
         if t.name != name and route.tensors[t.name].ndim and route.tensors[t.name].shape[0] == n
     )
     per_copy = x.nbytes + sum(route.tensors[b].nbytes for b in batched) + sum(3 * g.nbytes for g in active)
-    copies = min(STACK_BYTES, plan.method.max_memory) // max(per_copy, 1)
+    outputs = sum(int(g.size) for g in upstream64 if g is not None)
+    copies = stack_bytes(plan, name, outputs) // max(per_copy, 1)
     return Stacking(forward, route.tensors, name, batched, int(copies)) if copies >= MIN_COPIES else None
 
 

@@ -22,7 +22,13 @@ from rich.text import Text
 from specgrad.errors import SpecIssue
 from specgrad.results import CheckResult, RunSummary, Status
 
-_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta", Status.SKIP: "yellow"}
+_STYLE = {
+    Status.PASS: "green",
+    Status.FAIL: "bold red",
+    Status.ERROR: "bold magenta",
+    Status.SKIP: "yellow",
+    Status.TIMEOUT: "bold magenta",
+}
 
 
 def _fmt(value: float | None) -> str:
@@ -78,7 +84,7 @@ class ConsoleReporter:
         """One spec's table and failure details (called as each spec finishes)."""
         if not results:
             return
-        bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
+        bad = [r for r in results if r.status.bad]
         if self.verbosity >= 0:
             unavailable = [
                 r
@@ -164,7 +170,8 @@ class ConsoleReporter:
         if not (summary.results or summary.spec_errors or summary.internal_errors or summary.interrupted):
             self._line("no checks selected (see -k, --dtype and each spec's dtypes and cases)", "yellow")
         if summary.interrupted:
-            self._line("interrupted: the results above are the checks that finished", "yellow")
+            by = "SIGTERM" if summary.signal == 15 else "Ctrl-C"
+            self._line(f"interrupted ({by}): the results above are the checks that finished", "yellow")
         if summary.spec_errors:
             self._line(f"{len(summary.spec_errors)} spec error(s)", "red")
         self.console.print(Text(summary.closing_line()), soft_wrap=True)

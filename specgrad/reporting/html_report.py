@@ -28,7 +28,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 2px 8px; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f5f5f7; padding: .6em; white-space: pre-wrap; font-size: 12px; }
 .PASS { color: #1a7f37; } .FAIL { color: #cf222e; font-weight: bold; }
-.ERROR { color: #8250df; font-weight: bold; } .SKIP { color: #9a6700; }
+.ERROR, .TIMEOUT { color: #8250df; font-weight: bold; } .SKIP { color: #9a6700; }
 .warning { background: #fff8c5; padding: .5em; border: 1px solid #d4a72c; }
 .failure { border-left: 4px solid #cf222e; padding-left: 1em; margin: 1.5em 0; }
 img.heatmap { max-width: 100%; border: 1px solid #ddd; }
@@ -78,6 +78,7 @@ class HtmlReporter:
     def _summary(self, s: RunSummary) -> str:
         counts = (
             f"{s.count(Status.PASS)} passed, {s.count(Status.FAIL)} failed, {s.count(Status.ERROR)} errors, "
+            f"{s.count(Status.TIMEOUT)} timed out, "
             f"{s.count(Status.SKIP)} skipped, {len(s.spec_errors)} spec errors"
         )
         env = f"specgrad {__version__}, Python {platform.python_version()}, numpy {np.__version__}"
@@ -104,7 +105,7 @@ class HtmlReporter:
         return f'<h2 id="spec-errors">Spec errors</h2>\n<ul>{items}</ul>'
 
     def _failures(self, results: list[CheckResult]) -> str:
-        bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)]
+        bad = [r for r in results if r.status.bad]
         if not bad:
             return ""
         out = ['<h2 id="failures">Failures</h2>']
@@ -172,4 +173,4 @@ class HtmlReporter:
         return "\n".join(out)
 
 
-_BAD = (Status.FAIL, Status.ERROR)
+_BAD = tuple(s for s in Status if s.bad)

@@ -42,10 +42,12 @@ class JsonReporter:
             },
             "exit_code": summary.exit_code,
             "interrupted": summary.interrupted,
+            **({"signal": "SIGTERM" if summary.signal == 15 else "SIGINT"} if summary.interrupted else {}),
             "summary": {
                 "passed": summary.count(Status.PASS),
                 "failed": summary.count(Status.FAIL),
                 "errors": summary.count(Status.ERROR),
+                "timeouts": summary.count(Status.TIMEOUT),
                 "skipped": summary.count(Status.SKIP),
                 "spec_errors": len(summary.spec_errors),
             },

@@ -62,7 +62,7 @@ class JunitReporter:
             )
             if r.status is Status.SKIP:
                 ET.SubElement(case, "skipped", message=_first_line(r.message or r.note))
-            elif r.status in (Status.FAIL, Status.ERROR):
+            elif r.status.bad:
                 tag = "failure" if r.status is Status.FAIL else "error"
                 element = ET.SubElement(case, tag, message=_first_line(r.message), type=str(r.status))
                 element.text = _x(failure_text([r]))
@@ -88,6 +88,6 @@ class JunitReporter:
 def _count(suite: ET.Element, results: list[CheckResult]) -> None:
     suite.set("tests", str(len(results)))
     suite.set("failures", str(sum(r.status is Status.FAIL for r in results)))
-    suite.set("errors", str(sum(r.status is Status.ERROR for r in results)))
+    suite.set("errors", str(sum(r.status in (Status.ERROR, Status.TIMEOUT) for r in results)))
     suite.set("skipped", str(sum(r.status is Status.SKIP for r in results)))
     suite.set("time", f"{sum(r.duration for r in results):.3f}")

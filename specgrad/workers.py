@@ -1,0 +1,287 @@
+"""Worker processes that survive the code they run.
+
+A check runs other people's code: it may hang, segfault, abort or call os._exit. Each
+worker is a spawned process joined to this one by a pipe; it runs one case plan at a time
+and says, as it goes, which checks it is working on (`runner.Observer`) and each result as
+it finishes. This process waits on every worker's pipe and on its process sentinel at
+once, so it learns of a death the moment it happens, and of a step that outlives its time
+limit when the deadline passes: that worker is killed (SIGKILL: a hung native call ignores
+anything gentler). Either way the job's finished checks are kept, the checks in progress
+are reported (ERROR with the signal, or TIMEOUT), the plan's checks not yet started are
+ERROR "not run", and a fresh worker takes the next job.
+
+Workers ignore SIGINT and SIGTERM: Ctrl-C reaches the whole process group, and it is this
+process that decides what an interrupt means (stop, keep what finished, write the reports);
+it kills the workers on its way out, and on Linux a worker is killed when this process dies
+(PR_SET_PDEATHSIG), so none outlives a run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from specgrad.compile import CasePlan
+from specgrad.errors import SpecIssue
+from specgrad.results import CheckResult, Status
+
+#: the thread-count variables of the BLAS and OpenMP runtimes numpy and cupy link against
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+#: what each kind of death most likely was, for the message
+_CAUSES = {
+    "SIGSEGV": "a segmentation fault: a crash in native code",
+    "SIGBUS": "a bus error: a crash in native code",
+    "SIGABRT": "an abort: a failed assertion in native code, or abort()",
+    "SIGFPE": "a floating-point trap in native code",
+    "SIGILL": "an illegal instruction in native code",
+    "SIGKILL": "killed from outside: out of memory (the kernel's OOM killer), or kill -9",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one job (or, assembled, one spec) came to: its results, and what stopped it,
+    if anything: a spec error binding its callables, an internal error, an interrupt."""
+
+    results: list[CheckResult]
+    error: tuple[SpecIssue, ...] | None = None
+    internal: str | None = None
+    interrupted: bool = False
+    contained: bool = False  # the error stops one implementation of several, not the spec
+
+    @property
+    def stopped(self) -> bool:
+        return bool((self.error and not self.contained) or self.internal or self.interrupted)
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    key: Hashable | None = None
+    plan: CasePlan | None = None
+    step: tuple[str, tuple[str, ...]] | None = None
+    since: float = 0.0  # when the current step began (this process's monotonic clock)
+    streamed: list[CheckResult] = field(default_factory=list)
+
+    def deadline(self) -> float | None:
+        if self.plan is None or self.plan.timeout is None or self.step is None:
+            return None
+        return self.since + self.plan.timeout
+
+
+class Pool:
+    """Up to `size` workers, started on demand. `run` hands jobs out (in the order given)
+    and yields (key, outcome) as each finishes; jobs are (key, job, plan), `job` what the
+    worker function takes, `plan` the parent's copy (its targets and timeout)."""
+
+    def __init__(self, size: int, work: Any) -> None:
+        self.size, self.work = size, work
+        self.workers: list[_Worker] = []
+        self._saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> Pool:
+        # spawned workers read the environment at start: one BLAS thread each
+        self._saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+        for v in THREAD_VARIABLES:
+            os.environ[v] = "1"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for w in self.workers:
+            _stop(w)
+        self.workers = []
+        for v, value in self._saved.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
+
+    def run(self, jobs: Sequence[tuple[Hashable, Any, CasePlan]]) -> Iterator[tuple[Hashable, Outcome]]:
+        queue = deque(jobs)
+        while queue or any(w.key is not None for w in self.workers):
+            while queue and (idle := self._idle()) is not None:
+                key, job, plan = queue.popleft()
+                idle.key, idle.plan, idle.step, idle.streamed = key, plan, None, []
+                idle.since = time.monotonic()
+                try:
+                    idle.conn.send(job)
+                except (OSError, ValueError):  # it died between jobs: its pipe is closed
+                    pass  # noticed below, through its sentinel
+            busy = [w for w in self.workers if w.key is not None]
+            deadlines = [d for w in busy if (d := w.deadline()) is not None]
+            pause = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            wait([w.conn for w in busy] + [w.process.sentinel for w in busy], pause)
+            for w in busy:
+                finished = self._collect(w)
+                if finished is not None:
+                    yield finished
+                elif not w.process.is_alive():
+                    yield self._lose(w, Status.ERROR, _death(w.process))
+                elif (d := w.deadline()) is not None and time.monotonic() >= d:
+                    assert w.plan is not None
+                    source = "its spec's timeout:" if w.plan.spec.timeout is not None else "--timeout"
+                    yield self._lose(w, Status.TIMEOUT, f"took longer than {w.plan.timeout:g} s ({source})")
+
+    def in_flight(self) -> Iterator[tuple[Hashable, list[CheckResult]]]:
+        """The jobs still running, with the results they sent so far (an interrupt keeps them)."""
+        for w in self.workers:
+            if w.key is not None:
+                self._collect(w)
+                yield w.key, list(w.streamed)
+
+    def _idle(self) -> _Worker | None:
+        for w in self.workers:
+            if w.key is None and w.process.is_alive():
+                return w
+        self.workers = [w for w in self.workers if w.key is not None or w.process.is_alive()]
+        if len(self.workers) < self.size:
+            self.workers.append(_start(self.work))
+            return self.workers[-1]
+        return None
+
+    def _collect(self, w: _Worker) -> tuple[Hashable, Outcome] | None:
+        """Read what the worker sent; (key, outcome) if its job came back."""
+        try:
+            while w.conn.poll():
+                kind, *payload = w.conn.recv()
+                if kind == "step":
+                    w.step, w.since = (payload[0], tuple(payload[1])), time.monotonic()
+                elif kind == "result":
+                    w.streamed.append(payload[0])
+                elif kind == "done":
+                    key = w.key
+                    w.key = w.plan = w.step = None
+                    return key, payload[0]
+        except (EOFError, OSError):  # it died: the sentinel tells how
+            w.process.join(1.0)
+        return None
+
+    def _lose(self, w: _Worker, status: Status, cause: str) -> tuple[Hashable, Outcome]:
+        """The outcome of a job whose worker died or was stopped; the worker is replaced."""
+        assert w.plan is not None
+        key, plan, step, streamed = w.key, w.plan, w.step, w.streamed
+        _stop(w)
+        self.workers.remove(w)
+        return key, Outcome(lost_results(plan, streamed, step, status, cause))
+
+
+def lost_results(
+    plan: CasePlan,
+    streamed: Sequence[CheckResult],
+    step: tuple[str, tuple[str, ...]] | None,
+    status: Status,
+    cause: str,
+) -> list[CheckResult]:
+    """A plan's results when its worker died or was stopped (`cause`, e.g. "was killed by
+    SIGSEGV"): those finished, then `status` for the checks being worked on (all of them
+    if no step had begun), then ERROR "not run" for the rest."""
+    done = {r.target: r for r in streamed}
+    label, working = step if step is not None else ("the case's setup", plan.targets)
+    how = "the worker was stopped" if status is Status.TIMEOUT else "the worker"
+    why = f"{label} {cause}: {how}" if status is Status.TIMEOUT else f"{how} {cause} during {label}"
+    why += "; the run went on in a fresh worker"
+    out = []
+    for target in plan.targets:
+        if target in done:
+            out.append(done[target])
+        elif target in working:
+            out.append(plan.result(target, status, why))
+        else:
+            out.append(plan.result(target, Status.ERROR, f"not run: {why}"))
+    return out
+
+
+def _death(process: BaseProcess) -> str:
+    """How a worker died, as "was killed by SIGSEGV (a segmentation fault ...)"."""
+    process.join(1.0)
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        cause = _CAUSES.get(name, "")
+        return f"was killed by {name}" + (f" ({cause})" if cause else "")
+    return f"exited with status {code} (os._exit, or exit() in native code)"
+
+
+def _start(work: Any) -> _Worker:
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    process = context.Process(target=_main, args=(child, work), name="specgrad-worker")
+    process.start()
+    child.close()
+    return _Worker(process, parent)
+
+
+def _stop(w: _Worker) -> None:
+    if w.process.is_alive():
+        w.process.kill()
+    w.process.join(5.0)
+    w.conn.close()
+
+
+# -- in the worker --------------------------------------------------------------------------
+
+
+class _Pipe:
+    """runner.Observer over the pipe."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def step(self, label: str, targets: tuple[str, ...]) -> None:
+        self.conn.send(("step", label, targets))
+
+    def result(self, result: CheckResult) -> None:
+        try:
+            self.conn.send(("result", result))
+        except Exception:  # noqa: BLE001 - one that cannot be pickled comes back with the rest
+            pass
+
+
+def _main(conn: Connection, work: Any) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _ignore)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
+        except (OSError, AttributeError):
+            pass
+    observer = _Pipe(conn)
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        outcome = work(job, observer)
+        try:
+            conn.send(("done", outcome))
+        except Exception as exc:  # noqa: BLE001 - e.g. a result that cannot be pickled
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            conn.send(("done", Outcome([], internal=f"a worker's result could not come back: {detail}")))
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """Workers leave interrupts to the parent (a handler, unlike SIG_IGN, is not inherited
+    by processes the user's code starts)."""
