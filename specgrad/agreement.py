@@ -70,7 +70,7 @@ from specgrad.bindings import ContractError, Evaluator, forward_only, grads_by_n
 from specgrad.compile import CasePlan
 from specgrad.frameworks import Unavailable
 from specgrad.model import Spec
-from specgrad.numerics.compare import Comparison, compare
+from specgrad.numerics.compare import Comparison, compare, times_over
 from specgrad.numerics.finite_diff import PerturbationError
 from specgrad.numerics.inputs import make_inputs, make_upstream, stream
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, FLOAT_DTYPES, UNIT_ROUNDOFF, default_step
@@ -388,7 +388,7 @@ class AgreementRun:
             f"{what}: differs at {c.violations} of {c.size} elements; worst [{idx}]: "
             f"{name} {c.analytical:.8g}, "
             f"{self.ref_name} {c.numerical:.8g}, |diff| {abs(c.analytical - c.numerical):.3g} > bound "
-            f"{c.bound:.3g} ({how}), {c.worst_ratio:.3g}x over"
+            f"{c.bound:.3g} ({how}), {times_over(c.worst_ratio)}"
         )
         return Finding(what, c, text, kinks)
 
@@ -433,7 +433,7 @@ class AgreementRun:
                     f"elements; worst [{idx}]: {name} {c64.analytical:.10g}, {self.ref_name} "
                     f"{c64.numerical:.10g}, "
                     f"|diff| {abs(c64.analytical - c64.numerical):.3g} > bound {c64.bound:.3g} (float64 "
-                    f"rounding), {c64.worst_ratio:.3g}x over"
+                    f"rounding), {times_over(c64.worst_ratio)}"
                 )
                 return None, text, c64
             how = f"{dtype} rounding, measured against float64 (the scale: {scale:.3g})"

@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from specgrad.compile import CasePlan
-from specgrad.numerics.compare import Comparison, compare
+from specgrad.numerics.compare import Comparison, compare, times_over
 from specgrad.numerics.finite_diff import NOISE_SIGMAS
 from specgrad.numerics.sampling import direction
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, FLOAT_DTYPES, UNIT_ROUNDOFF
@@ -168,6 +168,6 @@ def describe(findings: list[JvpFinding], implementation: str) -> tuple[bool, str
         lines.append(
             f"  along {f.tensor}: output {f.output} wrong at {c.violations} of {c.size} elements; worst "
             f"[{idx}]: jvp {c.analytical:.8g}, differences {c.numerical:.8g}, |diff| "
-            f"{abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g}, {c.worst_ratio:.3g}x over"
+            f"{abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g}, {times_over(c.worst_ratio)}"
         )
     return False, "\n".join(lines), max(bad, key=lambda f: f.comparison.worst_ratio).comparison, kinks

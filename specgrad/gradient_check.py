@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from specgrad.compile import CasePlan
-from specgrad.numerics.compare import Comparison, compare
+from specgrad.numerics.compare import Comparison, compare, times_over
 from specgrad.numerics.finite_diff import NumericalGradient, central_difference, joint_sides
 from specgrad.numerics.tolerance import ANALYTICAL_SIGMAS, UNIT_ROUNDOFF, Tolerance
 from specgrad.results import Evidence
@@ -481,7 +481,7 @@ def _failure_text(name: str, c: Comparison, b: Bound) -> str:
         f"gradient of {name} is wrong at {c.violations} of {c.size} elements; worst "
         f"{name}[{index}]: analytical {c.analytical:.6g}, numerical {c.numerical:.6g}, "
         f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g} = {parts}, "
-        f"{c.worst_ratio:.3g}x over (noise floor {c.noise_floor:.2g})"
+        f"{times_over(c.worst_ratio)} (noise floor {c.noise_floor:.2g})"
     )
     if c.max_abs_numerical == 0:
         text += (

@@ -9,7 +9,7 @@ from typing import Any
 
 from specgrad.compile import CasePlan
 from specgrad.gradient_check import Verdict
-from specgrad.numerics.compare import compare
+from specgrad.numerics.compare import compare, times_over
 from specgrad.numerics.finite_diff import NOISE_SIGMAS, InconsistentOutput, PerturbationError
 from specgrad.numerics.sampling import direction, directions
 from specgrad.numerics.taylor import TaylorResult, taylor_test
@@ -119,7 +119,7 @@ def directional(
     text = (
         f"gradient of {name} is wrong along {c.violations} of {c.size} seeded directions (each moves every "
         f"element); worst, direction {i}: <analytical, d> {c.analytical:.6g}, numerical {c.numerical:.6g}, "
-        f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g}, {c.worst_ratio:.3g}x over; "
+        f"|diff| {abs(c.analytical - c.numerical):.3g} > bound {c.bound:.3g}, {times_over(c.worst_ratio)}; "
         "run without --fast to see which elements"
     )
     return Verdict(False, c, used, atol, text, method="directional")

@@ -8,6 +8,7 @@ the checks it prevents, never an exception out of the runner.
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 import warnings
@@ -567,8 +568,8 @@ class CaseRun:
         error is confined to a few elements, or, where the differences ran in the check's
         own low precision, the step is what failed (then the verdict is inconclusive)."""
         result = self._taylor_of([name]) if not v.kinks else "kinks"
-        if isinstance(result, str) or not result.smooth:
-            return Status.FAIL, v.message
+        if isinstance(result, str) or not result.smooth or not all(map(math.isfinite, result.residuals)):
+            return Status.FAIL, v.message  # no reading to add (an infinite gradient has none)
         if not result.second_order:
             return Status.FAIL, f"{v.message}\nTaylor test agrees, the gradient is wrong: {result.describe()}"
         if route.dtype != "float64":

@@ -125,8 +125,11 @@ class Pool:
                 idle.since = time.monotonic()
                 try:
                     idle.conn.send(job)
-                except (OSError, ValueError):  # it died between jobs: its pipe is closed
-                    pass  # noticed below, through its sentinel
+                except (OSError, ValueError):  # it died between jobs: the job goes to another
+                    idle.key = idle.plan = None
+                    _stop(idle)
+                    self.workers.remove(idle)
+                    queue.appendleft((key, job, plan))
             busy = [w for w in self.workers if w.key is not None]
             deadlines = [d for w in busy if (d := w.deadline()) is not None]
             pause = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None

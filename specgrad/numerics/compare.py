@@ -12,6 +12,7 @@ Non-finite elements are masked before any arithmetic and counted as violations.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -20,6 +21,11 @@ import numpy as np
 
 #: how many out-of-bound elements a comparison names (the first ones, for refinement)
 VIOLATING_KEPT = 4096
+
+
+def times_over(ratio: float) -> str:
+    """How far over its bound an error is, for a message ("12.3x over")."""
+    return f"{ratio:.3g}x over" if math.isfinite(ratio) else "not finite"
 
 
 @dataclass(frozen=True, slots=True)

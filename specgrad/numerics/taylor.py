@@ -50,6 +50,8 @@ class TaylorResult:
         pairs = ", ".join(f"{h:.2g}: {r:.2g}" for h, r in zip(self.steps, self.residuals, strict=True))
         if self.order is None:
             return f"Taylor residuals stay at their rounding floor (h: residual {pairs})"
+        if not math.isfinite(self.order):
+            return f"Taylor residuals are not finite numbers (h: residual {pairs})"
         return f"Taylor residuals shrink at order {self.order:.2f} (h: residual {pairs})"
 
 

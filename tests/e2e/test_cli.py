@@ -346,6 +346,33 @@ SPEC_ERRORS = [
         r"s\.yaml:4:10: forward: 'layers:CONST' is a int, not a callable",
     ),
     (
+        "call syntax in an import string",
+        GOOD.replace("layers:forward", "'layers:forward()'"),
+        2,
+        r"s\.yaml:4:10: forward: expected an import string 'package\.module:qualname'",
+    ),
+    (
+        "object-constructing tag",
+        GOOD.replace("description: matmul", "description: !!python/object/apply:os.getcwd []"),
+        2,
+        r"s\.yaml:3:14: description: unsupported YAML tag 'tag:yaml\.org,2002:python/object/apply:os\.getcwd' on a list",
+    ),
+    (
+        "recursive alias",
+        GOOD + "attrs: &a {k: *a}\n",
+        2,
+        r"s\.yaml:11:.*attrs\.k.*nests too deeply \(recursive alias\?\)",
+    ),
+    ("tab indentation", GOOD.replace("  x: {shape", "\tx: {shape"), 2, r"s\.yaml:7:1: invalid YAML"),
+    ("zero timeout", GOOD + "timeout: 0\n", 2, r"s\.yaml:11:10: timeout: expected a value > 0"),
+    ("timeout with a unit", GOOD + "timeout: 10s\n", 2, r"s\.yaml:11:10: timeout: expected a number"),
+    (
+        "fixture outside the project",
+        GOOD.replace("{shape: [2, 3]}", "{shape: [2, 3], fill: {kind: npy, path: /etc/x.npy}}"),
+        2,
+        r"s\.yaml:7:.*inputs\.x\.fill\.path: /etc/x\.npy resolves to /etc/x\.npy, outside the spec's project",
+    ),
+    (
         "module raises on import",
         GOOD.replace("layers:forward", "broken:forward"),
         2,
@@ -407,6 +434,26 @@ BAD_LAYERS = {
         1,
         r"output 0 is a float, not a numpy array",
     ),
+    "dtype the callable rejects": (
+        "def forward(x, w):\n    if x.dtype == 'float64':\n        raise TypeError(f'no {x.dtype} kernel')\n    return x @ w\n",
+        1,
+        r"ERROR lin\[float64,random\]::x, ::w, ::contract\.forward_output(.|\n)*forward raised TypeError: no float64 kernel",
+    ),
+    "gradient of another namespace": (
+        "class Duck:\n    shape, dtype = (2, 3), 'float64'\ndef backward(g, x, w):\n    return Duck(), x.T @ g\n",
+        1,
+        r"FAIL lin\[float64,random\]::x, ::contract\.backward_grads\n.*\n  gradient of x is a Duck, not a numpy array",
+    ),
+    "infinite gradient": (
+        "def backward(g, x, w):\n    gx = g @ w.T\n    gx[0, 0] = float('inf')\n    return gx, x.T @ g\n",
+        1,
+        r"worst x\[0, 0\]: analytical inf(.|\n)*FAIL lin\[float64,random\]::contract\.finite(.|\n)*gradient of x has 1 non-finite value",
+    ),
+    "nondeterministic backward": (
+        "import numpy as np\ndef backward(g, x, w):\n    return g @ w.T + np.random.rand() * 1e-3, x.T @ g\n",
+        1,
+        r"FAIL lin\[float64,random\]::contract\.backward_deterministic",
+    ),
     "upcasts": (
         "def forward(x, w):\n    return (x @ w).astype('float32')\n",
         1,
@@ -455,6 +502,11 @@ def test_bad_callable(write, cli, name: str) -> None:  # type: ignore[no-untyped
         ),
         (["validate", "{dir}", "--max-memory", "12Q"], r"--max-memory: expected a size such as 512M"),
         (["validate", "{dir}", "-j", "0"], r"argument -j/--jobs"),
+        (["validate", "{dir}", "--timeout", "0"], r"argument --timeout: expected seconds > 0 and <= 604800"),
+        (
+            ["validate", "{dir}", "--timeout", "1m"],
+            r"argument --timeout: expected seconds \(a number\), got '1m'",
+        ),
         (["frobnicate"], r"invalid choice"),
         (["validate", "{empty}"], r"no spec files"),
     ],

@@ -189,6 +189,18 @@ def test_a_hang_in_the_first_calls_times_out_the_contracts(tmp_path: Path) -> No
     _gone(int((tmp_path / "m" / "pid").read_text()))
 
 
+def test_the_project_settings_isolate_and_time_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """isolate = true and timeout = 1 in [tool.specgrad] act as --isolate and --timeout 1."""
+    _write(tmp_path, "a_crash", "segv_when_w_moves")
+    _write(tmp_path, "b_hang", "hang_when_w_moves")
+    (tmp_path / "pyproject.toml").write_text("[tool.specgrad]\nisolate = true\ntimeout = 1\njobs = 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", ".", "--json", "r.json"]) == 1
+    checks = _checks(tmp_path / "r.json")
+    assert "killed by SIGSEGV" in checks["a_crash[float64,random]::w"]["message"]
+    assert checks["b_hang[float64,random]::w"]["status"] == "TIMEOUT"
+
+
 def _gone(pid: int) -> None:
     """The process `pid` (a worker) no longer exists (within a few seconds)."""
     for _ in range(50):
@@ -374,3 +386,43 @@ def test_import_strings_are_module_and_attribute_only(
     assert main(["validate", str(tmp_path), "-j", "1"]) == 2
     out = capsys.readouterr().out
     assert re.search(r"s\.yaml:4:10: forward: expected an import string 'package\.module:qualname'", out), out
+
+
+# -- determinism ------------------------------------------------------------------------------
+
+
+def test_same_verdicts_and_figures_in_any_order_with_any_workers_run_after_run(tmp_path: Path) -> None:
+    """In process, isolated, three workers, the paths given in reverse, and again: every check's
+    verdict, message and figures (sampled indices included) are the same, to the last bit."""
+    from tests.conftest import SPECS
+
+    names = ["linear", "softmax", "batchnorm", "maxpool2d"]
+    for name in names:
+        (tmp_path / f"{name}.yaml").write_text((SPECS / f"{name}.yaml").read_text())
+    (tmp_path / "rel.py").write_text(
+        dedent(LAYERS) + "\n\ndef buggy_backward(g, x, w):\n    return 1.01 * (g @ w.T), x.T @ g\n"
+    )
+    (tmp_path / "zbuggy.yaml").write_text(
+        SPEC.format(name="zbuggy", forward="forward", extra="").replace("rel:backward", "rel:buggy_backward")
+    )
+    files = sorted(str(p) for p in tmp_path.glob("*.yaml"))
+    runs = {
+        "in process": [*files, "-j", "1"],
+        "isolated": [*files, "-j", "1", "--isolate"],
+        "3 workers": [*files, "-j", "3"],
+        "reversed": [*reversed(files), "-j", "2"],
+        "again": [*files, "-j", "1"],
+    }
+    seen: dict[str, dict[str, Any]] = {}
+    for label, args in runs.items():
+        report = tmp_path / f"{label}.json"
+        assert main(["validate", *args, "-q", "--max-elements", "7", "--json", str(report)]) == 1
+        seen[label] = {
+            i: {k: v for k, v in c.items() if k != "duration_s"} for i, c in _checks(report).items()
+        }
+    first = seen["in process"]
+    assert len(first) > 200 and any(c["status"] == "FAIL" for c in first.values())
+    assert any("sample" in c for c in first.values())
+    for label, checks in seen.items():
+        assert checks == first, label
+    assert list(seen["again"]) == list(first)  # and in the same order

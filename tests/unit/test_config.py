@@ -50,13 +50,14 @@ def test_every_setting_parsed(tmp_path: Path) -> None:
     path = _project(
         tmp_path,
         'paths = ["specs", "more"]\ndtypes = ["float64"]\ndevice = "cpu,sim"\nmode = "fast"\nseed = 3\n'
-        'jobs = 2\nmax_memory = "64M"\nmax_elements = 50\nimport_roots = ["src"]\n'
+        'jobs = 2\nmax_memory = "64M"\nmax_elements = 50\nimport_roots = ["src"]\ntimeout = 2.5\n'
+        "isolate = true\n"
         '[tool.specgrad.tolerances.float32]\nepsilon = 1e-3\nrtol = 1e-4\nreason = "measured"\n',
     )
     c = project.load(path)
     assert c.dtypes == ("float64",) and c.device == "cpu,sim" and c.mode == "fast"
     assert (c.seed, c.jobs, c.max_memory, c.max_elements) == (3, 2, 64 << 20, 50)
-    assert c.import_roots == (tmp_path / "src",)
+    assert c.import_roots == (tmp_path / "src",) and (c.timeout, c.isolate) == (2.5, True)
     assert c.tolerance_defaults() == {"float32": {"epsilon": 1e-3, "rtol": 1e-4, "reason": "measured"}}
     hash(c)  # the worker processes' compile caches key on it
 
@@ -75,6 +76,9 @@ def test_every_setting_parsed(tmp_path: Path) -> None:
         ("seed = -1", 5, r"tool\.specgrad\.seed: expected an integer >= 0"),
         ("jobs = true", 5, r"tool\.specgrad\.jobs: expected an integer >= 1"),
         ('max_memory = "lots"', 5, r"tool\.specgrad\.max_memory: expected a size"),
+        ("timeout = 0", 5, r"tool\.specgrad\.timeout: expected seconds, a number > 0 and <= 604800, got 0"),
+        ('timeout = "1m"', 5, r"tool\.specgrad\.timeout: expected seconds"),
+        ('isolate = "yes"', 5, r"tool\.specgrad\.isolate: expected true or false, got 'yes'"),
         ('paths = "specs"', 5, r"tool\.specgrad\.paths: expected a list"),
         ("[tool.specgrad.tolerances.float32]\nrtol = 1e-3", 5, r"float32: rtol/atol replace the error model"),
         (
