@@ -85,6 +85,23 @@ def check_estimate(plan: CasePlan, tensor: str, output_elements: int) -> Estimat
     return Estimate(rest.tensors, rest.per_element, rest.outputs, stack_budget(plan, rest.total))
 
 
+def taylor_estimate(plan: CasePlan, output_elements: int) -> Estimate:
+    """The Taylor test: every differentiable tensor moves along a direction at once."""
+    n = sum(_elements(t.shape) for t in plan.spec.tensors if t.grad)
+    return Estimate(
+        tensors=case_estimate(plan).tensors,
+        per_element=8 * PER_ELEMENT["directional"] * n,
+        outputs=8 * PER_OUTPUT * output_elements,
+    )
+
+
+def agreement_estimate(plan: CasePlan) -> Estimate:
+    """Comparing implementations or devices: each side holds the case's tensors (outputs
+    and gradients, about as large, are counted as a tensor-sized copy per side)."""
+    sides = 1 + len(plan.targets)
+    return Estimate(tensors=case_estimate(plan).tensors * 2 * sides)
+
+
 def stack_budget(plan: CasePlan, rest: int) -> int:
     """Bytes stacked evaluations may take beside `rest` (the check's other memory):
     STACK_BYTES, or what --max-memory leaves, so stacking never pushes a check over it."""
@@ -98,16 +115,28 @@ def stack_bytes(plan: CasePlan, tensor: str, output_elements: int) -> int:
     return check_estimate(plan, tensor, output_elements).stacked
 
 
+#: the environment variable a worker pool sets to its size: the default limit is shared
+WORKERS_VARIABLE = "SPECGRAD_WORKERS"
+
+
 def limit(plan: CasePlan) -> tuple[int, str] | None:
-    """(bytes, where the limit comes from): --max-memory (or the spec's project setting),
-    else a share of the memory available now; None where that cannot be read."""
+    """(bytes, where the limit comes from): --max-memory (or [tool.specgrad] max_memory),
+    else a share of the memory available now, split between the workers; None where that
+    cannot be read."""
     if plan.method.max_memory is not None:
-        return plan.method.max_memory, "--max-memory"
+        return plan.method.max_memory, "--max-memory or [tool.specgrad] max_memory"
     available = available_memory()
     if available is None:
         return None
-    share = int(available * AVAILABLE_SHARE)
-    return share, f"half the memory available when it started, {size_text(available)}; --max-memory sets it"
+    try:
+        workers = max(1, int(os.environ.get(WORKERS_VARIABLE, "1")))
+    except ValueError:
+        workers = 1
+    share = int(available * AVAILABLE_SHARE / workers)
+    split = f" among {workers} workers" if workers > 1 else ""
+    return share, (
+        f"half the memory available when it started, {size_text(available)}{split}; --max-memory sets it"
+    )
 
 
 def refusal(estimate: Estimate, plan: CasePlan, what: str) -> str | None:

@@ -24,7 +24,14 @@ from specgrad.errors import Location, SpecError, SpecIssue, UsageError
 from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES
 from specgrad.parallel import cores
-from specgrad.process import Terminated, one_blas_thread, sigterm_interrupts, tune_allocator
+from specgrad.process import (
+    Terminated,
+    deferred_signals,
+    one_blas_thread,
+    pending_signal,
+    sigterm_interrupts,
+    tune_allocator,
+)
 from specgrad.reporting.console import ConsoleReporter
 from specgrad.reporting.json_report import JsonReporter
 from specgrad.results import EXIT_INTERNAL, CheckResult, RunSummary
@@ -40,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage; normalise its code to 2
         return 0 if exc.code == 0 else 2
     try:
-        return int(args.func(args))
+        with sigterm_interrupts():
+            return int(args.func(args))
+    except KeyboardInterrupt as exc:  # before a run started, or a command without one
+        print("specgrad: interrupted", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except BrokenPipeError:  # `specgrad list ... | head`: the reader left; stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
@@ -194,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="the same as --mode fast")
     p.add_argument("--max-elements", type=_positive, metavar="N", help="as validate --max-elements")
     p.add_argument("--max-memory", type=_size, metavar="SIZE", help="as validate --max-memory")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="as validate --timeout")
+    p.add_argument("--isolate", action="store_true", default=None, help="as validate --isolate")
     p.set_defaults(func=cmd_explain, device=None, jobs=None, dtype=None)
 
     p = sub.add_parser(
@@ -448,11 +461,6 @@ def _mode(args: argparse.Namespace) -> str | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    with sigterm_interrupts():
-        return _validate(args)
-
-
-def _validate(args: argparse.Namespace) -> int:
     tune_allocator()
     configure(args)
     files = spec_paths(args)
@@ -469,9 +477,10 @@ def _validate(args: argparse.Namespace) -> int:
         planned = [(spec, _plans(spec, args, matcher)) for spec in loaded]
         planned = [(spec, plans) for spec, plans in planned if plans]
         _frameworks(planned, summary)
-        workers = min(args.jobs or cores(), sum(len(plans) for _, plans in planned))
+        asked = args.jobs or cores()
+        workers = min(asked, sum(len(plans) for _, plans in planned))
         timed = any(p.timeout is not None for _, plans in planned for p in plans)
-        isolated = workers > 1 or bool(args.isolate) or timed
+        isolated = asked > 1 or bool(args.isolate) or timed
         total = sum(len(p.targets) for _, plans in planned for p in plans)
         with reporter.progress(total):
             if isolated and workers:
@@ -480,16 +489,33 @@ def _validate(args: argparse.Namespace) -> int:
                 for spec, plans in planned if not isolated else ():
                     results = []
                     _run_one(spec, plans, summary, reporter, args.fail_fast, results)
-                    summary.results.extend(results)
-                    reporter.spec_results(results)
-                    results = []
+                    with deferred_signals():
+                        summary.results.extend(results)
+                        reporter.spec_results(results)
+                        results = []
                     if args.fail_fast and any(r.status.bad for r in summary.results):
                         break
     except KeyboardInterrupt as exc:
-        summary.interrupted = True
-        summary.signal = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
-        summary.results.extend(results)  # the interrupted spec's finished checks
-        reporter.spec_results(results)
+        _interrupted(summary, exc)
+        with deferred_signals():
+            summary.results.extend(results)  # the interrupted spec's finished checks
+            reporter.spec_results(results)
+    try:
+        with deferred_signals():  # a signal now waits: the reports are written whole
+            _finish(args, summary, reporter)
+    except KeyboardInterrupt as exc:
+        _interrupted(summary, exc)
+        print("interrupted while writing the reports: they are complete", file=sys.stderr)
+    return summary.exit_code
+
+
+def _interrupted(summary: RunSummary, exc: KeyboardInterrupt) -> None:
+    summary.interrupted = True
+    summary.signal = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+
+
+def _finish(args: argparse.Namespace, summary: RunSummary, reporter: ConsoleReporter) -> None:
+    """What follows the checks: notes, the closing lines, the reports."""
     _describe_devices(summary)
     if "sim" in (_devices(args) or ()):
         summary.notes.append(
@@ -506,14 +532,13 @@ def _validate(args: argparse.Namespace) -> int:
             "zero_upstream, layout, taylor) were left out. Run without --mode fast for a per-element "
             "verdict"
         )
-    if args.html:
+    if args.html and any(r.evidence is not None for r in summary.results):
         from specgrad.reporting.heatmap import unavailable
 
-        if unavailable() and any(r.evidence is not None for r in summary.results):
+        if unavailable():
             summary.notes.append(f"--html: {unavailable()}")
     reporter.closing(summary)
     _write_reports(args, summary)
-    return summary.exit_code
 
 
 def _reports(args: argparse.Namespace) -> list[tuple[str, Path]]:
@@ -536,6 +561,8 @@ def _write_reports(args: argparse.Namespace, summary: RunSummary) -> None:
     }
     failed = []
     for option, path in _reports(args):
+        if pending_signal():  # arrived while an earlier report was written: this one says so
+            summary.interrupted, summary.signal = True, pending_signal() or signal.SIGINT
         writer = writers[option](path)
         pictures = writer.pictures(summary) if isinstance(writer, HtmlReporter) else 0
         if pictures > 3:
@@ -545,7 +572,8 @@ def _write_reports(args: argparse.Namespace, summary: RunSummary) -> None:
         except OSError as exc:
             failed.append(f"{option} {path}: cannot write the report: {exc}")
         if isinstance(writer, HtmlReporter) and writer.interrupted:
-            summary.interrupted = True  # exit 130; the report holds the pictures drawn so far
+            # exit 130 (143); the report holds the pictures drawn so far
+            summary.interrupted, summary.signal = True, pending_signal() or signal.SIGINT
             print(
                 f"interrupted while drawing {path}'s pictures: it is written with those drawn",
                 file=sys.stderr,
@@ -630,6 +658,17 @@ def _run_one(
         reporter.spec_errors(exc.issues)
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other specs
         _internal(summary, reporter, spec.path, "checking", exc)
+    except (KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a layer's own BaseException (checks catch Exception)
+        issue = SpecIssue(
+            Location(spec.path),
+            "",
+            f"a callable raised {type(exc).__name__}, which is not an Exception: the spec's other "
+            "checks were not run (--isolate reports it as the check's ERROR and goes on)",
+        )
+        summary.spec_errors.append(issue)
+        reporter.spec_errors([issue])
 
 
 def _run_parallel(
@@ -641,6 +680,7 @@ def _run_parallel(
 ) -> None:
     """The specs' plans across `workers` processes, reported spec by spec in order."""
     from specgrad.parallel import CompileOptions, run_jobs
+    from specgrad.workers import Outcome
 
     dtypes = _dtypes(args.dtype)
     options = CompileOptions(
@@ -655,7 +695,8 @@ def _run_parallel(
         config=args.settings,
     )
     plans_of = {spec.name: plans for spec, plans in planned}
-    for spec, outcome in run_jobs(planned, options, workers):
+
+    def report(spec: Spec, outcome: Outcome) -> bool:
         summary.specs_checked += 1
         results = outcome.results
         failed = [i for i, r in enumerate(results) if r.status.bad]
@@ -669,10 +710,9 @@ def _run_parallel(
         summary.results.extend(results)
         reporter.advance(sum(len(p.targets) for p in plans_of[spec.name]), spec.name)
         reporter.spec_results(results)
-        if outcome.interrupted:
-            raise KeyboardInterrupt
-        if args.fail_fast and failed:
-            break
+        return not (args.fail_fast and failed)
+
+    run_jobs(planned, options, workers, report)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -725,17 +765,60 @@ def cmd_explain(args: argparse.Namespace) -> int:
         "mode": _mode(args),
         "max_elements": args.max_elements,
         "max_memory": args.max_memory,
+        "timeout": args.timeout,
     }
     plan = find_plan(args.check_id, specs, **options)
     tune_allocator()
-    with one_blas_thread():
-        try:
-            results = run_plan(plan, Engines())
-        except SpecError as exc:
-            ConsoleReporter(stream=sys.stderr).spec_errors(exc.issues)
-            return 2
+    if plan.timeout is not None or args.isolate:
+        results, issues = _explain_in_a_worker(plan, args)
+    else:
+        with one_blas_thread():
+            try:
+                results, issues = run_plan(plan, Engines()), []
+            except SpecError as exc:
+                results, issues = [], list(exc.issues)
+    if issues or not results:
+        ConsoleReporter(stream=sys.stderr).spec_errors(issues)
+        return 2
     print(report(plan, results[0], args.top))
     return 1 if results[0].status.bad else 0
+
+
+def _explain_in_a_worker(
+    plan: CasePlan, args: argparse.Namespace
+) -> tuple[list[CheckResult], list[SpecIssue]]:
+    """`explain`'s one check in a worker process (a timeout, or --isolate): a crash or a
+    hang is its ERROR or TIMEOUT, as in `validate`."""
+    from specgrad.parallel import CompileOptions, run_jobs
+    from specgrad.workers import Outcome
+
+    target = plan.targets[0]
+    devices: tuple[str, ...] | None = None  # as find_plan compiled it
+    if plan.device != "cpu":
+        devices = ("cpu", plan.device)
+    elif target.startswith("device."):
+        devices = ("cpu", target.removeprefix("device."))
+    options = CompileOptions(
+        seed=args.seed,
+        mode=_mode(args),
+        max_elements=args.max_elements,
+        max_memory=args.max_memory,
+        devices=devices,
+        timeout=args.timeout,
+        config=args.settings,
+        only=plan.check_id(target),
+    )
+    got: list[Outcome] = []
+
+    def keep(spec: Spec, outcome: Outcome) -> bool:
+        got.append(outcome)
+        return True
+
+    run_jobs([(plan.spec, (plan,))], options, 1, keep)
+    issues = [*got[0].error] if got and got[0].error else []
+    if got and got[0].internal:
+        issues.append(SpecIssue(Location(plan.spec.path), "", f"internal error: {got[0].internal}"))
+    return (got[0].results if got else []), issues
 
 
 def cmd_new(args: argparse.Namespace) -> int:

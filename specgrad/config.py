@@ -267,9 +267,10 @@ def parse_size(value: Any) -> int | None:
         return None
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", value, re.IGNORECASE)
-    if not match or float(match.group(1)) <= 0:
-        return None
-    return int(float(match.group(1)) * units[match.group(2).upper()])
+    if not match or (not match.group(2) and "." in match.group(1)):
+        return None  # a byte count is whole
+    size = int(float(match.group(1)) * units[match.group(2).upper()])
+    return size if size > 0 else None
 
 
 def _line(text: str, key: str) -> int:

@@ -82,9 +82,17 @@ def load_spec(path: Path | str) -> RawSpec:
     """Read one spec file. Raises SpecError (located) for unreadable files and bad YAML."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+    except (OSError, ValueError) as exc:
         raise SpecError.at(Location(path), "", f"cannot read spec file: {exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        byte = data[exc.start : exc.start + 1].hex()
+        message = f"cannot read spec file: byte 0x{byte} is not UTF-8 text (save the spec as UTF-8)"
+        raise SpecError.at(Location(path, line, column), "", message) from None
     return load_spec_text(text, path)
 
 
@@ -96,6 +104,11 @@ def load_spec_text(text: str, path: Path) -> RawSpec:
         loc = Location(path, mark.line + 1, mark.column + 1) if mark else Location(path)
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
         raise SpecError.at(loc, "", f"invalid YAML: {problem}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: no mark, a position
+        before = text[: exc.position]
+        loc = Location(path, before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1)
+        code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
+        raise SpecError.at(loc, "", f"invalid YAML: {exc.reason}: character #x{code:04x}") from None
     except yaml.YAMLError as exc:
         raise SpecError.at(Location(path), "", f"invalid YAML: {exc}") from None
     except RecursionError:
@@ -115,6 +128,8 @@ def load_spec_text(text: str, path: Path) -> RawSpec:
         data = builder.build(nodes[0], ())
     except RecursionError:
         raise SpecError.at(Location(path, 1, 1), "", "the document nests too deeply") from None
+    except _TooLarge as exc:
+        raise SpecError([exc.issue]) from None
     if builder.issues:
         raise SpecError(builder.issues)
     return RawSpec(path, data, builder.locations, builder.key_locations)
@@ -127,11 +142,22 @@ _PLAIN_TAGS: dict[type[yaml.Node], str] = {
 }
 
 
+#: values a spec may expand to: aliases repeat a node wherever they point, so a small file
+#: can stand for an exponential number of them ("billion laughs"); a real spec has hundreds
+MAX_VALUES = 100_000
+
+
+class _TooLarge(Exception):
+    def __init__(self, issue: SpecIssue) -> None:
+        self.issue = issue
+
+
 class _Builder:
     """Turns a composed node tree into plain data, recording each node's location."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.built = 0
         self.locations: dict[JsonPath, Location] = {}
         self.key_locations: dict[JsonPath, Location] = {}
         self.issues: list[SpecIssue] = []
@@ -144,6 +170,10 @@ class _Builder:
         self.issues.append(SpecIssue(self._loc(node), format_path(path), message))
 
     def build(self, node: yaml.Node, path: JsonPath) -> Any:
+        self.built += 1
+        if self.built > MAX_VALUES:
+            message = f"the document expands to more than {MAX_VALUES} values (aliases repeating aliases?)"
+            raise _TooLarge(SpecIssue(self._loc(node), format_path(path), message))
         self.locations[path] = self._loc(node)
         if len(path) > _MAX_DEPTH or id(node) in self._active:
             self._fail(node, path, "document nests too deeply (recursive alias?)")
@@ -236,8 +266,12 @@ def _extended(raw: RawSpec, chain: tuple[Path, ...]) -> RawSpec:
     if not isinstance(data, dict) or not isinstance(data.get("extends"), str):
         return raw  # no base (a malformed `extends` is the schema's to report)
     here = raw.path.resolve()
-    base_path = (raw.path.parent / data["extends"]).resolve()
     where = raw.locate(("extends",))
+    try:
+        base_path = (raw.path.parent / data["extends"]).resolve()
+        base_path.is_file()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+        raise SpecError.at(where, "extends", f"not a usable file path: {exc}") from None
     if base_path in (*chain, here):
         cycle = " -> ".join(str(p) for p in (*chain, here, base_path))
         raise SpecError.at(where, "extends", f"spec bases extend each other in a cycle: {cycle}")

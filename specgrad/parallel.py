@@ -17,21 +17,21 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from specgrad.compile import CasePlan
 from specgrad.config import Config
-from specgrad.errors import SpecError, SpecIssue
+from specgrad.errors import Location, SpecError, SpecIssue
 from specgrad.model import Spec
-from specgrad.process import one_blas_thread, tune_allocator
-from specgrad.results import CheckResult
-from specgrad.workers import Outcome, Pool
+from specgrad.process import deferred_signals, one_blas_thread, tune_allocator
+from specgrad.results import CheckResult, Status
+from specgrad.workers import Outcome, Pool, Recorder, lost_results
 
 if TYPE_CHECKING:
-    from specgrad.runner import Engines, Observer
+    from specgrad.runner import Engines
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class CompileOptions:
     devices: tuple[str, ...] | None = None
     timeout: float | None = None
     config: Config | None = None  # the project's [tool.specgrad]: its tolerances shape the specs
+    only: str | None = None  # one check id (`explain`): its plan alone, keeping its evidence
 
     def plans(self, spec: Spec) -> tuple[CasePlan, ...]:
         from specgrad.compile import compile_spec
@@ -54,7 +55,7 @@ class CompileOptions:
 
         select = compile_expression(self.keyword) if self.keyword else None
         dtypes = list(self.dtypes) if self.dtypes is not None else None
-        return compile_spec(
+        plans = compile_spec(
             spec,
             dtypes=dtypes,
             seed=self.seed,
@@ -65,6 +66,14 @@ class CompileOptions:
             devices=self.devices,
             timeout=self.timeout,
         )
+        if self.only is None:
+            return plans
+        return tuple(
+            replace(p, targets=(t,), evidence=True)
+            for p in plans
+            for t in p.targets
+            if p.check_id(t) == self.only
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class Job:
     path: str
     index: int
     options: CompileOptions
+    expect: tuple[str, ...] = ()  # the plan's check ids, as this process compiled it
 
 
 def cores() -> int:
@@ -93,36 +103,42 @@ def cost(plan: CasePlan) -> int:
 
 
 def run_jobs(
-    specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]], options: CompileOptions, workers: int
-) -> Iterator[tuple[Spec, Outcome]]:
-    """Each spec with its assembled outcome, in order, as soon as it and every spec before
-    it are done. A plan that stops (spec error, internal error, interrupt in user code) ends
-    its spec there, as in one process; an interrupt also ends the run once the plans before
-    it are done. Ctrl-C or SIGTERM here (KeyboardInterrupt) stops the workers at once: every
-    check finished so far is yielded, per spec in order, then the interrupt goes on."""
+    specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]],
+    options: CompileOptions,
+    workers: int,
+    report: Callable[[Spec, Outcome], bool],
+) -> None:
+    """Hand each spec with its assembled outcome to `report`, in order, as soon as it and
+    every spec before it are done (`report` returns False to stop the run: --fail-fast). A
+    plan that stops (spec error, internal error) ends its spec there, as in one process.
+    Ctrl-C or SIGTERM (KeyboardInterrupt) stops the workers at once; every check finished
+    so far (and those of the cases in progress) is reported, per spec in order, then the
+    interrupt goes on. `report` runs with signals deferred, so it never stops halfway."""
     jobs = {(s, i): plan for s, (_, plans) in enumerate(specs) for i, plan in enumerate(plans)}
     done: dict[tuple[int, int], Outcome] = {}
-    stop: tuple[int, int] | None = None
-    cursor = 0
+    cursor = reported = 0
     order = sorted(jobs, key=lambda k: -cost(jobs[k]))
     with Pool(workers, _work) as pool:
         try:
             for key, outcome in pool.run(
-                [(k, Job(str(specs[k[0]][0].path), k[1], options), jobs[k]) for k in order]
+                [(k, Job(str(specs[k[0]][0].path), k[1], options, _expect(jobs[k])), jobs[k]) for k in order]
             ):
                 assert isinstance(key, tuple)
                 done[key] = outcome
-                if outcome.interrupted and (stop is None or key < stop):
-                    stop = key
-                ready, cursor = _assemble(specs, done, cursor, stop)
-                yield from ready
-                if stop is not None and cursor > stop[0]:
-                    return
+                ready, cursor = _assemble(specs, done, cursor)
+                for spec, assembled in ready:
+                    with deferred_signals():
+                        go_on = report(spec, assembled)
+                        reported += 1
+                    if not go_on:
+                        return
         except KeyboardInterrupt:
-            for key, streamed in pool.in_flight():
-                assert isinstance(key, tuple)
-                done[key] = Outcome(streamed)
-            yield from _finished(specs, done, cursor)
+            with deferred_signals():  # a second signal waits until these are reported
+                for key, outcome in pool.in_flight():
+                    assert isinstance(key, tuple)
+                    done[key] = outcome
+                for spec, assembled in _finished(specs, done, reported):
+                    report(spec, assembled)
             raise
 
 
@@ -140,14 +156,11 @@ def _finished(
 
 
 def _assemble(
-    specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]],
-    done: dict[tuple[int, int], Outcome],
-    cursor: int,
-    stop: tuple[int, int] | None,
+    specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]], done: dict[tuple[int, int], Outcome], cursor: int
 ) -> tuple[list[tuple[Spec, Outcome]], int]:
-    """The specs from `cursor` on whose plans are done (up to the first that stopped)."""
+    """The specs from `cursor` on whose plans are done (a plan that stopped ends its spec)."""
     ready: list[tuple[Spec, Outcome]] = []
-    while cursor < len(specs) and (stop is None or cursor <= stop[0]):
+    while cursor < len(specs):
         spec, plans = specs[cursor]
         results: list[CheckResult] = []
         errors: list[SpecIssue] = []
@@ -173,7 +186,7 @@ _BOUND: dict[tuple[str, CompileOptions], Engines] = {}
 _ONE_THREAD: list[object] = []
 
 
-def _work(job: Job, observer: Observer) -> Outcome:
+def _work(job: Job, observer: Recorder) -> Outcome:
     from specgrad.runner import Engines, run_plan
     from specgrad.validate import parse_spec
 
@@ -187,7 +200,11 @@ def _work(job: Job, observer: Observer) -> Outcome:
         key = (job.path, job.options)
         if key not in _COMPILED:
             _COMPILED[key] = job.options.plans(parse_spec(Path(job.path), job.options.config))
-        plan = _COMPILED[key][job.index]
+        plans = _COMPILED[key]
+        if job.index >= len(plans) or _expect(plans[job.index]) != job.expect:
+            changed = "the spec file changed while the run was going on; run again"
+            return Outcome([], error=(SpecIssue(Location(Path(job.path)), "", changed),))
+        plan = plans[job.index]
         if key not in _BOUND:
             _BOUND[key] = Engines()
         return Outcome(run_plan(plan, _BOUND[key], observer))
@@ -195,7 +212,17 @@ def _work(job: Job, observer: Observer) -> Outcome:
         return Outcome(
             [], error=tuple(exc.issues), contained=plan is not None and bool(plan.spec.implementation)
         )
-    except KeyboardInterrupt:
-        return Outcome([], interrupted=True)
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other checks
         return Outcome([], internal="".join(traceback.format_exception_only(type(exc), exc)).strip())
+    except BaseException as exc:  # from the layer's code (workers ignore Ctrl-C): its check's ERROR
+        if plan is None or isinstance(exc, GeneratorExit):
+            raise
+        cause = f"saw the layer's code raise {type(exc).__name__}"
+        if isinstance(exc, KeyboardInterrupt):
+            cause += " (not a Ctrl-C: workers ignore those)"
+        return Outcome(lost_results(plan, observer.results, observer.current, Status.ERROR, cause))
+
+
+def _expect(plan: CasePlan) -> tuple[str, ...]:
+    """A plan's check ids: a worker compiling the spec again must find the same plan."""
+    return tuple(plan.check_id(t) for t in plan.targets)

@@ -95,3 +95,53 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_pending: list[int] = []
+_depth: list[bool] = []
+
+
+def pending_signal() -> int | None:
+    """The SIGINT or SIGTERM that arrived inside `deferred_signals`, if one did (code that
+    can stop early, such as drawing pictures, looks here)."""
+    return _pending[0] if _pending else None
+
+
+def interrupt_for(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM are recorded, not raised, while the block runs (bookkeeping that
+    must not stop halfway: a spec's results half added, a report half written), then raised
+    when it ends (the first one, as KeyboardInterrupt or Terminated). Main thread only."""
+    if threading.current_thread() is not threading.main_thread() or _depth:
+        _depth.append(True)  # nested: the outermost block raises
+        try:
+            yield
+        finally:
+            _depth.pop()
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, _record)
+    _depth.append(True)
+    try:
+        yield
+    except BaseException:
+        _pending.clear()  # the block's own exception goes on; the signal is not raised twice
+        raise
+    finally:
+        _depth.pop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if _pending:
+        signum = _pending[0]
+        _pending.clear()
+        raise interrupt_for(signum)
+
+
+def _record(signum: int, frame: object) -> None:
+    if not _pending:
+        _pending.append(signum)

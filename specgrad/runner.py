@@ -31,7 +31,7 @@ from specgrad.bindings import (
     raw_outputs_of,
     round_trip,
 )
-from specgrad.budget import case_estimate, check_estimate, refusal
+from specgrad.budget import agreement_estimate, case_estimate, check_estimate, refusal, taylor_estimate
 from specgrad.compile import CasePlan
 from specgrad.contracts import PROBED, Probe, same
 from specgrad.errors import SpecError, SpecIssue
@@ -131,15 +131,21 @@ class Observer(Protocol):
     """Told what a plan is doing while it runs: a worker process passes it on, so the
     parent knows which checks a hang or a crash belongs to and keeps those already done."""
 
-    def step(self, label: str, targets: tuple[str, ...]) -> None:
-        """`targets` are being worked on now (`label` says how, for a person)."""
+    def step(self, label: str, targets: tuple[str, ...], at_least: float = 0.0) -> None:
+        """`targets` are being worked on now (`label` says how, for a person); a time limit
+        gives this step `at_least` seconds (importing a framework takes its own time)."""
 
     def result(self, result: CheckResult) -> None:
         """One check finished (the contracts settled by the first calls come first)."""
 
 
+#: seconds the step that imports a spec's callables gets whatever the timeout (import torch
+#: takes seconds, and a worker stopped by a timeout imports again from scratch)
+IMPORT_SECONDS = 120.0
+
+
 class _Quiet:
-    def step(self, label: str, targets: tuple[str, ...]) -> None:
+    def step(self, label: str, targets: tuple[str, ...], at_least: float = 0.0) -> None:
         pass
 
     def result(self, result: CheckResult) -> None:
@@ -155,19 +161,40 @@ def run_plan(plan: CasePlan, engines: Engines, observer: Observer | None = None)
     if skipped:
         return [plan.result(t, Status.SKIP, f"not run: {skipped}", note=skipped) for t in plan.targets]
     if plan.kind != "checks":
+        refused = refusal(agreement_estimate(plan), plan, "the comparison")
+        if refused:
+            return [plan.result(t, Status.ERROR, refused) for t in plan.targets]
+        observer.step("importing the spec's callables", plan.targets, IMPORT_SECONDS)
+        _bind_all(plan, engines)
         observer.step(
             "the comparison of " + ("implementations" if plan.kind == "agreement" else "devices"),
             plan.targets,
         )
         return AgreementRun(plan, engines).run()
     side = engines(plan.device)
-    observer.step("importing the spec's callables", plan.targets)
+    observer.step("importing the spec's callables", plan.targets, IMPORT_SECONDS)
     try:
         evaluator = side.bind(plan.spec)
     except Unavailable as exc:
         note = f"implementation {plan.spec.implementation or plan.spec.name} not run: {exc}"
         return [plan.result(t, Status.SKIP, f"not run: {exc}", note=note) for t in plan.targets]
     return CaseRun(plan, evaluator, side.backend, observer).run()
+
+
+def _bind_all(plan: CasePlan, engines: Engines) -> None:
+    """Import every callable a comparison uses before it starts (its own step: imports take
+    their own time); what cannot be bound is AgreementRun's to report, where it uses it."""
+    if plan.kind == "agreement":
+        pairs = [(plan.device, impl) for impl in plan.spec.implementations]
+    else:
+        pairs = [(d, plan.spec) for d in (plan.device, *(t.removeprefix("device.") for t in plan.targets))]
+    for device, spec in pairs:
+        if unavailable(device) or not spec.runs_on(device):
+            continue
+        try:
+            engines(device).bind(spec)
+        except Exception:  # noqa: BLE001 - reported by AgreementRun where the binding is used
+            pass
 
 
 def _not_run(plan: CasePlan) -> str:
@@ -499,12 +526,15 @@ class CaseRun:
 
     # -- gradient phase ---------------------------------------------------------------
 
+    def _output_elements(self) -> int:
+        return sum(int(o.size) for o in self.outputs if _looks_like_array(o))
+
     def _gradient(self, name: str) -> CheckResult:
         if self.blocked:
             return self.plan.result(name, Status.ERROR, self.blocked)
         if name in self.grad_problems:
             return self.plan.result(name, Status.FAIL, self.grad_problems[name])
-        outputs = sum(int(o.size) for o in self.outputs if _looks_like_array(o))
+        outputs = self._output_elements()
         refused = refusal(
             check_estimate(self.plan, name, outputs), self.plan, f"the gradient check of {name}"
         )
@@ -773,6 +803,9 @@ class CaseRun:
             if not names:
                 return self.plan.result("contract.taylor", Status.SKIP, "no differentiable tensor")
             return self.plan.result("contract.taylor", Status.ERROR, why)
+        refused = refusal(taylor_estimate(self.plan, self._output_elements()), self.plan, "the Taylor test")
+        if refused:
+            return self.plan.result("contract.taylor", Status.ERROR, refused)
         start = time.perf_counter()
         if self.kinked:
             where = ", ".join(f"{n} ({k})" for n, k in self.kinked.items())

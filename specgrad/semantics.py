@@ -4,6 +4,7 @@ dtype, files that must exist, layer paths that must parse."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,15 +134,20 @@ def _is_integers_fill(data: Any, path: JsonPath) -> bool:
     return isinstance(node, dict) and node.get("kind") == "integers"
 
 
+def _count(n: int) -> str:
+    return f"{n:.3g}" if n < 10**300 else f"about 1e{len(str(n)) - 1}"
+
+
 def _tensor_issues(
     raw: RawSpec, path: JsonPath, tensor: dict[str, Any], dtypes: list[str]
 ) -> Iterator[SpecIssue]:
     dtype = tensor.get("dtype")
-    size = int(np.prod(tensor["shape"], dtype=np.float64))
+    size = math.prod(tensor["shape"])  # exact: a product of huge dims must not overflow
     if size > MAX_ELEMENTS:
         yield raw.issue(
             (*path, "shape"),
-            f"shape {tensor['shape']} has {size:.3g} elements; the limit is {MAX_ELEMENTS:.0e} per tensor",
+            f"shape {tensor['shape']} has {_count(size)} elements; "
+            f"the limit is {MAX_ELEMENTS:.0e} per tensor",
         )
     if tensor.get("grad") and dtype not in (None, *FLOAT_DTYPES):
         yield raw.issue(
@@ -185,7 +191,13 @@ def _fill_issues(
     if kind == "npy":
         file = raw.path.parent / data["path"]
         root = project_root(raw.path)
-        if not data.get("allow_outside_root") and not file.resolve().is_relative_to(root):
+        try:
+            resolved = file.resolve()
+            resolved.is_file()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte
+            yield raw.issue((*path, "path"), f"not a usable file path: {exc}")
+            return
+        if not data.get("allow_outside_root") and not resolved.is_relative_to(root):
             yield raw.issue(
                 (*path, "path"),
                 f"{data['path']} resolves to {file.resolve()}, outside the spec's project {root} (the "
@@ -212,13 +224,30 @@ def project_root(spec: Path) -> Path:
 
 def _representable(raw: RawSpec, path: JsonPath, values: list[float], dtype: str) -> Iterator[SpecIssue]:
     for i, v in enumerate(values):
+        stored = _stored(v, dtype)
+        if stored is not None and (stored == v or (math.isnan(stored) and math.isnan(v))):
+            continue  # Python compares ints and floats exactly
+        where = (*path, "values", i) if raw.locations.get((*path, "values", i)) else path
+        becomes = "it is out of the dtype's range" if stored is None else f"it would become {stored!r}"
+        yield raw.issue(where, f"{v!r} is not exactly representable in {dtype} ({becomes})")
+
+
+def _stored(value: float, dtype: str) -> float | int | None:
+    """What a `dtype` array holds for `value` (None: out of its range)."""
+    if dtype in FLOAT_DTYPES:
+        try:
+            as_float = float(value)
+        except OverflowError:  # an int beyond float64's range
+            return None
         with np.errstate(over="ignore", invalid="ignore"):
-            stored = np.asarray(v).astype(dtype).astype(np.float64)
-        if not (stored == v or (np.isnan(v) and dtype in FLOAT_DTYPES)):
-            where = (*path, "values", i) if raw.locations.get((*path, "values", i)) else path
-            yield raw.issue(
-                where, f"{v!r} is not exactly representable in {dtype} (it would become {float(stored)!r})"
-            )
+            stored = float(np.asarray(as_float, dtype=np.float64).astype(dtype))
+        return stored if math.isfinite(stored) or not math.isfinite(as_float) else None
+    if isinstance(value, float) and not value.is_integer():
+        return None if not math.isfinite(value) else float(int(value))
+    if dtype == "bool":
+        return value if value in (0, 1) else None
+    info = np.iinfo(dtype)
+    return int(value) if info.min <= value <= info.max else None
 
 
 def _holds_objects(file: Path) -> bool:
@@ -247,8 +276,14 @@ def _npy_issues(raw: RawSpec, path: JsonPath, file: Path, shape: list[int]) -> I
         return
     try:
         array = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError) as exc:
         yield raw.issue((*path, "path"), f"cannot read {file} as .npy: {exc}")
+        return
+    if array.dtype.kind not in "biuf":
+        yield raw.issue(
+            (*path, "path"),
+            f"{file.name} holds {array.dtype} values; a fixture holds real numbers (float, int or bool)",
+        )
         return
     if tuple(array.shape) != tuple(shape):
         yield raw.issue(

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -60,17 +61,16 @@ _CAUSES = {
 @dataclass(frozen=True)
 class Outcome:
     """What one job (or, assembled, one spec) came to: its results, and what stopped it,
-    if anything: a spec error binding its callables, an internal error, an interrupt."""
+    if anything: a spec error binding its callables, an internal error."""
 
     results: list[CheckResult]
     error: tuple[SpecIssue, ...] | None = None
     internal: str | None = None
-    interrupted: bool = False
     contained: bool = False  # the error stops one implementation of several, not the spec
 
     @property
     def stopped(self) -> bool:
-        return bool((self.error and not self.contained) or self.internal or self.interrupted)
+        return bool((self.error and not self.contained) or self.internal)
 
 
 @dataclass
@@ -81,12 +81,13 @@ class _Worker:
     plan: CasePlan | None = None
     step: tuple[str, tuple[str, ...]] | None = None
     since: float = 0.0  # when the current step began (this process's monotonic clock)
+    at_least: float = 0.0  # seconds the current step gets whatever the timeout
     streamed: list[CheckResult] = field(default_factory=list)
 
     def deadline(self) -> float | None:
         if self.plan is None or self.plan.timeout is None or self.step is None:
             return None
-        return self.since + self.plan.timeout
+        return self.since + max(self.plan.timeout, self.at_least)
 
 
 class Pool:
@@ -101,9 +102,12 @@ class Pool:
 
     def __enter__(self) -> Pool:
         # spawned workers read the environment at start: one BLAS thread each
-        self._saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+        from specgrad.budget import WORKERS_VARIABLE
+
+        self._saved = {v: os.environ.get(v) for v in (*THREAD_VARIABLES, WORKERS_VARIABLE)}
         for v in THREAD_VARIABLES:
             os.environ[v] = "1"
+        os.environ[WORKERS_VARIABLE] = str(self.size)  # they share the default memory limit
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -141,16 +145,23 @@ class Pool:
                 elif not w.process.is_alive():
                     yield self._lose(w, Status.ERROR, _death(w.process))
                 elif (d := w.deadline()) is not None and time.monotonic() >= d:
-                    assert w.plan is not None
-                    source = "its spec's timeout:" if w.plan.spec.timeout is not None else "--timeout"
-                    yield self._lose(w, Status.TIMEOUT, f"took longer than {w.plan.timeout:g} s ({source})")
+                    assert w.plan is not None and w.plan.timeout is not None
+                    source = (
+                        "its spec's timeout:"
+                        if w.plan.spec.timeout is not None
+                        else "--timeout or [tool.specgrad] timeout"
+                    )
+                    limit = max(w.plan.timeout, w.at_least)
+                    yield self._lose(w, Status.TIMEOUT, f"took longer than {limit:g} s ({source})")
 
-    def in_flight(self) -> Iterator[tuple[Hashable, list[CheckResult]]]:
-        """The jobs still running, with the results they sent so far (an interrupt keeps them)."""
+    def in_flight(self) -> Iterator[tuple[Hashable, Outcome]]:
+        """After an interrupt: each job that was running, with the results it sent so far
+        (or its whole outcome, where it came back in the meantime)."""
         for w in self.workers:
             if w.key is not None:
-                self._collect(w)
-                yield w.key, list(w.streamed)
+                key, streamed = w.key, list(w.streamed)
+                finished = self._collect(w)
+                yield finished if finished is not None else (key, Outcome(streamed))
 
     def _idle(self) -> _Worker | None:
         for w in self.workers:
@@ -169,6 +180,7 @@ class Pool:
                 kind, *payload = w.conn.recv()
                 if kind == "step":
                     w.step, w.since = (payload[0], tuple(payload[1])), time.monotonic()
+                    w.at_least = float(payload[2])
                 elif kind == "result":
                     w.streamed.append(payload[0])
                 elif kind == "done":
@@ -232,7 +244,15 @@ def _start(work: Any) -> _Worker:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_main, args=(child, work), name="specgrad-worker")
-    process.start()
+    # a new interpreter keeps an ignored SIGINT ignored: Ctrl-C while it starts up (before
+    # _main) must not print its traceback; SIGTERM the same
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        process.start()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     child.close()
     return _Worker(process, parent)
 
@@ -247,20 +267,28 @@ def _stop(w: _Worker) -> None:
 # -- in the worker --------------------------------------------------------------------------
 
 
-class _Pipe:
-    """runner.Observer over the pipe."""
+class Recorder:
+    """runner.Observer over the pipe; it also keeps the job's step and results, for an
+    exception no check caught (a BaseException from the layer's code)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self.current: tuple[str, tuple[str, ...]] | None = None
+        self.results: list[CheckResult] = []
 
-    def step(self, label: str, targets: tuple[str, ...]) -> None:
-        self.conn.send(("step", label, targets))
+    def step(self, label: str, targets: tuple[str, ...], at_least: float = 0.0) -> None:
+        self.current = (label, targets)
+        self.conn.send(("step", label, targets, at_least))
 
     def result(self, result: CheckResult) -> None:
+        self.results.append(result)
         try:
             self.conn.send(("result", result))
         except Exception:  # noqa: BLE001 - one that cannot be pickled comes back with the rest
             pass
+
+    def begin(self) -> None:
+        self.current, self.results = None, []
 
 
 def _main(conn: Connection, work: Any) -> None:
@@ -271,12 +299,13 @@ def _main(conn: Connection, work: Any) -> None:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
         except (OSError, AttributeError):
             pass
-    observer = _Pipe(conn)
+    observer = Recorder(conn)
     while True:
         try:
             job = conn.recv()
         except (EOFError, OSError):  # the parent is gone
             return
+        observer.begin()
         outcome = work(job, observer)
         try:
             conn.send(("done", outcome))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from specgrad import __version__
+from specgrad.process import pending_signal
 from specgrad.reporting import heatmap
 from specgrad.reporting.console import failure_text
 from specgrad.results import CheckResult, RunSummary, Status
@@ -115,6 +116,7 @@ class HtmlReporter:
             out.append(f'<h3><span class="{r.status}">{r.status}</span> <code>{_e(r.check_id)}</code></h3>')
             out.append(f"<pre>{_e(failure_text([r]))}</pre>")
             if r.evidence is not None and not heatmap.unavailable():
+                self.interrupted = self.interrupted or bool(pending_signal())
                 if self.interrupted:
                     out.append("<p>(no picture: drawing was interrupted)</p>")
                 elif drawn < MAX_PICTURES:

@@ -188,7 +188,9 @@ def test_fail_fast(write, cli) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_interrupt_reports_what_finished(tmp_path: Path, write, cli) -> None:  # type: ignore[no-untyped-def]
-    """Ctrl-C inside user code: exit 130, finished checks reported, the JSON report complete."""
+    """Ctrl-C inside user code, in process (-j 1: there a KeyboardInterrupt is Ctrl-C's; a
+    worker ignores Ctrl-C, so there one is the check's ERROR): exit 130, finished checks
+    reported, the JSON report complete."""
     write(
         "layers.py",
         # only the special case (the last) has 0.0 in x: Ctrl-C there, after random and wide
@@ -198,7 +200,7 @@ def test_interrupt_reports_what_finished(tmp_path: Path, write, cli) -> None:  #
     write("a.yaml", GOOD)
     write("b.yaml", GOOD.replace("name: lin", "name: slow").replace("layers:forward", "layers:slow"))
     report = tmp_path / "r.json"
-    result = cli("validate", tmp_path, "--json", report)
+    result = cli("validate", tmp_path, "-j", "1", "--json", report)
     assert result.code == 130
     assert "interrupted" in result.out and result.out.splitlines()[-1].endswith("passed, 0 failed")
     doc = json.loads(report.read_text())
@@ -362,6 +364,16 @@ SPEC_ERRORS = [
         GOOD + "attrs: &a {k: *a}\n",
         2,
         r"s\.yaml:11:.*attrs\.k.*nests too deeply \(recursive alias\?\)",
+    ),
+    (
+        "alias bomb",
+        GOOD
+        + "attrs:\n  a: &a [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]\n"
+        + "".join(
+            f"  {c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True)
+        ),
+        2,
+        r"s\.yaml:\d+:\d+: attrs\..*: the document expands to more than 100000 values",
     ),
     ("tab indentation", GOOD.replace("  x: {shape", "\tx: {shape"), 2, r"s\.yaml:7:1: invalid YAML"),
     ("zero timeout", GOOD + "timeout: 0\n", 2, r"s\.yaml:11:10: timeout: expected a value > 0"),

@@ -149,7 +149,9 @@ def test_a_hung_gradient_check_is_a_timeout_and_the_run_goes_on(tmp_path: Path) 
     checks = _checks(report)
     w = checks["a_hang[float64,random]::w"]
     assert w["status"] == "TIMEOUT"
-    assert w["message"].startswith("the gradient check of w took longer than 2 s (--timeout)")
+    assert w["message"].startswith(
+        "the gradient check of w took longer than 2 s (--timeout or [tool.specgrad] timeout)"
+    )
     assert checks["a_hang[float64,random]::x"]["status"] == "PASS"
     assert checks["a_hang[float64,random]::contract.forward_output"]["status"] == "PASS"
     assert {c["status"] for i, c in checks.items() if i.startswith("b_good")} == {"PASS"}
@@ -287,7 +289,7 @@ def test_a_check_over_max_memory_is_refused_with_its_estimate(
     assert x["status"] == "ERROR"
     assert re.match(
         r"refused before running: the gradient check of x needs an estimated [\d.]+ KiB \(tensors .*, "
-        r"per-element figures .*, outputs .*\), over the memory limit of 256\.0 KiB \(--max-memory\)",
+        r"per-element figures .*, outputs .*\), over the memory limit of 256\.0 KiB \(--max-memory or \[tool\.specgrad\] max_memory\)",
         x["message"],
     ), x["message"]
     assert checks["big[float64,random]::w"]["status"] == "PASS"  # 12 elements: fits
@@ -426,3 +428,180 @@ def test_same_verdicts_and_figures_in_any_order_with_any_workers_run_after_run(t
     for label, checks in seen.items():
         assert checks == first, label
     assert list(seen["again"]) == list(first)  # and in the same order
+
+
+# -- what a review found: races and corners ----------------------------------------------------
+
+
+def test_more_than_one_worker_isolates_even_a_single_case(tmp_path: Path) -> None:
+    """-j 2 with one case to run: still a worker (a crash is an ERROR, not the end)."""
+    from tests.conftest import run_subprocess
+
+    _write(tmp_path, "a_crash", "segv_when_w_moves")
+    result = run_subprocess(["validate", "a_crash.yaml", "-j", "2", "--json", "r.json"], tmp_path)
+    assert result.code == 1, result.text
+    assert "killed by SIGSEGV" in _checks(tmp_path / "r.json")["a_crash[float64,random]::w"]["message"]
+
+
+def test_ctrl_c_while_a_finished_job_waits_in_its_pipe_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The job is done (its message unread) when Ctrl-C lands: exit 130 and its checks reported."""
+    import specgrad.workers as workers
+
+    _write(tmp_path, "a_good", "forward")
+    real_wait, calls = workers.wait, [0]
+
+    def wait(objects: Any, timeout: float | None = None) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:  # the job was handed out: let it finish, then Ctrl-C
+            time.sleep(3.0)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        return real_wait(objects, timeout)
+
+    monkeypatch.setattr(workers, "wait", wait)
+    report = tmp_path / "r.json"
+    assert main(["validate", str(tmp_path), "--isolate", "-j", "1", "--json", str(report)]) == 130
+    assert {c["status"] for c in _checks(report).values()} == {"PASS"} and len(_checks(report)) == 11
+
+
+def test_ctrl_c_while_a_spec_is_reported_keeps_every_finished_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the first spec's table prints (a_slow took 4 s: the others finished in the
+    meantime): the table is finished, then every other finished spec is reported too."""
+    from specgrad.reporting.console import ConsoleReporter
+
+    slow = "\n\n_SLEPT = []\n\n\ndef slow(x, w):\n    if not _SLEPT:\n        _SLEPT.append(time.sleep(4))\n    return x @ w\n"
+    (tmp_path / "rel.py").write_text(dedent(LAYERS) + slow)
+    (tmp_path / "a_slow.yaml").write_text(SPEC.format(name="a_slow", forward="slow", extra=""))
+    for name in ("b", "c", "d"):
+        (tmp_path / f"{name}.yaml").write_text(SPEC.format(name=name, forward="forward", extra=""))
+    real, sent = ConsoleReporter.spec_results, []
+
+    def spec_results(self: ConsoleReporter, results: list[Any]) -> None:
+        if results and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # deferred: the table still prints whole
+        real(self, results)
+
+    monkeypatch.setattr(ConsoleReporter, "spec_results", spec_results)
+    report = tmp_path / "r.json"
+    assert main(["validate", str(tmp_path), "-j", "2", "--json", str(report)]) == 130
+    specs = {c["spec"] for c in _checks(report).values()}
+    assert specs == {"a_slow", "b", "c", "d"} and len(_checks(report)) == 44
+
+
+def test_sigterm_while_drawing_heatmaps_is_a_sigterm_and_the_reports_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib")
+    from specgrad.reporting import heatmap
+
+    (tmp_path / "rel.py").write_text(
+        dedent(LAYERS) + "\n\ndef wrong(g, x, w):\n    return 1.5 * (g @ w.T), x.T @ g\n"
+    )
+    extra = "cases: [random, wide]\n"
+    spec = SPEC.format(name="wrong", forward="forward", extra="").replace("rel:backward", "rel:wrong")
+    (tmp_path / "wrong.yaml").write_text(
+        spec.replace("method: {mode: directional}", "").replace("cases: [random]\n", extra)
+    )
+    real, drawn = heatmap.png, []
+
+    def png(*args: Any, **kwargs: Any) -> bytes:
+        drawn.append(1)
+        if len(drawn) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(heatmap, "png", png)
+    json_path, html_path = tmp_path / "r.json", tmp_path / "r.html"
+    assert (
+        main(["validate", str(tmp_path), "-j", "1", "--json", str(json_path), "--html", str(html_path)])
+        == 143
+    )
+    doc = json.loads(json_path.read_text())
+    assert doc["interrupted"] is True and doc["signal"] == "SIGTERM" and doc["exit_code"] == 143
+    assert len(drawn) == 1 and "drawing was interrupted" in html_path.read_text()
+
+
+def test_a_signal_before_the_run_starts_is_a_clean_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import specgrad.cli as cli
+
+    _write(tmp_path, "a_good", "forward")
+
+    def spec_paths(args: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(cli, "spec_paths", spec_paths)
+    assert main(["validate", str(tmp_path)]) == 143
+    captured = capsys.readouterr()
+    assert "interrupted" in captured.err and "Traceback" not in captured.err + captured.out
+
+
+@pytest.mark.parametrize("raised", ["KeyboardInterrupt", "Weird"])
+def test_a_layer_raising_a_base_exception_is_its_checks_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], raised: str
+) -> None:
+    """In a worker, the check in progress is its ERROR and the run goes on; in process, a
+    KeyboardInterrupt is Ctrl-C's (it cannot be told apart), another BaseException is the
+    spec's located error and the other specs run."""
+    layer = f"\n\nclass Weird(BaseException):\n    pass\n\n\ndef odd(x, w):\n    if _moved(w):\n        raise {raised}()\n    return x @ w\n"
+    (tmp_path / "rel.py").write_text(dedent(LAYERS) + layer)
+    (tmp_path / "a_odd.yaml").write_text(SPEC.format(name="a_odd", forward="odd", extra=""))
+    _write_good = (tmp_path / "b_good.yaml").write_text(
+        SPEC.format(name="b_good", forward="forward", extra="")
+    )
+    del _write_good
+    report = tmp_path / "r.json"
+    assert main(["validate", str(tmp_path), "-j", "1", "--isolate", "--json", str(report)]) == 1
+    checks = _checks(report)
+    w = checks["a_odd[float64,random]::w"]
+    assert w["status"] == "ERROR" and f"the worker saw the layer's code raise {raised}" in w["message"]
+    assert {c["status"] for i, c in checks.items() if i.startswith("b_good")} == {"PASS"}
+    if raised == "Weird":
+        assert main(["validate", str(tmp_path), "-j", "1", "--json", str(report)]) == 2
+        out = capsys.readouterr().out
+        assert re.search(r"a_odd\.yaml: a callable raised Weird, which is not an Exception", out)
+        assert {c["spec"] for c in _checks(report).values()} >= {"b_good"} and "Traceback" not in out
+
+
+def test_a_spec_changed_during_the_run_is_an_error_not_a_wrong_result(tmp_path: Path) -> None:
+    from specgrad.compile import compile_spec
+    from specgrad.parallel import CompileOptions, Job, _expect, _work
+    from specgrad.validate import parse_spec
+
+    path = _write(tmp_path, "a_good", "forward")
+    plan = compile_spec(parse_spec(path))[0]
+    (tmp_path / "a_good.yaml").write_text(path.read_text().replace("float64", "float32"))
+
+    class Quiet:
+        current, results = None, []
+
+        def step(self, *args: Any) -> None:
+            pass
+
+        def result(self, result: Any) -> None:
+            pass
+
+    outcome = _work(Job(str(path), 0, CompileOptions(), _expect(plan)), Quiet())  # type: ignore[arg-type]
+    assert outcome.error and "the spec file changed while the run was going on" in outcome.error[0].message
+    assert outcome.results == []
+
+
+def test_npy_fixtures_of_complex_or_structured_values_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rel.py").write_text(dedent(LAYERS))
+    np.save(tmp_path / "c.npy", np.ones((2, 3), dtype=np.complex128))
+    fill = "{shape: [2, 3], fill: {kind: npy, path: c.npy}}"
+    (tmp_path / "s.yaml").write_text(
+        SPEC.format(name="s", forward="forward", extra="").replace("{shape: [2, 3]}", fill)
+    )
+    assert main(["lint", str(tmp_path)]) == 2
+    assert "c.npy holds complex128 values; a fixture holds real numbers" in capsys.readouterr().out

@@ -65,7 +65,7 @@ class _Peaks:
         self.begun: tuple[tuple[str, ...], int] | None = None
         self.extra: dict[str, int] = {}
 
-    def step(self, label: str, targets: tuple[str, ...]) -> None:
+    def step(self, label: str, targets: tuple[str, ...], at_least: float = 0.0) -> None:
         self.begun = (targets, tracemalloc.get_traced_memory()[0])
         tracemalloc.reset_peak()
 
@@ -122,7 +122,10 @@ def test_case_estimate_counts_each_tensor_in_its_dtype_and_its_float64_copies(tm
 
 def test_limit_is_max_memory_else_a_share_of_what_is_available(tmp_path: Path) -> None:
     plan = compile_spec(parse_spec(_spec(tmp_path, "tanh", {"x": [4, 5]}, "")))[0]
-    assert limit(compile_spec(plan.spec, max_memory=1 << 20)[0]) == (1 << 20, "--max-memory")
+    assert limit(compile_spec(plan.spec, max_memory=1 << 20)[0]) == (
+        1 << 20,
+        "--max-memory or [tool.specgrad] max_memory",
+    )
     found = limit(plan)
     assert found is not None and 0 < found[0] and "--max-memory sets it" in found[1]
     big = check_estimate(plan, "x", 10**12)
@@ -141,7 +144,10 @@ def test_a_check_over_the_limit_is_refused_with_the_estimate_others_run(tmp_path
     refused = {r.target: r for r in run_plan(tight[0], Engines())}
     assert refused["a"].status is Status.ERROR
     assert "refused before running: the gradient check of a needs an estimated" in refused["a"].message
-    assert "over the memory limit of 58.6 KiB (--max-memory)" in refused["a"].message
+    assert (
+        "over the memory limit of 58.6 KiB (--max-memory or [tool.specgrad] max_memory)"
+        in refused["a"].message
+    )
     assert refused["contract.forward_output"].status is Status.PASS  # the contracts ran
     tiny = compile_spec(parse_spec(path), max_memory=1000)
     whole = run_plan(tiny[0], Engines())
@@ -150,3 +156,33 @@ def test_a_check_over_the_limit_is_refused_with_the_estimate_others_run(tmp_path
         for r in whole
         if r.target != "contract.taylor"
     )
+
+
+def test_the_taylor_test_and_comparisons_are_estimated_too(tmp_path: Path) -> None:
+    from specgrad.budget import agreement_estimate, taylor_estimate
+
+    plan = compile_spec(parse_spec(_spec(tmp_path, "lin", {"x": [16, 64], "w": [64, 32]}, "")))[0]
+    taylor = taylor_estimate(plan, 16 * 32)
+    assert taylor.per_element == 8 * 16 * (16 * 64 + 64 * 32) and taylor.outputs == 8 * 24 * 16 * 32
+    agree = agreement_estimate(replace(plan, kind="agreement", targets=("agree.b",)))
+    assert agree.total == case_estimate(plan).tensors * 4  # two sides, each a copy of outputs and gradients
+    tight = compile_spec(plan.spec, max_memory=100 << 10)[0]
+    results = {r.target: r for r in run_plan(tight, Engines())}
+    assert results["contract.taylor"].status is Status.ERROR
+    assert results["contract.taylor"].message.startswith("refused before running: the Taylor test needs")
+
+
+def test_the_default_limit_is_shared_between_the_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from specgrad.budget import WORKERS_VARIABLE
+
+    plan = compile_spec(parse_spec(_spec(tmp_path, "tanh", {"x": [4, 5]}, "")))[0]
+    monkeypatch.setattr("specgrad.budget.available_memory", lambda: 8 << 30)
+    assert limit(plan) == (
+        4 << 30,
+        "half the memory available when it started, 8.0 GiB; --max-memory sets it",
+    )
+    monkeypatch.setenv(WORKERS_VARIABLE, "4")
+    found = limit(plan)
+    assert found is not None and found[0] == 1 << 30 and "8.0 GiB among 4 workers" in found[1]

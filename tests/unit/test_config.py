@@ -76,6 +76,7 @@ def test_every_setting_parsed(tmp_path: Path) -> None:
         ("seed = -1", 5, r"tool\.specgrad\.seed: expected an integer >= 0"),
         ("jobs = true", 5, r"tool\.specgrad\.jobs: expected an integer >= 1"),
         ('max_memory = "lots"', 5, r"tool\.specgrad\.max_memory: expected a size"),
+        ('max_memory = "1.5"', 5, r"tool\.specgrad\.max_memory: expected a size"),
         ("timeout = 0", 5, r"tool\.specgrad\.timeout: expected seconds, a number > 0 and <= 604800, got 0"),
         ('timeout = "1m"', 5, r"tool\.specgrad\.timeout: expected seconds"),
         ('isolate = "yes"', 5, r"tool\.specgrad\.isolate: expected true or false, got 'yes'"),

@@ -39,7 +39,7 @@ class _Log:
     def __init__(self) -> None:
         self.events: list[tuple[str, object]] = []
 
-    def step(self, label: str, targets: tuple[str, ...]) -> None:
+    def step(self, label: str, targets: tuple[str, ...], at_least: float = 0.0) -> None:
         self.events.append(("step", (label, targets)))
 
     def result(self, result: CheckResult) -> None:
@@ -100,3 +100,44 @@ def test_lost_results_keep_what_finished_and_say_what_was_cut_short(tmp_path: Pa
     before = lost_results(plan, [], None, Status.ERROR, "exited with status 1")
     assert {r.status for r in before} == {Status.ERROR}
     assert before[0].message.startswith("the worker exited with status 1 during the case's setup")
+
+
+def test_a_step_gets_its_floor_of_seconds_whatever_the_timeout(tmp_path: Path) -> None:
+    """Importing the callables (a framework's import takes seconds) is never cut at 1 s."""
+    from dataclasses import replace
+
+    from specgrad.runner import IMPORT_SECONDS
+    from specgrad.workers import _Worker
+
+    plan = replace(_plan(tmp_path), timeout=1.0)
+    w = _Worker(process=None, conn=None, key=0, plan=plan, step=("x", ("x",)), since=100.0)  # type: ignore[arg-type]
+    assert w.deadline() == 101.0
+    w.at_least = IMPORT_SECONDS
+    assert w.deadline() == 100.0 + IMPORT_SECONDS
+    assert (
+        replace(w, step=None).deadline() is None
+        and replace(w, plan=replace(plan, timeout=None)).deadline() is None
+    )
+
+
+def test_deferred_signals_wait_for_the_block_and_nest() -> None:
+    import os
+    import signal
+
+    import pytest
+
+    from specgrad.process import Terminated, deferred_signals, pending_signal
+
+    with pytest.raises(Terminated):
+        with deferred_signals():
+            with deferred_signals():
+                os.kill(os.getpid(), signal.SIGTERM)
+                assert pending_signal() == signal.SIGTERM
+            done = True  # the inner block did not raise
+        assert not done  # unreachable: the outer block raised at its end
+    assert pending_signal() is None
+    with pytest.raises(ValueError):  # the block's own exception wins; the signal is dropped
+        with deferred_signals():
+            os.kill(os.getpid(), signal.SIGINT)
+            raise ValueError
+    assert pending_signal() is None
