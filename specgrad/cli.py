@@ -497,9 +497,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
                         break
     except KeyboardInterrupt as exc:
         _interrupted(summary, exc)
-        with deferred_signals():
-            summary.results.extend(results)  # the interrupted spec's finished checks
-            reporter.spec_results(results)
+        try:
+            with deferred_signals():
+                summary.results.extend(results)  # the interrupted spec's finished checks
+                reporter.spec_results(results)
+        except KeyboardInterrupt:
+            pass  # a second signal: the run is stopping already
     try:
         with deferred_signals():  # a signal now waits: the reports are written whole
             _finish(args, summary, reporter)
@@ -647,19 +650,22 @@ def _run_one(
     if not plans:
         return
     summary.specs_checked += 1
+    partial = _Finished()
     try:
-        for result in run_spec(spec, plans):
+        for result in run_spec(spec, plans, observer=partial):
+            partial.results.clear()  # the plan is done: its results come this way
             results.append(result)
             reporter.advance(1, spec.name)
             if fail_fast and result.status.bad:
                 break
+    except KeyboardInterrupt:
+        results.extend(partial.results)  # the checks of the interrupted case that finished
+        raise
     except SpecError as exc:
         summary.spec_errors.extend(exc.issues)
         reporter.spec_errors(exc.issues)
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other specs
         _internal(summary, reporter, spec.path, "checking", exc)
-    except (KeyboardInterrupt, GeneratorExit):
-        raise
     except BaseException as exc:  # noqa: BLE001 - a layer's own BaseException (checks catch Exception)
         issue = SpecIssue(
             Location(spec.path),
@@ -669,6 +675,19 @@ def _run_one(
         )
         summary.spec_errors.append(issue)
         reporter.spec_errors([issue])
+
+
+class _Finished:
+    """runner.Observer keeping the results of the case in progress (Ctrl-C keeps them)."""
+
+    def __init__(self) -> None:
+        self.results: list[CheckResult] = []
+
+    def step(self, label: str, targets: tuple[str, ...], at_least: float = 0.0) -> None:
+        pass
+
+    def result(self, result: CheckResult) -> None:
+        self.results.append(result)
 
 
 def _run_parallel(

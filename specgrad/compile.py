@@ -169,7 +169,8 @@ def compile_spec(
     limit = spec.timeout if spec.timeout is not None else timeout
     if spec.implementations:
         own = [plan for impl in spec.implementations for plan in derived(impl)]
-        agree = _agreement_plans(spec, dtypes, seed, select, where)
+        compared = spec.method if max_memory is None else replace(spec.method, max_memory=max_memory)
+        agree = _agreement_plans(spec, compared, dtypes, seed, select, where)
         return (*own, *(replace(p, timeout=limit) for p in agree))
     method = spec.method
     omitted: tuple[str, ...] = ()
@@ -198,6 +199,7 @@ def compile_spec(
 
 def _agreement_plans(
     spec: Spec,
+    method: Method,
     dtypes: Sequence[str] | None,
     seed: int | None,
     select: Matcher | None,
@@ -209,7 +211,7 @@ def _agreement_plans(
     )
     plans = []
     for device in devices:
-        plans += _case_plans(spec, others, spec.method, "agreement", dtypes, seed, select, device)
+        plans += _case_plans(spec, others, method, "agreement", dtypes, seed, select, device)
     return plans
 
 

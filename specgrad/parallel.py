@@ -15,6 +15,7 @@ dies or outlives a check's time limit takes only that job's unfinished checks wi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -82,6 +83,7 @@ class Job:
     index: int
     options: CompileOptions
     expect: tuple[str, ...] = ()  # the plan's check ids, as this process compiled it
+    digest: str = ""  # the spec file's content when this process read it
 
 
 def cores() -> int:
@@ -118,11 +120,14 @@ def run_jobs(
     done: dict[tuple[int, int], Outcome] = {}
     cursor = reported = 0
     order = sorted(jobs, key=lambda k: -cost(jobs[k]))
+    digests = [_digest(str(spec.path)) for spec, _ in specs]
+    handed = [
+        (k, Job(str(specs[k[0]][0].path), k[1], options, _expect(jobs[k]), digests[k[0]]), jobs[k])
+        for k in order
+    ]
     with Pool(workers, _work) as pool:
         try:
-            for key, outcome in pool.run(
-                [(k, Job(str(specs[k[0]][0].path), k[1], options, _expect(jobs[k])), jobs[k]) for k in order]
-            ):
+            for key, outcome in pool.run(handed):
                 assert isinstance(key, tuple)
                 done[key] = outcome
                 ready, cursor = _assemble(specs, done, cursor)
@@ -182,6 +187,7 @@ def _assemble(
 # -- in the worker --------------------------------------------------------------------------
 
 _COMPILED: dict[tuple[str, CompileOptions], tuple[CasePlan, ...]] = {}
+_DIGESTS: dict[tuple[str, CompileOptions], str] = {}
 _BOUND: dict[tuple[str, CompileOptions], Engines] = {}
 _ONE_THREAD: list[object] = []
 
@@ -199,9 +205,12 @@ def _work(job: Job, observer: Recorder) -> Outcome:
     try:
         key = (job.path, job.options)
         if key not in _COMPILED:
+            digest = _digest(job.path)
             _COMPILED[key] = job.options.plans(parse_spec(Path(job.path), job.options.config))
+            _DIGESTS[key] = digest
         plans = _COMPILED[key]
-        if job.index >= len(plans) or _expect(plans[job.index]) != job.expect:
+        same = _DIGESTS[key] == job.digest or not job.digest
+        if not same or job.index >= len(plans) or _expect(plans[job.index]) != job.expect:
             changed = "the spec file changed while the run was going on; run again"
             return Outcome([], error=(SpecIssue(Location(Path(job.path)), "", changed),))
         plan = plans[job.index]
@@ -215,12 +224,21 @@ def _work(job: Job, observer: Recorder) -> Outcome:
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other checks
         return Outcome([], internal="".join(traceback.format_exception_only(type(exc), exc)).strip())
     except BaseException as exc:  # from the layer's code (workers ignore Ctrl-C): its check's ERROR
-        if plan is None or isinstance(exc, GeneratorExit):
+        if plan is None:
             raise
         cause = f"saw the layer's code raise {type(exc).__name__}"
         if isinstance(exc, KeyboardInterrupt):
             cause += " (not a Ctrl-C: workers ignore those)"
-        return Outcome(lost_results(plan, observer.results, observer.current, Status.ERROR, cause))
+        after = "; the worker went on with the next case"
+        return Outcome(lost_results(plan, observer.results, observer.current, Status.ERROR, cause, after))
+
+
+def _digest(path: str) -> str:
+    """The spec file's content, hashed ("" where it cannot be read: parsing says why)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _expect(plan: CasePlan) -> tuple[str, ...]:

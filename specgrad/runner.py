@@ -75,7 +75,9 @@ def analytical_size(v: Verdict) -> int:
     return 0 if v.arrays is None else int(v.arrays[0].size)
 
 
-def run_spec(spec: Spec, plans: Sequence[CasePlan], engines: Engines | None = None) -> Iterator[CheckResult]:
+def run_spec(
+    spec: Spec, plans: Sequence[CasePlan], engines: Engines | None = None, observer: Observer | None = None
+) -> Iterator[CheckResult]:
     """Run the spec's plans, binding each (derived) spec's callables on first use. Callables
     that cannot be imported are a SpecError: it ends a spec with one binding there; with
     several implementations, the others go on and the errors are raised at the end."""
@@ -83,7 +85,7 @@ def run_spec(spec: Spec, plans: Sequence[CasePlan], engines: Engines | None = No
     issues: list[SpecIssue] = []
     for plan in plans:
         try:
-            yield from run_plan(plan, engines)
+            yield from run_plan(plan, engines, observer)
         except SpecError as exc:
             if not spec.implementations:
                 raise
@@ -555,6 +557,13 @@ class CaseRun:
             return self.plan.result(
                 name, Status.ERROR, self._perturbation_text(name, exc), duration=time.perf_counter() - start
             )
+        except MemoryError:
+            estimate = check_estimate(self.plan, name, outputs).describe()
+            why = (
+                f"ran out of memory during the check (estimated {estimate} for the engine, besides "
+                "what the layer allocates); --max-memory refuses such a check before it starts"
+            )
+            return self.plan.result(name, Status.ERROR, why, duration=time.perf_counter() - start)
         except StructureViolation as exc:
             return self.plan.result(
                 name,

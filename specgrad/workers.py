@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections import deque
@@ -35,6 +34,7 @@ from typing import Any
 
 from specgrad.compile import CasePlan
 from specgrad.errors import SpecIssue
+from specgrad.process import deferred_signals
 from specgrad.results import CheckResult, Status
 
 #: the thread-count variables of the BLAS and OpenMP runtimes numpy and cupy link against
@@ -111,9 +111,10 @@ class Pool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for w in self.workers:
-            _stop(w)
-        self.workers = []
+        with deferred_signals():  # a second Ctrl-C must not leave a worker alive
+            for w in self.workers:
+                _stop(w)
+            self.workers = []
         for v, value in self._saved.items():
             if value is None:
                 os.environ.pop(v, None)
@@ -206,6 +207,7 @@ def lost_results(
     step: tuple[str, tuple[str, ...]] | None,
     status: Status,
     cause: str,
+    after: str = "; the run went on in a fresh worker",
 ) -> list[CheckResult]:
     """A plan's results when its worker died or was stopped (`cause`, e.g. "was killed by
     SIGSEGV"): those finished, then `status` for the checks being worked on (all of them
@@ -214,7 +216,7 @@ def lost_results(
     label, working = step if step is not None else ("the case's setup", plan.targets)
     how = "the worker was stopped" if status is Status.TIMEOUT else "the worker"
     why = f"{label} {cause}: {how}" if status is Status.TIMEOUT else f"{how} {cause} during {label}"
-    why += "; the run went on in a fresh worker"
+    why += after
     out = []
     for target in plan.targets:
         if target in done:
@@ -244,15 +246,16 @@ def _start(work: Any) -> _Worker:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_main, args=(child, work), name="specgrad-worker")
-    # a new interpreter keeps an ignored SIGINT ignored: Ctrl-C while it starts up (before
-    # _main) must not print its traceback; SIGTERM the same
-    main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    # the worker starts with Ctrl-C and SIGTERM blocked (a signal to the process group while
+    # it imports must not print its traceback); _main unblocks them once they are ignored
+    blocked = hasattr(signal, "pthread_sigmask")
+    if blocked:  # inherited through exec; the signal still reaches this process, after start()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         process.start()
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     child.close()
     return _Worker(process, parent)
 
@@ -294,6 +297,8 @@ class Recorder:
 def _main(conn: Connection, work: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _ignore)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent

@@ -605,3 +605,79 @@ def test_npy_fixtures_of_complex_or_structured_values_are_refused(
     )
     assert main(["lint", str(tmp_path)]) == 2
     assert "c.npy holds complex128 values; a fixture holds real numbers" in capsys.readouterr().out
+
+
+def test_a_signal_while_a_worker_starts_is_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers start with Ctrl-C and SIGTERM blocked, not ignored, in this process: a SIGTERM
+    arriving then is delivered once the worker is started, and stops the run."""
+    from multiprocessing.context import SpawnProcess
+
+    _write(tmp_path, "a_good", "forward")
+    real = SpawnProcess.start
+
+    def start(self: SpawnProcess) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        real(self)
+
+    monkeypatch.setattr(SpawnProcess, "start", start)
+    report = tmp_path / "r.json"
+    assert main(["validate", str(tmp_path), "--isolate", "-j", "1", "--json", str(report)]) == 143
+    assert json.loads(report.read_text())["signal"] == "SIGTERM"
+
+
+def test_a_second_signal_while_the_interrupted_spec_is_reported_keeps_the_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from specgrad.reporting.console import ConsoleReporter
+
+    stop = "\n\ndef stop(x, w):\n    if _moved(w):\n        raise KeyboardInterrupt\n    return x @ w\n"
+    (tmp_path / "rel.py").write_text(dedent(LAYERS) + stop)
+    (tmp_path / "a.yaml").write_text(SPEC.format(name="a", forward="stop", extra=""))
+    real = ConsoleReporter.spec_results
+
+    def spec_results(self: ConsoleReporter, results: list[Any]) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # a second signal, while the first is handled
+        real(self, results)
+
+    monkeypatch.setattr(ConsoleReporter, "spec_results", spec_results)
+    report = tmp_path / "r.json"
+    assert main(["validate", str(tmp_path), "-j", "1", "--json", str(report)]) == 130  # in process: Ctrl-C
+    doc = json.loads(report.read_text())
+    assert doc["interrupted"] is True and {c["target"] for c in doc["checks"]} >= {
+        "x",
+        "contract.forward_output",
+    }
+
+
+def test_a_spec_edited_mid_run_keeping_its_check_ids_is_caught(tmp_path: Path) -> None:
+    from specgrad.compile import compile_spec
+    from specgrad.parallel import CompileOptions, Job, _digest, _expect, _work
+    from specgrad.validate import parse_spec
+
+    path = _write(tmp_path, "b_good", "forward")
+    plan = compile_spec(parse_spec(path))[0]
+    digest = _digest(str(path))
+    path.write_text(path.read_text().replace("rel:backward", "rel:forward"))  # same ids, other code
+
+    class Quiet:
+        current, results = None, []
+
+        def step(self, *args: Any) -> None:
+            pass
+
+        def result(self, result: Any) -> None:
+            pass
+
+    outcome = _work(Job(str(path), 0, CompileOptions(), _expect(plan), digest), Quiet())  # type: ignore[arg-type]
+    assert outcome.error and "the spec file changed while the run was going on" in outcome.error[0].message
+
+
+def test_a_layer_raising_generator_exit_in_a_worker_is_its_checks_error(tmp_path: Path) -> None:
+    layer = "\n\ndef odd(x, w):\n    if _moved(w):\n        raise GeneratorExit\n    return x @ w\n"
+    (tmp_path / "rel.py").write_text(dedent(LAYERS) + layer)
+    (tmp_path / "a.yaml").write_text(SPEC.format(name="a", forward="odd", extra=""))
+    report = tmp_path / "r.json"
+    assert main(["validate", str(tmp_path), "--isolate", "-j", "1", "--json", str(report)]) == 1
+    w = _checks(report)["a[float64,random]::w"]
+    assert "saw the layer's code raise GeneratorExit" in w["message"]
+    assert w["message"].endswith("the worker went on with the next case")

@@ -186,3 +186,20 @@ def test_the_default_limit_is_shared_between_the_workers(
     monkeypatch.setenv(WORKERS_VARIABLE, "4")
     found = limit(plan)
     assert found is not None and found[0] == 1 << 30 and "8.0 GiB among 4 workers" in found[1]
+
+
+def test_comparisons_of_implementations_get_the_max_memory_too(tmp_path: Path) -> None:
+    (tmp_path / "big.py").write_text(dedent(LAYERS))
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "specgrad: 1\nname: s\ndescription: d\nimplementations:\n"
+        "  a: {forward: big:tanh_f, backward: big:tanh_b}\n  b: {forward: big:tanh_f, backward: big:tanh_b}\n"
+        "inputs:\n  x: {shape: [4, 5]}\ndtypes: [float64]\ncases: [random]\n"
+    )
+    plans = compile_spec(parse_spec(path), max_memory=1024)
+    agreement = [p for p in plans if p.kind == "agreement"]
+    assert agreement and all(p.method.max_memory == 1024 for p in agreement)
+    result = run_plan(agreement[0], Engines())[0]
+    assert result.status is Status.ERROR and result.message.startswith(
+        "refused before running: the comparison"
+    )
