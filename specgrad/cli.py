@@ -19,7 +19,7 @@ from pathlib import Path
 
 from specgrad import __version__
 from specgrad.compile import CasePlan, compile_spec
-from specgrad.config import Config, parse_size
+from specgrad.config import MAX_TIMEOUT, Config, parse_size
 from specgrad.errors import Location, SpecError, SpecIssue, UsageError
 from specgrad.model import Spec
 from specgrad.numerics.tolerance import FLOAT_DTYPES
@@ -257,8 +257,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds (a number), got {text!r}") from None
-    if not 0 < value <= 604800:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0 and <= 604800 (a week), got {text}")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 and <= {MAX_TIMEOUT} (a week), got {text}")
     return value
 
 

@@ -37,6 +37,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 _MODES = ("default", "fast", "per-element")
+#: the longest timeout accepted, in seconds (a week; the spec schema's timeout maximum too)
+MAX_TIMEOUT = 604800
 #: the keys of [tool.specgrad]
 SETTINGS = (
     "paths",
@@ -201,8 +203,8 @@ def _parse(table: Any, path: Path, text: str) -> Config:
                 out[key] = value
     if "timeout" in table:
         value = table["timeout"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 604800:
-            issue("timeout", f"expected seconds, a number > 0 and <= 604800, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT:
+            issue("timeout", f"expected seconds, a number > 0 and <= {MAX_TIMEOUT}, got {value!r}")
         else:
             out["timeout"] = float(value)
     if "isolate" in table:

@@ -203,6 +203,18 @@ def test_the_project_settings_isolate_and_time_out(tmp_path: Path, monkeypatch: 
     assert checks["b_hang[float64,random]::w"]["status"] == "TIMEOUT"
 
 
+class _Quiet:
+    """A worker's observer that keeps nothing (for `_work` called directly)."""
+
+    current, results = None, []
+
+    def step(self, *args: Any) -> None:
+        pass
+
+    def result(self, result: Any) -> None:
+        pass
+
+
 def _gone(pid: int) -> None:
     """The process `pid` (a worker) no longer exists (within a few seconds)."""
     for _ in range(50):
@@ -580,16 +592,7 @@ def test_a_spec_changed_during_the_run_is_an_error_not_a_wrong_result(tmp_path: 
     plan = compile_spec(parse_spec(path))[0]
     (tmp_path / "a_good.yaml").write_text(path.read_text().replace("float64", "float32"))
 
-    class Quiet:
-        current, results = None, []
-
-        def step(self, *args: Any) -> None:
-            pass
-
-        def result(self, result: Any) -> None:
-            pass
-
-    outcome = _work(Job(str(path), 0, CompileOptions(), _expect(plan)), Quiet())  # type: ignore[arg-type]
+    outcome = _work(Job(str(path), 0, CompileOptions(), _expect(plan)), _Quiet())  # type: ignore[arg-type]
     assert outcome.error and "the spec file changed while the run was going on" in outcome.error[0].message
     assert outcome.results == []
 
@@ -659,16 +662,7 @@ def test_a_spec_edited_mid_run_keeping_its_check_ids_is_caught(tmp_path: Path) -
     digest = _digest(str(path))
     path.write_text(path.read_text().replace("rel:backward", "rel:forward"))  # same ids, other code
 
-    class Quiet:
-        current, results = None, []
-
-        def step(self, *args: Any) -> None:
-            pass
-
-        def result(self, result: Any) -> None:
-            pass
-
-    outcome = _work(Job(str(path), 0, CompileOptions(), _expect(plan), digest), Quiet())  # type: ignore[arg-type]
+    outcome = _work(Job(str(path), 0, CompileOptions(), _expect(plan), digest), _Quiet())  # type: ignore[arg-type]
     assert outcome.error and "the spec file changed while the run was going on" in outcome.error[0].message
 
 
