@@ -15,6 +15,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from itertools import groupby
 from pathlib import Path
 
 from specgrad import __version__
@@ -162,6 +163,13 @@ def _parser() -> argparse.ArgumentParser:
         "results are the same for any N",
     )
     p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="run part K of N of the selected checks (a CI matrix of N jobs, K = 1..N, covers "
+        "each check once, parts balanced by estimated cost); specgrad merge joins their reports",
+    )
+    p.add_argument(
         "--timeout",
         type=_seconds,
         metavar="SECONDS",
@@ -178,6 +186,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="count", default=0, help="only failures and the count")
     p.add_argument("-v", "--verbose", action="count", default=0, help="every check, with noise floors")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser(
+        "merge",
+        help="join the reports of several runs (the shards of --shard K/N) into one, with one exit code",
+        description="Join JSON or JUnit reports (validate --json/--junit-xml; both kinds may be mixed) "
+        "into one report and one exit code, as one run would have given. Shards must all be there, "
+        "once each, from the same selection.",
+    )
+    p.add_argument("reports", nargs="+", type=Path, metavar="REPORT", help="JSON or JUnit XML reports")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write the merged JSON report")
+    p.add_argument("--junit-xml", type=Path, metavar="FILE", help="write the merged JUnit XML report")
+    p.add_argument("--html", type=Path, metavar="FILE", help="write the merged HTML report (no heatmaps)")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="only failures and the count")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="every check")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("lint", parents=[common], help="check specs against the schema; imports nothing")
     p.set_defaults(func=cmd_lint)
@@ -260,6 +283,16 @@ def _seconds(text: str) -> float:
     if not 0 < value <= MAX_TIMEOUT:
         raise argparse.ArgumentTypeError(f"expected seconds > 0 and <= {MAX_TIMEOUT} (a week), got {text}")
     return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 1/4 (part K of N), got {text!r}")
+    index, count = int(match[1]), int(match[2])
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
+    return index, count
 
 
 def _seed(text: str) -> int:
@@ -476,6 +509,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         loaded = _load(files, summary, reporter, args.settings)
         planned = [(spec, _plans(spec, args, matcher)) for spec in loaded]
         planned = [(spec, plans) for spec, plans in planned if plans]
+        if args.shard:
+            from specgrad.parallel import shard
+
+            planned, summary.shard = shard(planned, *args.shard)
+            if not planned and summary.shard.checks:
+                summary.notes.append(
+                    f"shard {summary.shard} got no checks: the selection has fewer case plans than shards"
+                )
         _frameworks(planned, summary)
         asked = args.jobs or cores()
         workers = min(asked, sum(len(plans) for _, plans in planned))
@@ -732,6 +773,25 @@ def _run_parallel(
         return not (args.fail_fast and failed)
 
     run_jobs(planned, options, workers, report)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from specgrad.merge import merge
+    from specgrad.reporting.reader import read_report
+
+    for option, path in _reports(args):
+        if any(path.resolve() == r.resolve() for r in args.reports):
+            raise UsageError(f"{option} {path}: is one of the reports being merged; write to another file")
+        _check_report_path(option, path, [])
+    summary = merge([(path, read_report(path)) for path in args.reports])
+    reporter = ConsoleReporter(verbosity=args.verbose - args.quiet)
+    reporter.spec_errors(summary.spec_errors + summary.internal_errors)
+    for _, results in groupby(summary.results, key=lambda r: r.spec):
+        reporter.spec_results(list(results))
+    with deferred_signals():
+        reporter.closing(summary)
+        _write_reports(args, summary)
+    return summary.exit_code
 
 
 def cmd_lint(args: argparse.Namespace) -> int:

@@ -3,9 +3,10 @@ run in one process.
 
 A job is (spec file, plan number, how plans were compiled): picklable, and each worker
 parses and compiles the spec itself (once per process), so no model object crosses a
-process boundary. Jobs are handed out largest first (estimated from the elements the plan
-perturbs) so a big convolution does not start last; results are handed back per spec in
-the order of the specs and of their plans, whatever order the jobs finish in.
+process boundary. Plans are balanced between the workers by estimated cost (cost.py,
+schedule.py: largest first, a spec's plans kept where its framework is loaded, stealing
+what estimates got wrong); results are handed back per spec in the order of the specs and
+of their plans, whatever order the jobs finish in.
 
 Workers (`workers.Pool`) are spawned with the BLAS thread variables set to one thread
 (every check runs on one BLAS thread, in process too: see `process`), so N workers use N
@@ -25,10 +26,12 @@ from typing import TYPE_CHECKING
 
 from specgrad.compile import CasePlan
 from specgrad.config import Config
+from specgrad.cost import estimate, warmup
 from specgrad.errors import Location, SpecError, SpecIssue
 from specgrad.model import Spec
 from specgrad.process import deferred_signals, one_blas_thread, tune_allocator
-from specgrad.results import CheckResult, Status
+from specgrad.results import CheckResult, Shard, Status
+from specgrad.schedule import Queue, Unit, partition
 from specgrad.workers import Outcome, Pool, Recorder, lost_results
 
 if TYPE_CHECKING:
@@ -79,8 +82,9 @@ class CompileOptions:
 
 @dataclass(frozen=True)
 class Job:
+    """A plan to run, by its spec file and check ids: the worker compiles the file itself."""
+
     path: str
-    index: int
     options: CompileOptions
     expect: tuple[str, ...] = ()  # the plan's check ids, as this process compiled it
     digest: str = ""  # the spec file's content when this process read it
@@ -93,15 +97,30 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def cost(plan: CasePlan) -> int:
-    """The elements a plan perturbs (its gradient checks), plus one for its contracts."""
-    size = 1
-    for name in plan.gradient_targets:
-        n = 1
-        for d in plan.spec.tensor(name).shape:
-            n *= d
-        size += n
-    return size
+def units(specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]]) -> list[Unit]:
+    """A schedulable unit per plan, keyed (spec number, plan number), with its estimated
+    cost; named by its first check id, so ties break the same way on every machine."""
+    out = []
+    for s, (_, plans) in enumerate(specs):
+        for i, plan in enumerate(plans):
+            c = estimate(plan)
+            out.append(Unit((s, i), plan.check_id(plan.targets[0]), c.seconds, c.needs, plan.spec.name, plan))
+    return out
+
+
+def shard(
+    specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]], index: int, count: int
+) -> tuple[list[tuple[Spec, tuple[CasePlan, ...]]], Shard]:
+    """The plans of shard `index` (1-based) of `count`: the selection partitioned in cost
+    balance (schedule.partition), the same on every machine that compiled the same plans."""
+    ids = sorted(p.check_id(t) for _, plans in specs for p in plans for t in p.targets)
+    selection = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    mine = {u.key for u in partition(units(specs), count, warmup)[index - 1].units}
+    kept = [
+        (spec, tuple(p for i, p in enumerate(plans) if (s, i) in mine))
+        for s, (spec, plans) in enumerate(specs)
+    ]
+    return [(spec, plans) for spec, plans in kept if plans], Shard(index, count, len(ids), selection)
 
 
 def run_jobs(
@@ -116,18 +135,18 @@ def run_jobs(
     Ctrl-C or SIGTERM (KeyboardInterrupt) stops the workers at once; every check finished
     so far (and those of the cases in progress) is reported, per spec in order, then the
     interrupt goes on. `report` runs with signals deferred, so it never stops halfway."""
-    jobs = {(s, i): plan for s, (_, plans) in enumerate(specs) for i, plan in enumerate(plans)}
     done: dict[tuple[int, int], Outcome] = {}
     cursor = reported = 0
-    order = sorted(jobs, key=lambda k: -cost(jobs[k]))
     digests = [_digest(str(spec.path)) for spec, _ in specs]
-    handed = [
-        (k, Job(str(specs[k[0]][0].path), k[1], options, _expect(jobs[k]), digests[k[0]]), jobs[k])
-        for k in order
-    ]
+    handed = []
+    for unit in units(specs):
+        assert isinstance(unit.key, tuple)
+        s = unit.key[0]
+        job = Job(str(specs[s][0].path), options, _expect(unit.payload), digests[s])
+        handed.append(replace(unit, payload=(job, unit.payload)))
     with Pool(workers, _work) as pool:
         try:
-            for key, outcome in pool.run(handed):
+            for key, outcome in pool.run(Queue.balanced(handed, workers, warmup)):
                 assert isinstance(key, tuple)
                 done[key] = outcome
                 ready, cursor = _assemble(specs, done, cursor)
@@ -210,10 +229,12 @@ def _work(job: Job, observer: Recorder) -> Outcome:
             _DIGESTS[key] = digest
         plans = _COMPILED[key]
         same = _DIGESTS[key] == job.digest or not job.digest
-        if not same or job.index >= len(plans) or _expect(plans[job.index]) != job.expect:
+        # the plan with the parent's check ids (a shard runs some of a spec's plans)
+        found = [p for p in plans if _expect(p) == job.expect] if same else []
+        if not found:
             changed = "the spec file changed while the run was going on; run again"
             return Outcome([], error=(SpecIssue(Location(Path(job.path)), "", changed),))
-        plan = plans[job.index]
+        plan = found[0]
         if key not in _BOUND:
             _BOUND[key] = Engines()
         return Outcome(run_plan(plan, _BOUND[key], observer))

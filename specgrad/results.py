@@ -137,6 +137,21 @@ class CheckResult:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """This run is shard `index` of `count` (--shard K/N) of a selection of `checks` check
+    ids in all, `selection` their digest: `specgrad merge` tells the shards of one
+    selection apart from another's, and a missing or repeated shard from a complete set."""
+
+    index: int
+    count: int
+    checks: int
+    selection: str
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
 @dataclass
 class RunSummary:
     results: list[CheckResult] = field(default_factory=list)
@@ -150,6 +165,7 @@ class RunSummary:
     specs_checked: int = 0
     interrupted: bool = False
     signal: int = 2  # what interrupted the run: SIGINT (Ctrl-C, 2) or SIGTERM (15)
+    shard: Shard | None = None  # --shard K/N: the part of the selection this run checked
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status is status)
@@ -166,7 +182,8 @@ class RunSummary:
             return 2
         if any(r.status.bad for r in self.results):
             return 1
-        return 0 if self.results else EXIT_NOTHING_SELECTED
+        selected = self.results or (self.shard is not None and self.shard.checks)
+        return 0 if selected else EXIT_NOTHING_SELECTED
 
     def closing_line(self) -> str:
         passed = self.count(Status.PASS)

@@ -25,7 +25,6 @@ import signal
 import sys
 import time
 import traceback
-from collections import deque
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -36,6 +35,7 @@ from specgrad.compile import CasePlan
 from specgrad.errors import SpecIssue
 from specgrad.process import deferred_signals
 from specgrad.results import CheckResult, Status
+from specgrad.schedule import Queue
 
 #: the thread-count variables of the BLAS and OpenMP runtimes numpy and cupy link against
 THREAD_VARIABLES = (
@@ -46,6 +46,9 @@ THREAD_VARIABLES = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
+
+#: seconds between an idle worker's looks at the other workers' queues (schedule.Queue)
+STEAL_INTERVAL = 0.25
 
 #: what each kind of death most likely was, for the message
 _CAUSES = {
@@ -77,6 +80,8 @@ class Outcome:
 class _Worker:
     process: BaseProcess
     conn: Connection
+    slot: int = 0  # which bin of the schedule it works through
+    warm: set[str] = field(default_factory=set)  # what it has loaded (schedule.Unit.needs)
     key: Hashable | None = None
     plan: CasePlan | None = None
     step: tuple[str, tuple[str, ...]] | None = None
@@ -91,9 +96,10 @@ class _Worker:
 
 
 class Pool:
-    """Up to `size` workers, started on demand. `run` hands jobs out (in the order given)
-    and yields (key, outcome) as each finishes; jobs are (key, job, plan), `job` what the
-    worker function takes, `plan` the parent's copy (its targets and timeout)."""
+    """Up to `size` workers, started on demand, one per slot of a schedule. `run` hands
+    the queue's units out as workers become free and yields (key, outcome) as each
+    finishes; a unit's payload is (job, plan), `job` what the worker function takes,
+    `plan` the parent's copy (its targets and timeout)."""
 
     def __init__(self, size: int, work: Any) -> None:
         self.size, self.work = size, work
@@ -121,29 +127,22 @@ class Pool:
             else:
                 os.environ[v] = value
 
-    def run(self, jobs: Sequence[tuple[Hashable, Any, CasePlan]]) -> Iterator[tuple[Hashable, Outcome]]:
-        queue = deque(jobs)
+    def run(self, queue: Queue) -> Iterator[tuple[Hashable, Outcome]]:
         while queue or any(w.key is not None for w in self.workers):
-            while queue and (idle := self._idle()) is not None:
-                key, job, plan = queue.popleft()
-                idle.key, idle.plan, idle.step, idle.streamed = key, plan, None, []
-                idle.since = time.monotonic()
-                try:
-                    idle.conn.send(job)
-                except (OSError, ValueError):  # it died between jobs: the job goes to another
-                    idle.key = idle.plan = None
-                    _stop(idle)
-                    self.workers.remove(idle)
-                    queue.appendleft((key, job, plan))
+            self._hand_out(queue)
             busy = [w for w in self.workers if w.key is not None]
             deadlines = [d for w in busy if (d := w.deadline()) is not None]
+            if queue and len(busy) < self.size:  # an idle worker may steal as time goes by
+                deadlines.append(time.monotonic() + STEAL_INTERVAL)
             pause = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             wait([w.conn for w in busy] + [w.process.sentinel for w in busy], pause)
             for w in busy:
                 finished = self._collect(w)
                 if finished is not None:
+                    queue.finished(w.slot)
                     yield finished
                 elif not w.process.is_alive():
+                    queue.finished(w.slot)
                     yield self._lose(w, Status.ERROR, _death(w.process))
                 elif (d := w.deadline()) is not None and time.monotonic() >= d:
                     assert w.plan is not None and w.plan.timeout is not None
@@ -153,6 +152,7 @@ class Pool:
                         else "--timeout or [tool.specgrad] timeout"
                     )
                     limit = max(w.plan.timeout, w.at_least)
+                    queue.finished(w.slot)
                     yield self._lose(w, Status.TIMEOUT, f"took longer than {limit:g} s ({source})")
 
     def in_flight(self) -> Iterator[tuple[Hashable, Outcome]]:
@@ -164,15 +164,33 @@ class Pool:
                 finished = self._collect(w)
                 yield finished if finished is not None else (key, Outcome(streamed))
 
-    def _idle(self) -> _Worker | None:
-        for w in self.workers:
-            if w.key is None and w.process.is_alive():
-                return w
-        self.workers = [w for w in self.workers if w.key is not None or w.process.is_alive()]
-        if len(self.workers) < self.size:
-            self.workers.append(_start(self.work))
-            return self.workers[-1]
-        return None
+    def _hand_out(self, queue: Queue) -> None:
+        """A unit to every free slot that has one coming (a worker started where needed)."""
+        for slot in range(self.size):
+            worker = next((w for w in self.workers if w.slot == slot), None)
+            if worker is not None and worker.key is not None:
+                continue
+            busy = any(w.key is not None for w in self.workers)
+            unit = queue.take(slot, worker.warm if worker else set(), time.monotonic(), force=not busy)
+            if unit is None:
+                continue
+            if worker is None or not worker.process.is_alive():
+                if worker is not None:  # it died between jobs
+                    _stop(worker)
+                    self.workers.remove(worker)
+                worker = _start(self.work, slot)
+                self.workers.append(worker)
+            job, plan = unit.payload
+            worker.key, worker.plan, worker.step, worker.streamed = unit.key, plan, None, []
+            worker.since = time.monotonic()
+            worker.warm |= unit.needs
+            try:
+                worker.conn.send(job)
+            except (OSError, ValueError):  # it died between jobs: the unit goes first again
+                worker.key = worker.plan = None
+                _stop(worker)
+                self.workers.remove(worker)
+                queue.give_back(slot, unit)
 
     def _collect(self, w: _Worker) -> tuple[Hashable, Outcome] | None:
         """Read what the worker sent; (key, outcome) if its job came back."""
@@ -242,7 +260,7 @@ def _death(process: BaseProcess) -> str:
     return f"exited with status {code} (os._exit, or exit() in native code)"
 
 
-def _start(work: Any) -> _Worker:
+def _start(work: Any, slot: int = 0) -> _Worker:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(target=_main, args=(child, work), name="specgrad-worker")
@@ -257,7 +275,7 @@ def _start(work: Any) -> _Worker:
         if blocked:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     child.close()
-    return _Worker(process, parent)
+    return _Worker(process, parent, slot)
 
 
 def _stop(w: _Worker) -> None:

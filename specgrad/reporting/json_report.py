@@ -27,6 +27,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _shard(summary: RunSummary) -> dict[str, Any]:
+    s = summary.shard
+    assert s is not None
+    return {"index": s.index, "count": s.count, "checks": s.checks, "selection": s.selection}
+
+
 class JsonReporter:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -51,6 +57,7 @@ class JsonReporter:
                 "skipped": summary.count(Status.SKIP),
                 "spec_errors": len(summary.spec_errors),
             },
+            **({"shard": _shard(summary)} if summary.shard else {}),
             "notes": summary.notes,
             "frameworks": summary.frameworks,
             "internal_errors": [

@@ -14,6 +14,9 @@ from specgrad.errors import SpecIssue
 from specgrad.reporting.console import failure_text
 from specgrad.results import CheckResult, RunSummary, Status
 
+#: the property names a shard's facts (--shard) go under in each testsuite
+SHARD_PROPERTIES = ("specgrad.shard", "specgrad.checks", "specgrad.selection")
+
 #: characters XML 1.0 cannot carry at all (terminal escapes in a user's exception text)
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -37,6 +40,16 @@ class JunitReporter:
         issues = [*summary.spec_errors, *summary.internal_errors]
         if issues:
             self._invalid(root, issues)
+        if summary.shard is not None:  # what `specgrad merge` checks, on every suite
+            s = summary.shard
+            if not len(root):
+                _count(ET.SubElement(root, "testsuite", name=f"specgrad shard {s} (no checks)"), [])
+            facts = (str(s), str(s.checks), s.selection)
+            for suite in root:
+                properties = ET.Element("properties")
+                for name, value in zip(SHARD_PROPERTIES, facts, strict=True):
+                    ET.SubElement(properties, "property", name=name, value=value)
+                suite.insert(0, properties)
         for key in ("tests", "failures", "errors", "skipped"):
             root.set(key, str(sum(int(s.get(key, "0")) for s in root)))
         root.set("time", f"{sum(float(s.get('time', '0')) for s in root):.3f}")
@@ -62,6 +75,8 @@ class JunitReporter:
             )
             if r.status is Status.SKIP:
                 ET.SubElement(case, "skipped", message=_first_line(r.message or r.note))
+            elif r.message and not r.status.bad:  # a pass with something to say (kinks)
+                ET.SubElement(case, "system-out").text = _x(r.message)
             elif r.status.bad:
                 tag = "failure" if r.status is Status.FAIL else "error"
                 element = ET.SubElement(case, tag, message=_first_line(r.message), type=str(r.status))

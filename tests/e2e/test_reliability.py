@@ -592,7 +592,7 @@ def test_a_spec_changed_during_the_run_is_an_error_not_a_wrong_result(tmp_path: 
     plan = compile_spec(parse_spec(path))[0]
     (tmp_path / "a_good.yaml").write_text(path.read_text().replace("float64", "float32"))
 
-    outcome = _work(Job(str(path), 0, CompileOptions(), _expect(plan)), _Quiet())  # type: ignore[arg-type]
+    outcome = _work(Job(str(path), CompileOptions(), _expect(plan)), _Quiet())  # type: ignore[arg-type]
     assert outcome.error and "the spec file changed while the run was going on" in outcome.error[0].message
     assert outcome.results == []
 
@@ -662,7 +662,7 @@ def test_a_spec_edited_mid_run_keeping_its_check_ids_is_caught(tmp_path: Path) -
     digest = _digest(str(path))
     path.write_text(path.read_text().replace("rel:backward", "rel:forward"))  # same ids, other code
 
-    outcome = _work(Job(str(path), 0, CompileOptions(), _expect(plan), digest), _Quiet())  # type: ignore[arg-type]
+    outcome = _work(Job(str(path), CompileOptions(), _expect(plan), digest), _Quiet())  # type: ignore[arg-type]
     assert outcome.error and "the spec file changed while the run was going on" in outcome.error[0].message
 
 
