@@ -163,6 +163,17 @@ def _parser() -> argparse.ArgumentParser:
         "results are the same for any N",
     )
     p.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        help="where checks run: local worker processes (default), or a Dask cluster "
+        "(--scheduler; without it, a local Dask cluster of -j workers); needs specgrad[dask]",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="the Dask scheduler to submit checks to, e.g. tcp://10.0.0.5:8786 (implies --executor dask)",
+    )
+    p.add_argument(
         "--shard",
         type=_shard,
         metavar="K/N",
@@ -496,6 +507,10 @@ def _mode(args: argparse.Namespace) -> str | None:
 def cmd_validate(args: argparse.Namespace) -> int:
     tune_allocator()
     configure(args)
+    if args.scheduler and args.executor == "local":
+        raise UsageError("--scheduler is the Dask scheduler's address: it goes with --executor dask")
+    if args.scheduler:
+        args.executor = "dask"
     files = spec_paths(args)
     matcher = compile_expression(args.keyword) if args.keyword else None
     _dtypes(args.dtype)
@@ -521,7 +536,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         asked = args.jobs or cores()
         workers = min(asked, sum(len(plans) for _, plans in planned))
         timed = any(p.timeout is not None for _, plans in planned for p in plans)
-        isolated = asked > 1 or bool(args.isolate) or timed
+        isolated = asked > 1 or bool(args.isolate) or timed or args.executor == "dask"
         total = sum(len(p.targets) for _, plans in planned for p in plans)
         with reporter.progress(total):
             if isolated and workers:
@@ -738,8 +753,9 @@ def _run_parallel(
     summary: RunSummary,
     reporter: ConsoleReporter,
 ) -> None:
-    """The specs' plans across `workers` processes, reported spec by spec in order."""
-    from specgrad.parallel import CompileOptions, run_jobs
+    """The specs' plans across `workers` processes (or a Dask cluster), reported spec by
+    spec in order."""
+    from specgrad.parallel import CompileOptions, Executor, Local, run_jobs
     from specgrad.workers import Outcome
 
     dtypes = _dtypes(args.dtype)
@@ -754,7 +770,12 @@ def _run_parallel(
         timeout=args.timeout,
         config=args.settings,
     )
-    plans_of = {spec.name: plans for spec, plans in planned}
+    executor: Executor = Local(workers, options)
+    if args.executor == "dask":
+        from specgrad.dask_executor import Dask
+
+        roots = tuple(str(Path(r).resolve()) for r in args.settings.import_roots)
+        executor = dask = Dask(args.scheduler, workers, roots)
 
     def report(spec: Spec, outcome: Outcome) -> bool:
         summary.specs_checked += 1
@@ -768,11 +789,14 @@ def _run_parallel(
         if outcome.internal:
             _internal(summary, reporter, spec.path, "checking", RuntimeError(outcome.internal))
         summary.results.extend(results)
-        reporter.advance(sum(len(p.targets) for p in plans_of[spec.name]), spec.name)
         reporter.spec_results(results)
         return not (args.fail_fast and failed)
 
-    run_jobs(planned, options, workers, report)
+    try:
+        run_jobs(planned, executor, report, progress=reporter.advance)
+    finally:
+        if args.executor == "dask":
+            summary.notes.extend(dask.notes)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -868,7 +892,7 @@ def _explain_in_a_worker(
 ) -> tuple[list[CheckResult], list[SpecIssue]]:
     """`explain`'s one check in a worker process (a timeout, or --isolate): a crash or a
     hang is its ERROR or TIMEOUT, as in `validate`."""
-    from specgrad.parallel import CompileOptions, run_jobs
+    from specgrad.parallel import CompileOptions, Local, run_jobs
     from specgrad.workers import Outcome
 
     target = plan.targets[0]
@@ -893,7 +917,7 @@ def _explain_in_a_worker(
         got.append(outcome)
         return True
 
-    run_jobs([(plan.spec, (plan,))], options, 1, keep)
+    run_jobs([(plan.spec, (plan,))], Local(1, options), keep)
     issues = [*got[0].error] if got and got[0].error else []
     if got and got[0].internal:
         issues.append(SpecIssue(Location(plan.spec.path), "", f"internal error: {got[0].internal}"))

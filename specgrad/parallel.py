@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import os
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from specgrad.compile import CasePlan
 from specgrad.config import Config
@@ -123,32 +123,75 @@ def shard(
     return [(spec, plans) for spec, plans in kept if plans], Shard(index, count, len(ids), selection)
 
 
+class Executor(Protocol):
+    """Where plans run: this machine's worker pool (`Local`), or a Dask cluster
+    (dask_executor.Dask). `run` yields (unit key, outcome) as each plan finishes."""
+
+    def __enter__(self) -> Executor: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def run(self, units: list[Unit]) -> Iterator[tuple[Hashable, Outcome]]: ...
+
+    def in_flight(self) -> Iterator[tuple[Hashable, Outcome]]:
+        """After an interrupt: the plans that were running, with what they finished."""
+        ...
+
+
+class Local:
+    """This machine's worker pool: each worker compiles a plan's spec file itself (a Job
+    names the file and the check ids), plans balanced between workers by cost."""
+
+    def __init__(self, workers: int, options: CompileOptions) -> None:
+        self.workers, self.options = workers, options
+        self.pool = Pool(workers, _work)
+
+    def __enter__(self) -> Local:
+        self.pool.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.__exit__(*exc)
+
+    def run(self, units: list[Unit]) -> Iterator[tuple[Hashable, Outcome]]:
+        digests: dict[str, str] = {}
+        handed = []
+        for unit in units:
+            plan: CasePlan = unit.payload
+            path = str(plan.spec.path)
+            if path not in digests:
+                digests[path] = _digest(path)
+            job = Job(path, self.options, _expect(plan), digests[path])
+            handed.append(replace(unit, payload=(job, plan)))
+        return self.pool.run(Queue.balanced(handed, self.workers, warmup))
+
+    def in_flight(self) -> Iterator[tuple[Hashable, Outcome]]:
+        return self.pool.in_flight()
+
+
 def run_jobs(
     specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]],
-    options: CompileOptions,
-    workers: int,
+    executor: Executor,
     report: Callable[[Spec, Outcome], bool],
+    progress: Callable[[int, str], None] | None = None,
 ) -> None:
     """Hand each spec with its assembled outcome to `report`, in order, as soon as it and
-    every spec before it are done (`report` returns False to stop the run: --fail-fast). A
-    plan that stops (spec error, internal error) ends its spec there, as in one process.
-    Ctrl-C or SIGTERM (KeyboardInterrupt) stops the workers at once; every check finished
-    so far (and those of the cases in progress) is reported, per spec in order, then the
-    interrupt goes on. `report` runs with signals deferred, so it never stops halfway."""
+    every spec before it are done (`report` returns False to stop the run: --fail-fast);
+    `progress` hears of each plan's checks as the plan finishes. A plan that stops (spec
+    error, internal error) ends its spec there, as in one process. Ctrl-C or SIGTERM
+    (KeyboardInterrupt) stops the workers at once; every check finished so far (and those
+    of the cases in progress) is reported, per spec in order, then the interrupt goes on.
+    `report` runs with signals deferred, so it never stops halfway."""
     done: dict[tuple[int, int], Outcome] = {}
     cursor = reported = 0
-    digests = [_digest(str(spec.path)) for spec, _ in specs]
-    handed = []
-    for unit in units(specs):
-        assert isinstance(unit.key, tuple)
-        s = unit.key[0]
-        job = Job(str(specs[s][0].path), options, _expect(unit.payload), digests[s])
-        handed.append(replace(unit, payload=(job, unit.payload)))
-    with Pool(workers, _work) as pool:
+    with executor:
         try:
-            for key, outcome in pool.run(Queue.balanced(handed, workers, warmup)):
+            for key, outcome in executor.run(units(specs)):
                 assert isinstance(key, tuple)
                 done[key] = outcome
+                if progress is not None:
+                    spec, plans = specs[key[0]]
+                    progress(len(plans[key[1]].targets), spec.name)
                 ready, cursor = _assemble(specs, done, cursor)
                 for spec, assembled in ready:
                     with deferred_signals():
@@ -158,7 +201,7 @@ def run_jobs(
                         return
         except KeyboardInterrupt:
             with deferred_signals():  # a second signal waits until these are reported
-                for key, outcome in pool.in_flight():
+                for key, outcome in executor.in_flight():
                     assert isinstance(key, tuple)
                     done[key] = outcome
                 for spec, assembled in _finished(specs, done, reported):
@@ -212,41 +255,52 @@ _ONE_THREAD: list[object] = []
 
 
 def _work(job: Job, observer: Recorder) -> Outcome:
-    from specgrad.runner import Engines, run_plan
+    from specgrad.runner import Engines
     from specgrad.validate import parse_spec
 
-    tune_allocator()
-    if not _ONE_THREAD:  # for the worker's life (its environment says so too)
-        limits = one_blas_thread()
-        limits.__enter__()
-        _ONE_THREAD.append(limits)
-    plan: CasePlan | None = None
+    settle_worker()
     try:
         key = (job.path, job.options)
         if key not in _COMPILED:
             digest = _digest(job.path)
             _COMPILED[key] = job.options.plans(parse_spec(Path(job.path), job.options.config))
             _DIGESTS[key] = digest
-        plans = _COMPILED[key]
-        same = _DIGESTS[key] == job.digest or not job.digest
-        # the plan with the parent's check ids (a shard runs some of a spec's plans)
-        found = [p for p in plans if _expect(p) == job.expect] if same else []
-        if not found:
-            changed = "the spec file changed while the run was going on; run again"
-            return Outcome([], error=(SpecIssue(Location(Path(job.path)), "", changed),))
-        plan = found[0]
-        if key not in _BOUND:
-            _BOUND[key] = Engines()
-        return Outcome(run_plan(plan, _BOUND[key], observer))
     except SpecError as exc:
-        return Outcome(
-            [], error=tuple(exc.issues), contained=plan is not None and bool(plan.spec.implementation)
-        )
+        return Outcome([], error=tuple(exc.issues))
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the other checks
         return Outcome([], internal="".join(traceback.format_exception_only(type(exc), exc)).strip())
-    except BaseException as exc:  # from the layer's code (workers ignore Ctrl-C): its check's ERROR
-        if plan is None:
-            raise
+    same = _DIGESTS[key] == job.digest or not job.digest
+    # the plan with the parent's check ids (a shard runs some of a spec's plans)
+    found = [p for p in _COMPILED[key] if _expect(p) == job.expect] if same else []
+    if not found:
+        changed = "the spec file changed while the run was going on; run again"
+        return Outcome([], error=(SpecIssue(Location(Path(job.path)), "", changed),))
+    if key not in _BOUND:
+        _BOUND[key] = Engines()
+    return run_case(found[0], _BOUND[key], observer)
+
+
+def settle_worker() -> None:
+    """What a worker process keeps for its life: the allocator's tuning, one BLAS thread
+    (its environment says so too)."""
+    tune_allocator()
+    if not _ONE_THREAD:
+        limits = one_blas_thread()
+        limits.__enter__()
+        _ONE_THREAD.append(limits)
+
+
+def run_case(plan: CasePlan, engines: Engines, observer: Recorder) -> Outcome:
+    """One plan's outcome in a worker, whatever its code raises."""
+    from specgrad.runner import run_plan
+
+    try:
+        return Outcome(run_plan(plan, engines, observer))
+    except SpecError as exc:
+        return Outcome([], error=tuple(exc.issues), contained=bool(plan.spec.implementation))
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the other checks
+        return Outcome([], internal="".join(traceback.format_exception_only(type(exc), exc)).strip())
+    except BaseException as exc:  # noqa: BLE001 - the layer's (workers ignore Ctrl-C): its check's ERROR
         cause = f"saw the layer's code raise {type(exc).__name__}"
         if isinstance(exc, KeyboardInterrupt):
             cause += " (not a Ctrl-C: workers ignore those)"

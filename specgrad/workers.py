@@ -101,8 +101,9 @@ class Pool:
     finishes; a unit's payload is (job, plan), `job` what the worker function takes,
     `plan` the parent's copy (its targets and timeout)."""
 
-    def __init__(self, size: int, work: Any) -> None:
+    def __init__(self, size: int, work: Any, share: int | None = None) -> None:
         self.size, self.work = size, work
+        self.share = share or size  # processes on this machine sharing its memory (budget)
         self.workers: list[_Worker] = []
         self._saved: dict[str, str | None] = {}
 
@@ -113,7 +114,7 @@ class Pool:
         self._saved = {v: os.environ.get(v) for v in (*THREAD_VARIABLES, WORKERS_VARIABLE)}
         for v in THREAD_VARIABLES:
             os.environ[v] = "1"
-        os.environ[WORKERS_VARIABLE] = str(self.size)  # they share the default memory limit
+        os.environ[WORKERS_VARIABLE] = str(self.share)  # they share the default memory limit
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -292,17 +293,20 @@ class Recorder:
     """runner.Observer over the pipe; it also keeps the job's step and results, for an
     exception no check caught (a BaseException from the layer's code)."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: Connection | None) -> None:
+        self.conn = conn  # None: kept here only (a plan run in the caller's own process)
         self.current: tuple[str, tuple[str, ...]] | None = None
         self.results: list[CheckResult] = []
 
     def step(self, label: str, targets: tuple[str, ...], at_least: float = 0.0) -> None:
         self.current = (label, targets)
-        self.conn.send(("step", label, targets, at_least))
+        if self.conn is not None:
+            self.conn.send(("step", label, targets, at_least))
 
     def result(self, result: CheckResult) -> None:
         self.results.append(result)
+        if self.conn is None:
+            return
         try:
             self.conn.send(("result", result))
         except Exception:  # noqa: BLE001 - one that cannot be pickled comes back with the rest
