@@ -11,10 +11,13 @@ DASK_DISTRIBUTED__WORKER__DAEMON=False, and then plans run in the Dask worker's 
 thread (no timeouts; a crash takes the Dask worker down).
 
 A Dask worker that dies (killed, out of memory, its machine lost) loses the plan it ran:
-that plan is submitted once more, on another worker, and if that one dies too its checks
-are ERROR naming both. Our LocalCluster fails a plan at the first death
-(allowed-failures 0), so "retried once" is exact; a scheduler of your own retries as its
-distributed.scheduler.allowed-failures says (3 by default) before we retry once more.
+that plan is submitted once more (to another worker process: the dead one is gone), and
+if that one dies too its checks are ERROR naming both. A plan that was only waiting its
+turn on a dying worker, or whose result went with it, is not blamed (each plan sets a
+Dask Event on the scheduler as it starts, which the client reads) and is simply submitted
+again, up to MAX_LOSSES times. Our LocalCluster fails a plan at the
+first death (allowed-failures 0), so "retried once" is exact; a scheduler of your own
+retries as its distributed.scheduler.allowed-failures says (3 by default) first.
 
 What the workers need: specgrad and the layers' frameworks installed (the same
 environment), and the layers' code importable: installed as a package, on a shared file
@@ -44,6 +47,8 @@ from specgrad.workers import Outcome, Pool, Recorder
 
 #: seconds to reach a scheduler before the address is reported unreachable
 CONNECT_SECONDS = 10
+#: times a plan may be lost with a worker that died while it waited its turn
+MAX_LOSSES = 5
 
 
 class Dask:
@@ -57,7 +62,8 @@ class Dask:
         self.client: Any = None
         self.cluster: Any = None
         self._settings: Any = None
-        self._pending: dict[str, tuple[Unit, str | None]] = {}
+        self._pending: dict[str, _Tries] = {}
+        self._topic = ""
         self._futures: list[Any] = []
 
     def __enter__(self) -> Dask:
@@ -108,6 +114,7 @@ class Dask:
         from distributed import as_completed
 
         token = uuid.uuid4().hex[:8]
+        self._topic = f"specgrad-started-{token}"
         share = self.workers if self.cluster is not None else 1
         ordered = sorted(units, key=lambda u: (-u.seconds, u.name))
         # one submission: Dask queues the tasks on the scheduler (a worker holds only what it
@@ -118,30 +125,49 @@ class Dask:
             [os.getcwd()] * len(ordered),
             [self.import_roots] * len(ordered),
             [share] * len(ordered),
+            [self._topic] * len(ordered),
             key=[f"specgrad-{token}-{rank}" for rank in range(len(ordered))],
             pure=False,
         )
         self._futures += futures
         for unit, future in zip(ordered, futures, strict=True):
-            self._pending[future.key] = (unit, None)
+            self._pending[future.key] = _Tries(unit)
         done = as_completed(futures)
         for future in done:
-            unit, died_on = self._pending.pop(future.key)
+            tries = self._pending.pop(future.key)
+            unit = tries.unit
+            outcome = None
             if future.status == "finished":
-                outcome = future.result()
-                if died_on:
+                try:
+                    outcome = future.result()
+                except Exception:  # noqa: BLE001 - its result went with a worker that died since
+                    outcome = None
+            if outcome is not None:
+                if tries.died:
                     self.notes.append(
-                        f"a Dask worker ({died_on}) died while running {unit.name} and its case; "
+                        f"a Dask worker ({tries.died[0]}) died while running {unit.name} and its case; "
                         "it was run again on another worker"
                     )
             else:
-                outcome, retry = self._failed(future, unit, died_on, share)
+                outcome, retry = self._failed(future, tries, share)
                 if retry is not None:
-                    self._pending[retry.key] = (unit, _address(future.exception()))
+                    self._pending[retry.key] = tries
                     done.add(retry)
                     continue
             future.release()
             yield unit.key, outcome
+
+    def _started(self, key: str, address: str) -> bool:
+        """Whether the task `key` had started on the worker at `address` (its event came)."""
+        from distributed import Event
+
+        try:
+            event = Event(f"{self._topic}:{key}@{address}", client=self.client)
+            started = bool(event.is_set())
+            event.clear()  # the scheduler forgets it
+            return started
+        except Exception:  # noqa: BLE001 - cannot tell: count the death against it
+            return True
 
     def in_flight(self) -> Iterator[tuple[Hashable, Outcome]]:
         """Plans still on the cluster are cancelled; what they finished is lost with them."""
@@ -152,41 +178,64 @@ class Dask:
                 pass
         return iter(())
 
-    def _again(self, unit: Unit, key: str, share: int, avoid: str) -> Any:
-        """The plan submitted once more, first in line, elsewhere where there is an elsewhere."""
-        where: dict[str, Any] = {}
-        others = [w for w in self.client.scheduler_info()["workers"] if w != avoid]
-        if others:
-            where = {"workers": others, "allow_other_workers": True}
-        args = (_blob(unit), os.getcwd(), self.import_roots, share)
-        future = self.client.submit(run_on_worker, *args, key=key, pure=False, priority=1, **where)
+    def _again(self, unit: Unit, key: str, share: int) -> Any:
+        """The plan submitted once more, first in line. It goes wherever Dask sends it: the
+        worker that died is gone (a nanny restarts a fresh process at another address), and
+        restricting it to the others would strand it when they die too (no-worker state)."""
+        args = (_blob(unit), os.getcwd(), self.import_roots, share, self._topic)
+        future = self.client.submit(run_on_worker, *args, key=key, pure=False, priority=1)
         self._futures.append(future)
         return future
 
-    def _failed(self, future: Any, unit: Unit, died_on: str | None, share: int) -> tuple[Outcome, Any]:
-        """The outcome of a plan whose task failed, or (None, the retry) the first time its
-        worker died."""
+    def _failed(self, future: Any, tries: _Tries, share: int) -> tuple[Outcome, Any]:
+        """The outcome of a plan whose task failed, or (an empty outcome, the task submitted
+        again) where its worker died and it has a try left."""
         from distributed import KilledWorker
 
         exc = future.exception() if future.status == "error" else None
+        unit = tries.unit
         plan: CasePlan = unit.payload
         if isinstance(exc, KilledWorker):
             address = _address(exc)
-            if died_on is None:
-                return Outcome([]), self._again(unit, f"{future.key}-again", share, address)
-            why = (
-                f"its Dask worker died while running it ({died_on}), and so did the one it was run again on "
-                f"({address}): the layer's code takes a Dask worker down (a crash, or memory); run it with "
-                "-j or --isolate to see the signal"
-            )
+            tries.lost += 1
+            ran = self._started(future.key, address)
+            if ran:
+                tries.died.append(address)
+            if len(tries.died) < 2 and tries.lost < MAX_LOSSES:
+                again = f"{future.key.split('-again')[0]}-again{tries.lost}"
+                return Outcome([]), self._again(unit, again, share)
+            if len(tries.died) < 2:
+                why = (
+                    f"lost {tries.lost} times with Dask workers that died while it waited its turn "
+                    "(the cluster is losing workers: out of memory? preempted?)"
+                )
+            else:
+                why = (
+                    f"its Dask worker died while running it ({tries.died[0]}), and so did the one it was run "
+                    f"again on ({tries.died[1]}): the layer's code takes a Dask worker down (a crash, or "
+                    "memory); run it with -j or --isolate to see the signal"
+                )
         elif exc is not None:
             why = (
                 f"the Dask cluster could not run it: {type(exc).__name__}: {exc} (are specgrad and the "
                 "layer's code installed on the workers? see the README, 'Running on a Dask cluster')"
             )
-        else:
-            why = f"the Dask cluster dropped it (task {future.status})"
+        else:  # lost: done, but its result went with a worker that died before it came back
+            tries.lost += 1
+            if tries.lost < MAX_LOSSES:
+                again = f"{future.key.split('-again')[0]}-again{tries.lost}"
+                return Outcome([]), self._again(unit, again, share)
+            why = f"lost {tries.lost} times with Dask workers that died (the cluster is losing workers)"
         return Outcome([plan.result(t, Status.ERROR, why) for t in plan.targets]), None
+
+
+class _Tries:
+    """A plan's tasks so far: how often its worker died under it, and where it ran then."""
+
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+        self.lost = 0
+        self.died: list[str] = []
 
 
 def _blob(unit: Unit) -> bytes:
@@ -206,9 +255,19 @@ def _address(exc: Any) -> str:
 _LOCAL = threading.local()
 
 
-def run_on_worker(blob: bytes, cwd: str, import_roots: tuple[str, ...], share: int) -> Outcome:
+def run_on_worker(blob: bytes, cwd: str, import_roots: tuple[str, ...], share: int, topic: str) -> Outcome:
     """A Dask task: one plan, in this thread's worker process where the Dask worker may
-    start processes, else here (the Dask worker's own thread)."""
+    start processes, else here (the Dask worker's own thread). It tells the scheduler it
+    started (`topic`): a worker that dies now takes it down, not one it waited on."""
+    try:
+        from distributed import Event, get_worker
+
+        worker = get_worker()
+        # set on the scheduler before the plan starts (log_event could still be in flight
+        # when the plan's first call kills the worker)
+        Event(f"{topic}:{worker.get_current_task()}@{worker.address}").set()
+    except (ImportError, ValueError, AttributeError):  # not on a Dask worker (tests)
+        pass
     plan: CasePlan = pickle.loads(blob)
     if multiprocessing.current_process().daemon:  # here: the working folder is the Dask worker's
         return _work_shipped((blob, "", import_roots), Recorder(None))
