@@ -1,8 +1,10 @@
 """--executor dask: case plans submitted to a Dask distributed cluster (--scheduler ADDRESS),
 or to a LocalCluster of this machine's cores when no address is given.
 
-Each plan goes to the cluster whole (pickled with cloudpickle: no spec file is read on
-the workers), largest first (Dask's priority), and comes back as it finishes (as_completed).
+Plans go to the cluster whole (pickled with cloudpickle: no spec file is read on the
+workers), in batches of one spec's plans (schedule.batches: a spec's warm-up, jax
+compiling its calls, is paid once per batch, not once per plan; the batches still small
+enough to balance), largest first, and come back as each batch finishes (as_completed).
 On a worker it runs in a worker process of its own (workers.Pool, kept for the Dask
 worker's life), so a crash in the layer's code or a timeout is that check's ERROR or
 TIMEOUT, as with -j, and the Dask worker lives on. That needs a worker that may start
@@ -39,10 +41,11 @@ from collections.abc import Hashable, Iterator
 from typing import Any
 
 from specgrad.compile import CasePlan
+from specgrad.cost import warmup
 from specgrad.errors import UsageError
 from specgrad.parallel import run_case, settle_worker
 from specgrad.results import Status
-from specgrad.schedule import Queue, Unit
+from specgrad.schedule import Queue, Unit, batches
 from specgrad.workers import Outcome, Pool, Recorder
 
 #: seconds to reach a scheduler before the address is reported unreachable
@@ -116,46 +119,46 @@ class Dask:
         token = uuid.uuid4().hex[:8]
         self._topic = f"specgrad-started-{token}"
         share = self.workers if self.cluster is not None else 1
-        ordered = sorted(units, key=lambda u: (-u.seconds, u.name))
+        workers = share if self.cluster is not None else max(1, len(self.client.scheduler_info()["workers"]))
+        grouped = batches(units, workers, warmup)
         # one submission: Dask queues the tasks on the scheduler (a worker holds only what it
         # runs, so a worker's death costs only that) and starts them in this order
         futures = self.client.map(
             run_on_worker,
-            [_blob(u) for u in ordered],
-            [os.getcwd()] * len(ordered),
-            [self.import_roots] * len(ordered),
-            [share] * len(ordered),
-            [self._topic] * len(ordered),
-            key=[f"specgrad-{token}-{rank}" for rank in range(len(ordered))],
+            [[_blob(u) for u in batch] for batch in grouped],
+            [os.getcwd()] * len(grouped),
+            [self.import_roots] * len(grouped),
+            [share] * len(grouped),
+            [self._topic] * len(grouped),
+            key=[f"specgrad-{token}-{rank}" for rank in range(len(grouped))],
             pure=False,
         )
         self._futures += futures
-        for unit, future in zip(ordered, futures, strict=True):
-            self._pending[future.key] = _Tries(unit)
+        for batch, future in zip(grouped, futures, strict=True):
+            self._pending[future.key] = _Tries(batch)
         done = as_completed(futures)
         for future in done:
             tries = self._pending.pop(future.key)
-            unit = tries.unit
-            outcome = None
+            outcomes = None
             if future.status == "finished":
                 try:
-                    outcome = future.result()
+                    outcomes = future.result()
                 except Exception:  # noqa: BLE001 - its result went with a worker that died since
-                    outcome = None
-            if outcome is not None:
+                    outcomes = None
+            if outcomes is not None:
                 if tries.died:
                     self.notes.append(
-                        f"a Dask worker ({tries.died[0]}) died while running {unit.name} and its case; "
+                        f"a Dask worker ({tries.died[0]}) died while running {tries.name}; "
                         "it was run again on another worker"
                     )
             else:
-                outcome, retry = self._failed(future, tries, share)
+                outcomes, retry = self._failed(future, tries, share)
                 if retry is not None:
                     self._pending[retry.key] = tries
                     done.add(retry)
                     continue
             future.release()
-            yield unit.key, outcome
+            yield from ((unit.key, outcome) for unit, outcome in zip(tries.batch, outcomes, strict=True))
 
     def _started(self, key: str, address: str) -> bool:
         """Whether the task `key` had started on the worker at `address` (its event came)."""
@@ -178,23 +181,21 @@ class Dask:
                 pass
         return iter(())
 
-    def _again(self, unit: Unit, key: str, share: int) -> Any:
+    def _again(self, batch: list[Unit], key: str, share: int) -> Any:
         """The plan submitted once more, first in line. It goes wherever Dask sends it: the
         worker that died is gone (a nanny restarts a fresh process at another address), and
         restricting it to the others would strand it when they die too (no-worker state)."""
-        args = (_blob(unit), os.getcwd(), self.import_roots, share, self._topic)
+        args = ([_blob(u) for u in batch], os.getcwd(), self.import_roots, share, self._topic)
         future = self.client.submit(run_on_worker, *args, key=key, pure=False, priority=1)
         self._futures.append(future)
         return future
 
-    def _failed(self, future: Any, tries: _Tries, share: int) -> tuple[Outcome, Any]:
-        """The outcome of a plan whose task failed, or (an empty outcome, the task submitted
-        again) where its worker died and it has a try left."""
+    def _failed(self, future: Any, tries: _Tries, share: int) -> tuple[list[Outcome], Any]:
+        """The outcomes of a batch whose task failed, or ([], the task submitted again)
+        where its worker died and it has a try left."""
         from distributed import KilledWorker
 
         exc = future.exception() if future.status == "error" else None
-        unit = tries.unit
-        plan: CasePlan = unit.payload
         if isinstance(exc, KilledWorker):
             address = _address(exc)
             tries.lost += 1
@@ -203,7 +204,7 @@ class Dask:
                 tries.died.append(address)
             if len(tries.died) < 2 and tries.lost < MAX_LOSSES:
                 again = f"{future.key.split('-again')[0]}-again{tries.lost}"
-                return Outcome([]), self._again(unit, again, share)
+                return [], self._again(tries.batch, again, share)
             if len(tries.died) < 2:
                 why = (
                     f"lost {tries.lost} times with Dask workers that died while it waited its turn "
@@ -224,18 +225,24 @@ class Dask:
             tries.lost += 1
             if tries.lost < MAX_LOSSES:
                 again = f"{future.key.split('-again')[0]}-again{tries.lost}"
-                return Outcome([]), self._again(unit, again, share)
+                return [], self._again(tries.batch, again, share)
             why = f"lost {tries.lost} times with Dask workers that died (the cluster is losing workers)"
-        return Outcome([plan.result(t, Status.ERROR, why) for t in plan.targets]), None
+        plans: list[CasePlan] = [u.payload for u in tries.batch]
+        return [Outcome([p.result(t, Status.ERROR, why) for t in p.targets]) for p in plans], None
 
 
 class _Tries:
-    """A plan's tasks so far: how often its worker died under it, and where it ran then."""
+    """A batch's tasks so far: how often its worker died under it, and where it ran then."""
 
-    def __init__(self, unit: Unit) -> None:
-        self.unit = unit
+    def __init__(self, batch: list[Unit]) -> None:
+        self.batch = batch
         self.lost = 0
         self.died: list[str] = []
+
+    @property
+    def name(self) -> str:
+        more = f" and {len(self.batch) - 1} other case(s) of its spec" if len(self.batch) > 1 else ""
+        return f"{self.batch[0].name}{more}"
 
 
 def _blob(unit: Unit) -> bytes:
@@ -255,10 +262,13 @@ def _address(exc: Any) -> str:
 _LOCAL = threading.local()
 
 
-def run_on_worker(blob: bytes, cwd: str, import_roots: tuple[str, ...], share: int, topic: str) -> Outcome:
-    """A Dask task: one plan, in this thread's worker process where the Dask worker may
-    start processes, else here (the Dask worker's own thread). It tells the scheduler it
-    started (`topic`): a worker that dies now takes it down, not one it waited on."""
+def run_on_worker(
+    blobs: list[bytes], cwd: str, import_roots: tuple[str, ...], share: int, topic: str
+) -> list[Outcome]:
+    """A Dask task: a batch of plans, one after the other in this thread's worker process
+    where the Dask worker may start processes, else here (the Dask worker's own thread).
+    It tells the scheduler it started (`topic`): a worker that dies now takes it down, not
+    one it waited on."""
     try:
         from distributed import Event, get_worker
 
@@ -268,18 +278,25 @@ def run_on_worker(blob: bytes, cwd: str, import_roots: tuple[str, ...], share: i
         Event(f"{topic}:{worker.get_current_task()}@{worker.address}").set()
     except (ImportError, ValueError, AttributeError):  # not on a Dask worker (tests)
         pass
-    plan: CasePlan = pickle.loads(blob)
     if multiprocessing.current_process().daemon:  # here: the working folder is the Dask worker's
-        return _work_shipped((blob, "", import_roots), Recorder(None))
-    job = (blob, cwd, import_roots)
+        return [_work_shipped((blob, "", import_roots), Recorder(None)) for blob in blobs]
     pool = getattr(_LOCAL, "pool", None)
     if pool is None:  # one per Dask worker thread, for its life (killed with the process)
         pool = _LOCAL.pool = Pool(1, _work_shipped, share=share)
         pool.__enter__()
-    unit = Unit(key=0, name=plan.check_id(plan.targets[0]), seconds=0.0, payload=(job, plan))
-    for _, outcome in pool.run(Queue.in_order([unit])):
-        return outcome
-    raise RuntimeError("the worker pool returned nothing")  # pragma: no cover - run yields once per unit
+    units = []
+    for i, blob in enumerate(blobs):
+        plan: CasePlan = pickle.loads(blob)
+        units.append(
+            Unit(
+                key=i,
+                name=plan.check_id(plan.targets[0]),
+                seconds=0.0,
+                payload=((blob, cwd, import_roots), plan),
+            )
+        )
+    got = dict(pool.run(Queue.in_order(units)))
+    return [got[i] for i in range(len(units))]
 
 
 _ENGINES: dict[tuple[str, str], Any] = {}

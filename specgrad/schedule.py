@@ -44,6 +44,34 @@ class Bin:
     warm: set[str] = field(default_factory=set)
 
 
+def batches(
+    units: Sequence[Unit], workers: int, warmup: Callable[[str], float], per_worker: int = 4
+) -> list[list[Unit]]:
+    """`units` in batches of one group each, of about 1/(`per_worker` x `workers`) of the
+    whole, largest first: what a scheduler that knows nothing of warm-ups (Dask) is given,
+    so a spec's plans share a worker's warm-up and the batches still balance."""
+    groups: dict[str, list[Unit]] = {}
+    for unit in sorted(units, key=lambda u: (-u.seconds, u.name)):
+        groups.setdefault(unit.group or unit.name, []).append(unit)
+    target = sum(u.seconds for u in units) / max(1, per_worker * workers)
+    out: list[list[Unit]] = []
+    for members in groups.values():
+        current: list[Unit] = []
+        for unit in members:
+            current.append(unit)
+            if sum(u.seconds for u in current) >= target:
+                out.append(current)
+                current = []
+        if current:
+            out.append(current)
+
+    def cost(batch: list[Unit]) -> float:
+        needs = set().union(*(u.needs for u in batch))
+        return sum(u.seconds for u in batch) + sum(warmup(n) for n in needs)
+
+    return sorted(out, key=lambda b: (-cost(b), b[0].name))
+
+
 def partition(units: Sequence[Unit], bins: int, warmup: Callable[[str], float]) -> list[Bin]:
     """`units` into `bins` bins of about equal estimated time (each bin's units largest first)."""
     out = [Bin() for _ in range(max(1, bins))]

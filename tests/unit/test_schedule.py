@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from specgrad.compile import compile_spec
 from specgrad.cost import estimate, warmup
 from specgrad.model import Method
-from specgrad.schedule import Bin, Queue, Unit, partition
+from specgrad.schedule import Bin, Queue, Unit, batches, partition
 from specgrad.validate import parse_spec
 from tests.conftest import SPECS
 
@@ -153,3 +153,21 @@ def test_a_gpu_plan_needs_cupy(conv_plan) -> None:  # type: ignore[no-untyped-de
 def test_declared_structure_makes_a_check_cheaper(conv_plan) -> None:  # type: ignore[no-untyped-def]
     spec = replace(conv_plan.spec, structure={"x": "elementwise"})
     assert estimate(replace(conv_plan, spec=spec)).seconds < estimate(conv_plan).seconds
+
+
+@given(
+    costs=st.lists(st.floats(0.0, 10.0, allow_nan=False), min_size=0, max_size=50),
+    groups=st.integers(1, 6),
+    workers=st.integers(1, 8),
+)
+@settings(max_examples=100, deadline=None)
+def test_batches_hold_every_unit_once_one_group_each(costs: list[float], groups: int, workers: int) -> None:
+    units = _units(costs, [f"g{i % groups}" for i in range(len(costs))])
+    out = batches(units, workers, NO_WARMUP)
+    assert sorted(u.key for b in out for u in b) == list(range(len(costs)))
+    assert all(len({u.group for u in b}) == 1 for b in out)
+    totals = [sum(u.seconds for u in b) for b in out]
+    assert totals == sorted(totals, reverse=True)
+    # a batch is closed once it reaches its share: only its last unit may take it past
+    share = sum(costs) / (4 * workers)
+    assert all(sum(u.seconds for u in b[:-1]) < share or share == 0 for b in out)
