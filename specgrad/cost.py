@@ -29,7 +29,8 @@ from specgrad.compile import CasePlan
 from specgrad.model import Spec
 
 #: seconds of fixed cost per forward or backward call, by framework: eager dispatch, and the
-#: engine's own work per call (fitted on the zoo: python benchmarks/scale.py --fit)
+#: engine's own work per call (fitted on the zoo; benchmarks/scale.py sets the estimates
+#: against measured times)
 CALL_SECONDS = {"numpy": 1.5e-4, "cupy": 3e-4, "torch": 6e-4, "jax": 2.5e-3}
 #: seconds per element a call reads or writes (float64 arithmetic, a few passes)
 ELEMENT_SECONDS = 1e-8
