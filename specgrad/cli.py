@@ -15,6 +15,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
 
@@ -527,6 +528,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if args.shard:
             from specgrad.parallel import shard
 
+            every = [p.check_id(t) for _, plans in planned for p in plans for t in p.targets]
+            summary.positions = {check_id: i for i, check_id in enumerate(every)}
             planned, summary.shard = shard(planned, *args.shard)
             if not planned and summary.shard.checks:
                 summary.notes.append(
@@ -576,6 +579,10 @@ def _interrupted(summary: RunSummary, exc: KeyboardInterrupt) -> None:
 def _finish(args: argparse.Namespace, summary: RunSummary, reporter: ConsoleReporter) -> None:
     """What follows the checks: notes, the closing lines, the reports."""
     _describe_devices(summary)
+    if summary.shard is not None:  # whether merge may expect every check of the shard
+        stopped = args.fail_fast and any(r.status.bad for r in summary.results)
+        lost = summary.interrupted or stopped or summary.spec_errors or summary.internal_errors
+        summary.shard = replace(summary.shard, complete=not lost)
     if "sim" in (_devices(args) or ()):
         summary.notes.append(
             "device sim is numpy under cupy's rules: it tells whether the layers and the engine are "
@@ -775,7 +782,7 @@ def _run_parallel(
         from specgrad.dask_executor import Dask
 
         roots = tuple(str(Path(r).resolve()) for r in args.settings.import_roots)
-        executor = dask = Dask(args.scheduler, workers, roots)
+        executor = Dask(args.scheduler, workers, roots)
 
     def report(spec: Spec, outcome: Outcome) -> bool:
         summary.specs_checked += 1
@@ -795,8 +802,7 @@ def _run_parallel(
     try:
         run_jobs(planned, executor, report, progress=reporter.advance)
     finally:
-        if args.executor == "dask":
-            summary.notes.extend(dask.notes)
+        summary.notes.extend(executor.notes)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

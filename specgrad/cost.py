@@ -55,6 +55,7 @@ class Cost:
 
 
 def estimate(plan: CasePlan) -> Cost:
+    """The plan's seconds (its calls times a call's cost) and what it needs loaded."""
     frameworks = _frameworks(plan)
     per_call = max(CALL_SECONDS.get(f, CALL_SECONDS["numpy"]) for f in frameworks)
     per_call += ELEMENT_SECONDS * 2 * sum(_size(t.shape) for t in plan.spec.tensors)

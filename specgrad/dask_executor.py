@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
 import uuid
@@ -99,6 +100,7 @@ class Dask:
             processes=True,
             dashboard_address=None,  # no web server (and no port clash between runs)
             silence_logs=logging.CRITICAL,  # a worker's death is reported here, per check
+            preload=[__name__],  # dask_setup below: its workers leave Ctrl-C to this process
         )
         self.client = Client(self.cluster)
         return self
@@ -114,11 +116,12 @@ class Dask:
             self._settings.__exit__(None, None, None)
 
     def run(self, units: list[Unit]) -> Iterator[tuple[Hashable, Outcome]]:
+        """The units' outcomes as their batches finish (a dead worker's batch retried)."""
         from distributed import as_completed
 
         token = uuid.uuid4().hex[:8]
         self._topic = f"specgrad-started-{token}"
-        share = self.workers if self.cluster is not None else 1
+        share = self.workers if self.cluster is not None else 0  # 0: each worker's thread count
         workers = share if self.cluster is not None else max(1, len(self.client.scheduler_info()["workers"]))
         grouped = batches(units, workers, warmup)
         # one submission: Dask queues the tasks on the scheduler (a worker holds only what it
@@ -145,17 +148,12 @@ class Dask:
                     outcomes = future.result()
                 except Exception:  # noqa: BLE001 - its result went with a worker that died since
                     outcomes = None
-            if outcomes is not None:
-                if tries.died:
-                    self.notes.append(
-                        f"a Dask worker ({tries.died[0]}) died while running {tries.name}; "
-                        "it was run again on another worker"
-                    )
-            else:
-                outcomes, retry = self._failed(future, tries, share)
-                if retry is not None:
-                    self._pending[retry.key] = tries
-                    done.add(retry)
+            if outcomes is None:
+                outcomes, retries = self._failed(future, tries, share)
+                for again, its in retries:
+                    self._pending[again.key] = its
+                    done.add(again)
+                if retries:
                     continue
             future.release()
             yield from ((unit.key, outcome) for unit, outcome in zip(tries.batch, outcomes, strict=True))
@@ -190,9 +188,12 @@ class Dask:
         self._futures.append(future)
         return future
 
-    def _failed(self, future: Any, tries: _Tries, share: int) -> tuple[list[Outcome], Any]:
-        """The outcomes of a batch whose task failed, or ([], the task submitted again)
-        where its worker died and it has a try left."""
+    def _failed(
+        self, future: Any, tries: _Tries, share: int
+    ) -> tuple[list[Outcome], list[tuple[Any, _Tries]]]:
+        """The outcomes of a batch whose task failed, or ([], the tasks submitted again)
+        where its worker died and it has a try left: a batch that took a worker down goes
+        again plan by plan, so only the plan that does it is blamed a second time."""
         from distributed import KilledWorker
 
         exc = future.exception() if future.status == "error" else None
@@ -202,9 +203,17 @@ class Dask:
             ran = self._started(future.key, address)
             if ran:
                 tries.died.append(address)
+                if len(tries.died) == 1:
+                    self.notes.append(
+                        f"a Dask worker ({address}) died while running {tries.name}: run again, plan by plan"
+                    )
             if len(tries.died) < 2 and tries.lost < MAX_LOSSES:
-                again = f"{future.key.split('-again')[0]}-again{tries.lost}"
-                return [], self._again(tries.batch, again, share)
+                base = f"{future.key.split('-again')[0]}-again{tries.lost}"
+                parts = [[u] for u in tries.batch] if ran else [tries.batch]
+                return [], [
+                    (self._again(part, f"{base}-{i}", share), tries.split(part))
+                    for i, part in enumerate(parts)
+                ]
             if len(tries.died) < 2:
                 why = (
                     f"lost {tries.lost} times with Dask workers that died while it waited its turn "
@@ -223,21 +232,27 @@ class Dask:
             )
         else:  # lost: done, but its result went with a worker that died before it came back
             tries.lost += 1
-            if tries.lost < MAX_LOSSES:
+            if tries.lost < MAX_LOSSES and future.status != "cancelled":
                 again = f"{future.key.split('-again')[0]}-again{tries.lost}"
-                return [], self._again(tries.batch, again, share)
+                return [], [(self._again(tries.batch, again, share), tries)]
             why = f"lost {tries.lost} times with Dask workers that died (the cluster is losing workers)"
+            if future.status == "cancelled":
+                why = "cancelled on the Dask cluster (restarted, or closed, by someone else?)"
         plans: list[CasePlan] = [u.payload for u in tries.batch]
-        return [Outcome([p.result(t, Status.ERROR, why) for t in p.targets]) for p in plans], None
+        return [Outcome([p.result(t, Status.ERROR, why) for t in p.targets]) for p in plans], []
 
 
 class _Tries:
     """A batch's tasks so far: how often its worker died under it, and where it ran then."""
 
-    def __init__(self, batch: list[Unit]) -> None:
+    def __init__(self, batch: list[Unit], lost: int = 0, died: tuple[str, ...] = ()) -> None:
         self.batch = batch
-        self.lost = 0
-        self.died: list[str] = []
+        self.lost = lost
+        self.died: list[str] = list(died)
+
+    def split(self, part: list[Unit]) -> _Tries:
+        """The tries of `part` of this batch: its deaths so far are each part's."""
+        return _Tries(part, self.lost, tuple(self.died))
 
     @property
     def name(self) -> str:
@@ -259,6 +274,14 @@ def _address(exc: Any) -> str:
 
 # -- on a Dask worker -----------------------------------------------------------------------
 
+
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook, in our LocalCluster's worker processes: a Ctrl-C reaches the
+    whole process group, and it is this run's process that stops the cluster (a worker
+    that took it would print its traceback over the run's last lines)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 _LOCAL = threading.local()
 
 
@@ -269,15 +292,27 @@ def run_on_worker(
     where the Dask worker may start processes, else here (the Dask worker's own thread).
     It tells the scheduler it started (`topic`): a worker that dies now takes it down, not
     one it waited on."""
+    started = None
     try:
         from distributed import Event, get_worker
 
         worker = get_worker()
+        share = share or getattr(getattr(worker, "state", None), "nthreads", 1)  # your cluster: its threads
         # set on the scheduler before the plan starts (log_event could still be in flight
         # when the plan's first call kills the worker)
-        Event(f"{topic}:{worker.get_current_task()}@{worker.address}").set()
+        started = Event(f"{topic}:{worker.get_current_task()}@{worker.address}")
+        started.set()
     except (ImportError, ValueError, AttributeError):  # not on a Dask worker (tests)
         pass
+    try:
+        return _run_batch(blobs, cwd, import_roots, max(1, share))
+    finally:
+        if started is not None:
+            started.clear()  # done: the scheduler forgets it
+
+
+def _run_batch(blobs: list[bytes], cwd: str, import_roots: tuple[str, ...], share: int) -> list[Outcome]:
+    """The batch's outcomes, in order; `share`: the processes sharing this machine's memory."""
     if multiprocessing.current_process().daemon:  # here: the working folder is the Dask worker's
         return [_work_shipped((blob, "", import_roots), Recorder(None)) for blob in blobs]
     pool = getattr(_LOCAL, "pool", None)

@@ -2,8 +2,9 @@
 different spec folders) joined into one summary, hence one report and one exit code.
 
 Shards are checked before they are joined: every shard of one selection present exactly
-once, all from the same selection (same specs, flags and spec files: its digest of check
-ids), no check in two reports. Anything else is a ReportError: a merged report that
+once, all of the same partition (same specs, flags and spec files: a digest of which check
+went to which shard), no check in two reports, and together every check of the selection
+unless one stopped early. Anything else is a ReportError: a merged report that
 claims more than the shards ran would hide a missing CI job. A shard that stopped early
 (-x, Ctrl-C, a spec that failed to import) holds fewer checks; its reason is in the
 merged report and its exit code (1, 130, 2), as in one run.
@@ -31,19 +32,24 @@ def merge(reports: Sequence[tuple[Path, RunSummary]]) -> RunSummary:
                 )
             owner[r.check_id] = path
         out.results += s.results
-        out.spec_errors += [i for i in s.spec_errors if i not in out.spec_errors]
-        out.internal_errors += [i for i in s.internal_errors if i not in out.internal_errors]
+        # the same error read from JSON and from JUnit may split field and message apart
+        # differently ("import: No module ..."): the same error prints the same
+        out.spec_errors += [i for i in s.spec_errors if str(i) not in map(str, out.spec_errors)]
+        out.internal_errors += [i for i in s.internal_errors if str(i) not in map(str, out.internal_errors)]
         out.notes += [n for n in s.notes if n not in out.notes and not n.startswith("shard ")]
         for spec, found in s.frameworks.items():
             out.frameworks.setdefault(spec, found)
         out.devices.update(s.devices)
         if s.interrupted and not out.interrupted:
             out.interrupted, out.signal = True, s.signal
-    # each spec's checks together, the specs in file order (as one run would report them)
+    positions = {k: v for _, s in reports for k, v in s.positions.items()}
     first: dict[str, int] = {}
     for i, r in enumerate(out.results):
         first.setdefault(r.spec, i)
-    out.results.sort(key=lambda r: (r.file, first[r.spec]))
+    if all(r.check_id in positions for r in out.results):  # shards: the one run's order
+        out.results.sort(key=lambda r: positions[r.check_id])
+    else:  # each spec's checks together, the specs in file order
+        out.results.sort(key=lambda r: (r.file, first[r.spec]))
     out.specs_checked = len(first)
     return out
 
@@ -74,4 +80,10 @@ def _check_shards(reports: Sequence[tuple[Path, RunSummary]]) -> None:
         raise ReportError(
             f"shard {', '.join(missing)} missing: the {first.count} shards' reports are needed "
             f"(got {', '.join(str(p) for p, _ in sharded)})"
+        )
+    held = sum(len(s.results) for _, s in reports)
+    if held != first.checks and all(shard.complete for _, shard in sharded):
+        raise ReportError(
+            f"the shards hold {held} checks, their selection has {first.checks}, and none says it "
+            "stopped early: a report is not its shard's whole run (edited, or overwritten by another run)"
         )

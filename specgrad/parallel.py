@@ -112,20 +112,32 @@ def shard(
     specs: Sequence[tuple[Spec, tuple[CasePlan, ...]]], index: int, count: int
 ) -> tuple[list[tuple[Spec, tuple[CasePlan, ...]]], Shard]:
     """The plans of shard `index` (1-based) of `count`: the selection partitioned in cost
-    balance (schedule.partition), the same on every machine that compiled the same plans."""
-    ids = sorted(p.check_id(t) for _, plans in specs for p in plans for t in p.targets)
-    selection = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-    mine = {u.key for u in partition(units(specs), count, warmup)[index - 1].units}
+    balance (schedule.partition), the same on every machine that compiled the same plans.
+    Its digest is of the whole partition (which check ids went to which shard), so shards
+    that computed different ones (other flags, other spec files) never merge."""
+    bins = partition(units(specs), count, warmup)
+    placed = sorted(
+        f"{b}\t{p.check_id(t)}"
+        for b, found in enumerate(bins)
+        for u in found.units
+        for p in [u.payload]
+        for t in p.targets
+    )
+    selection = hashlib.sha256("\n".join(placed).encode()).hexdigest()
+    mine = {u.key for u in bins[index - 1].units}
     kept = [
         (spec, tuple(p for i, p in enumerate(plans) if (s, i) in mine))
         for s, (spec, plans) in enumerate(specs)
     ]
-    return [(spec, plans) for spec, plans in kept if plans], Shard(index, count, len(ids), selection)
+    return [(spec, plans) for spec, plans in kept if plans], Shard(index, count, len(placed), selection)
 
 
 class Executor(Protocol):
     """Where plans run: this machine's worker pool (`Local`), or a Dask cluster
-    (dask_executor.Dask). `run` yields (unit key, outcome) as each plan finishes."""
+    (dask_executor.Dask). `run` yields (unit key, outcome) as each plan finishes; `notes`
+    are what the run should say about how it went (workers lost, plans retried)."""
+
+    notes: list[str]
 
     def __enter__(self) -> Executor: ...
 
@@ -145,6 +157,7 @@ class Local:
     def __init__(self, workers: int, options: CompileOptions) -> None:
         self.workers, self.options = workers, options
         self.pool = Pool(workers, _work)
+        self.notes: list[str] = []
 
     def __enter__(self) -> Local:
         self.pool.__enter__()

@@ -140,13 +140,16 @@ class CheckResult:
 @dataclass(frozen=True, slots=True)
 class Shard:
     """This run is shard `index` of `count` (--shard K/N) of a selection of `checks` check
-    ids in all, `selection` their digest: `specgrad merge` tells the shards of one
-    selection apart from another's, and a missing or repeated shard from a complete set."""
+    ids in all, `selection` the digest of how they were partitioned: `specgrad merge` tells
+    the shards of one partition apart from another's, a missing or repeated shard from a
+    complete set, and (`complete`: it ran all its checks, not stopped by -x, an interrupt
+    or a spec that failed to bind) a set that holds every check from one that lost some."""
 
     index: int
     count: int
     checks: int
     selection: str
+    complete: bool = True
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
@@ -166,6 +169,8 @@ class RunSummary:
     interrupted: bool = False
     signal: int = 2  # what interrupted the run: SIGINT (Ctrl-C, 2) or SIGTERM (15)
     shard: Shard | None = None  # --shard K/N: the part of the selection this run checked
+    #: --shard: each check's place in the whole selection's order (merge restores it)
+    positions: dict[str, int] = field(default_factory=dict)
 
     def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status is status)

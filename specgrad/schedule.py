@@ -19,6 +19,7 @@ worker would get to it. Estimates are rough; stealing is what corrects them at r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,8 @@ class Unit:
 
 @dataclass
 class Bin:
+    """One worker's (or shard's) units, their estimated seconds and what they warm up."""
+
     units: list[Unit] = field(default_factory=list)
     load: float = 0.0  # estimated seconds, warm-ups included
     warm: set[str] = field(default_factory=set)
@@ -53,23 +56,29 @@ def batches(
     groups: dict[str, list[Unit]] = {}
     for unit in sorted(units, key=lambda u: (-u.seconds, u.name)):
         groups.setdefault(unit.group or unit.name, []).append(unit)
-    target = sum(u.seconds for u in units) / max(1, per_worker * workers)
+    target = math.fsum(u.seconds for u in units) / max(1, per_worker * workers)
     out: list[list[Unit]] = []
     for members in groups.values():
         current: list[Unit] = []
         for unit in members:
             current.append(unit)
-            if sum(u.seconds for u in current) >= target:
+            if math.fsum(u.seconds for u in current) >= target:
                 out.append(current)
                 current = []
         if current:
             out.append(current)
 
     def cost(batch: list[Unit]) -> float:
-        needs = set().union(*(u.needs for u in batch))
-        return sum(u.seconds for u in batch) + sum(warmup(n) for n in needs)
+        return _total(batch, set().union(*(u.needs for u in batch)), warmup)
 
     return sorted(out, key=lambda b: (-cost(b), b[0].name))
+
+
+def _total(units: Sequence[Unit], needs: set[str], warmup: Callable[[str], float]) -> float:
+    """Seconds of `units` plus the warm-ups of `needs`, summed exactly (math.fsum): the
+    order a set iterates in differs between processes (hash randomisation), and a float
+    sum that depended on it could put a unit in another bin on another CI runner."""
+    return math.fsum([*(u.seconds for u in units), *(warmup(n) for n in needs)])
 
 
 def partition(units: Sequence[Unit], bins: int, warmup: Callable[[str], float]) -> list[Bin]:
@@ -81,7 +90,7 @@ def partition(units: Sequence[Unit], bins: int, warmup: Callable[[str], float]) 
 
     def cost(members: list[Unit], warm: set[str]) -> float:
         needs = set().union(*(u.needs for u in members)) - warm
-        return sum(u.seconds for u in members) + sum(warmup(n) for n in needs)
+        return _total(members, needs, warmup)
 
     fair = cost([u for g in groups.values() for u in g], set()) / len(out)
     ranked = sorted(groups.values(), key=lambda g: (-cost(g, set()), g[0].name))
@@ -149,7 +158,7 @@ class Queue:
             if i in self.running:
                 unit, since = self.running[i]
                 ahead = max(unit.seconds - (now - since), now - since)
-            left = ahead + sum(u.seconds for u in queued)
+            left = ahead + math.fsum(u.seconds for u in queued)
             if best is None or left > best[0]:
                 best = (left, i)
         if best is None:
@@ -158,7 +167,7 @@ class Queue:
         running = self.running.get(best[1])
         ahead = max(running[0].seconds - (now - running[1]), now - running[1]) if running else 0.0
         for j, unit in enumerate(victim):
-            if force or sum(self.warmup(n) for n in unit.needs - warm) < ahead:
+            if force or math.fsum(self.warmup(n) for n in unit.needs - warm) < ahead:
                 return victim.pop(j)
             ahead += unit.seconds
         return None

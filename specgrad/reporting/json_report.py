@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from specgrad import __version__
-from specgrad.results import RunSummary, Status
+from specgrad.results import CheckResult, RunSummary, Status
 
 FORMAT_VERSION = 1
 
@@ -27,10 +27,23 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _check(r: CheckResult, summary: RunSummary) -> dict[str, Any]:
+    out = r.to_dict()
+    if r.check_id in summary.positions:
+        out["position"] = summary.positions[r.check_id]
+    return out
+
+
 def _shard(summary: RunSummary) -> dict[str, Any]:
     s = summary.shard
     assert s is not None
-    return {"index": s.index, "count": s.count, "checks": s.checks, "selection": s.selection}
+    return {
+        "index": s.index,
+        "count": s.count,
+        "checks": s.checks,
+        "selection": s.selection,
+        "complete": s.complete,
+    }
 
 
 class JsonReporter:
@@ -73,7 +86,7 @@ class JsonReporter:
                 }
                 for i in summary.spec_errors
             ],
-            "checks": [r.to_dict() for r in summary.results],
+            "checks": [_check(r, summary) for r in summary.results],
         }
         return json.dumps(_clean(doc), indent=2, allow_nan=False) + "\n"
 

@@ -14,9 +14,6 @@ from specgrad.errors import SpecIssue
 from specgrad.reporting.console import failure_text
 from specgrad.results import CheckResult, RunSummary, Status
 
-#: the property names a shard's facts (--shard) go under in each testsuite
-SHARD_PROPERTIES = ("specgrad.shard", "specgrad.checks", "specgrad.selection")
-
 #: characters XML 1.0 cannot carry at all (terminal escapes in a user's exception text)
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -36,18 +33,18 @@ class JunitReporter:
     def render(self, summary: RunSummary) -> str:
         root = ET.Element("testsuites", name="specgrad")
         for spec, group in groupby(summary.results, key=lambda r: r.spec):
-            self._suite(root, spec, list(group))
-        issues = [*summary.spec_errors, *summary.internal_errors]
-        if issues:
-            self._invalid(root, issues)
-        if summary.shard is not None:  # what `specgrad merge` checks, on every suite
-            s = summary.shard
+            self._suite(root, spec, list(group), summary.positions)
+        if summary.spec_errors:
+            self._invalid(root, summary.spec_errors, "invalid specs", "specgrad.spec")
+        if summary.internal_errors:
+            self._invalid(root, summary.internal_errors, "internal errors", "specgrad.internal")
+        facts = _run_facts(summary)
+        if facts:  # what `specgrad merge` reads back, on every suite
             if not len(root):
-                _count(ET.SubElement(root, "testsuite", name=f"specgrad shard {s} (no checks)"), [])
-            facts = (str(s), str(s.checks), s.selection)
+                _count(ET.SubElement(root, "testsuite", name="specgrad (no checks)"), [])
             for suite in root:
                 properties = ET.Element("properties")
-                for name, value in zip(SHARD_PROPERTIES, facts, strict=True):
+                for name, value in facts.items():
                     ET.SubElement(properties, "property", name=name, value=value)
                 suite.insert(0, properties)
         for key in ("tests", "failures", "errors", "skipped"):
@@ -61,7 +58,9 @@ class JunitReporter:
 
         write_atomic(self.path, self.render(summary))
 
-    def _suite(self, root: ET.Element, spec: str, results: list[CheckResult]) -> None:
+    def _suite(
+        self, root: ET.Element, spec: str, results: list[CheckResult], positions: dict[str, int]
+    ) -> None:
         suite = ET.SubElement(root, "testsuite", name=_x(spec), file=_x(results[0].file))
         for r in results:
             case = ET.SubElement(
@@ -73,6 +72,11 @@ class JunitReporter:
                 line=str(r.line),
                 time=f"{r.duration:.6f}",
             )
+            if r.check_id in positions:  # its place in a sharded selection: merge restores the order
+                properties = ET.SubElement(case, "properties")
+                ET.SubElement(
+                    properties, "property", name="specgrad.position", value=str(positions[r.check_id])
+                )
             if r.status is Status.SKIP:
                 ET.SubElement(case, "skipped", message=_first_line(r.message or r.note))
             elif r.message and not r.status.bad:  # a pass with something to say (kinks)
@@ -83,12 +87,12 @@ class JunitReporter:
                 element.text = _x(failure_text([r]))
         _count(suite, results)
 
-    def _invalid(self, root: ET.Element, issues: list[SpecIssue]) -> None:
-        suite = ET.SubElement(root, "testsuite", name="invalid specs")
+    def _invalid(self, root: ET.Element, issues: list[SpecIssue], name: str, classname: str) -> None:
+        suite = ET.SubElement(root, "testsuite", name=name)
         for file, group in groupby(issues, key=lambda i: i.location.file):
             found = list(group)
             case = ET.SubElement(
-                suite, "testcase", name=_x(str(file)), classname="specgrad.spec", file=_x(str(file)), time="0"
+                suite, "testcase", name=_x(str(file)), classname=classname, file=_x(str(file)), time="0"
             )
             case.set("line", str(found[0].location.line))
             element = ET.SubElement(case, "error", message=_x(str(found[0])), type="SpecError")
@@ -98,6 +102,20 @@ class JunitReporter:
         suite.set("failures", "0")
         suite.set("skipped", "0")
         suite.set("time", "0")
+
+
+def _run_facts(summary: RunSummary) -> dict[str, str]:
+    """What JUnit has no place for but a merged report needs: the shard, an interrupt."""
+    facts = {}
+    if summary.shard is not None:
+        s = summary.shard
+        facts["specgrad.shard"] = str(s)
+        facts["specgrad.checks"] = str(s.checks)
+        facts["specgrad.selection"] = s.selection
+        facts["specgrad.complete"] = "true" if s.complete else "false"
+    if summary.interrupted:
+        facts["specgrad.interrupted"] = "SIGTERM" if summary.signal == 15 else "SIGINT"
+    return facts
 
 
 def _count(suite: ET.Element, results: list[CheckResult]) -> None:

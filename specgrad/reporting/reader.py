@@ -64,6 +64,7 @@ def _from_json(doc: dict[str, Any]) -> RunSummary:
         raise ValueError(f"report format {doc['format']!r}, this specgrad reads format {FORMAT_VERSION}")
     summary = RunSummary(
         results=[_check(c) for c in doc["checks"]],
+        positions={c["id"]: int(c["position"]) for c in doc["checks"] if "position" in c},
         spec_errors=[
             SpecIssue(Location(Path(e["file"]), int(e["line"]), int(e["column"])), e["field"], e["message"])
             for e in doc["spec_errors"]
@@ -79,7 +80,13 @@ def _from_json(doc: dict[str, Any]) -> RunSummary:
     )
     if "shard" in doc:
         s = doc["shard"]
-        summary.shard = Shard(int(s["index"]), int(s["count"]), int(s["checks"]), str(s["selection"]))
+        summary.shard = Shard(
+            int(s["index"]),
+            int(s["count"]),
+            int(s["checks"]),
+            str(s["selection"]),
+            bool(s.get("complete", True)),
+        )
     summary.specs_checked = len({r.spec for r in summary.results})
     return summary
 
@@ -136,13 +143,24 @@ def _from_junit(root: ET.Element) -> RunSummary:
         properties = {p.get("name"): p.get("value", "") for p in suite.iter("property")}
         if properties.get("specgrad.shard") and summary.shard is None:
             index, count = (int(x) for x in properties["specgrad.shard"].split("/"))
-            checks = int(properties["specgrad.checks"])
-            summary.shard = Shard(index, count, checks, properties["specgrad.selection"])
+            checks, complete = (
+                int(properties["specgrad.checks"]),
+                properties.get("specgrad.complete") != "false",
+            )
+            summary.shard = Shard(index, count, checks, properties["specgrad.selection"], complete)
+        if properties.get("specgrad.interrupted"):
+            summary.interrupted = True
+            summary.signal = 15 if properties["specgrad.interrupted"] == "SIGTERM" else 2
         for case in suite.iter("testcase"):
             if case.get("classname") == "specgrad.spec":
                 summary.spec_errors += _issues(case)
+            elif case.get("classname") == "specgrad.internal":
+                summary.internal_errors += _issues(case)
             else:
                 summary.results.append(_testcase(case))
+                found = case.find("properties/property[@name='specgrad.position']")
+                if found is not None:
+                    summary.positions[case.attrib["name"]] = int(found.get("value", "0"))
     summary.specs_checked = len({r.spec for r in summary.results})
     return summary
 

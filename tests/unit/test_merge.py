@@ -191,3 +191,33 @@ def test_reports_that_overlap_are_refused_and_errors_are_not_repeated() -> None:
     merged = merge([(Path("a.json"), a), (Path("b.json"), b)])
     assert merged.spec_errors == [issue] and merged.notes == ["n"]
     assert merged.interrupted and merged.exit_code == 143
+
+
+def test_junit_keeps_an_interrupt_and_internal_errors_apart(tmp_path: Path) -> None:
+    internal = SpecIssue(Location(Path("a.yaml")), "", "internal error while checking this spec: boom")
+    summary = _summary(_result("a", "x"), internal_errors=[internal], interrupted=True, signal=15)
+    back = read_report(_write(tmp_path, "r.xml", summary))
+    assert back.interrupted and back.signal == 15 and back.exit_code == 143
+    assert back.internal_errors == [internal] and not back.spec_errors
+    back.interrupted = False
+    assert back.exit_code == 3
+
+
+def test_a_spec_error_read_from_json_and_from_junit_is_one_error(tmp_path: Path) -> None:
+    issue = SpecIssue(
+        Location(Path("b.yaml"), 4, 10), "", "forward: cannot import module 'x': no module named 'x'"
+    )
+    a = read_report(_write(tmp_path, "a.json", _summary(_result("a", "x"), spec_errors=[issue])))
+    b = read_report(_write(tmp_path, "b.xml", _summary(_result("b", "x"), spec_errors=[issue])))
+    merged = merge([(Path("a.json"), a), (Path("b.xml"), b)])
+    assert [str(i) for i in merged.spec_errors] == [str(issue)]
+
+
+def test_a_complete_set_of_shards_holding_fewer_checks_is_refused() -> None:
+    shards = [
+        (Path(f"s{k}.json"), _summary(_result(f"spec{k}", "x"), shard=Shard(k, 2, 3, "sel"))) for k in (1, 2)
+    ]
+    with pytest.raises(ReportError, match="the shards hold 2 checks, their selection has 3"):
+        merge(shards)
+    stopped = (Path("s2.json"), _summary(_result("spec2", "x"), shard=Shard(2, 2, 3, "sel", complete=False)))
+    assert merge([shards[0], stopped]).exit_code == 0  # it says it stopped early: its exit code told why
