@@ -351,6 +351,9 @@ def configure(args: argparse.Namespace) -> Config:
         "max_elements": settings.max_elements,
         "timeout": settings.timeout,
         "isolate": settings.isolate,
+        "executor": settings.executor,
+        # a scheduler set for the project, unless this command line asks for local workers
+        "scheduler": settings.scheduler if getattr(args, "executor", None) != "local" else None,
     }
     for name, value in unset.items():
         if hasattr(args, name) and getattr(args, name) is None and value is not None:

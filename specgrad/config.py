@@ -15,6 +15,7 @@ among each spec's dtypes); `tolerances` are defaults under what a spec sets itse
     max_elements = 100000
     timeout = 600                     # seconds per check (a spec's timeout: wins)
     isolate = true                    # checks in worker processes even with jobs = 1
+    scheduler = "tcp://10.0.0.5:8786" # --scheduler (executor = "dask" without one: a LocalCluster)
     import_roots = ["src"]            # folders put on sys.path for the specs' import strings
     [tool.specgrad.tolerances.float32]
     epsilon = 1e-3                    # the step; rtol/atol replace the error model, with a reason
@@ -51,6 +52,8 @@ SETTINGS = (
     "max_elements",
     "timeout",
     "isolate",
+    "executor",
+    "scheduler",
     "import_roots",
     "tolerances",
 )
@@ -72,6 +75,8 @@ class Config:
     max_elements: int | None = None
     timeout: float | None = None
     isolate: bool | None = None
+    executor: str | None = None
+    scheduler: str | None = None
     import_roots: tuple[Path, ...] = ()
     #: per dtype, defaults for the specs' `tolerances:` (a spec's own values win field by
     #: field), as ((dtype, ((field, value), ...)), ...): hashable, for the workers' caches
@@ -212,6 +217,19 @@ def _parse(table: Any, path: Path, text: str) -> Config:
             issue("isolate", f"expected true or false, got {table['isolate']!r}")
         else:
             out["isolate"] = table["isolate"]
+    if "executor" in table:
+        if table["executor"] not in ("local", "dask"):
+            issue("executor", f"expected local or dask, got {table['executor']!r}")
+        else:
+            out["executor"] = table["executor"]
+    if "scheduler" in table:
+        if not (isinstance(table["scheduler"], str) and table["scheduler"].strip()):
+            issue(
+                "scheduler",
+                f"expected a Dask scheduler's address such as tcp://host:8786, got {table['scheduler']!r}",
+            )
+        else:
+            out["scheduler"] = table["scheduler"]
     if "max_memory" in table:
         size = parse_size(table["max_memory"])
         if size is None:

@@ -51,13 +51,14 @@ def test_every_setting_parsed(tmp_path: Path) -> None:
         tmp_path,
         'paths = ["specs", "more"]\ndtypes = ["float64"]\ndevice = "cpu,sim"\nmode = "fast"\nseed = 3\n'
         'jobs = 2\nmax_memory = "64M"\nmax_elements = 50\nimport_roots = ["src"]\ntimeout = 2.5\n'
-        "isolate = true\n"
+        'isolate = true\nexecutor = "dask"\nscheduler = "tcp://10.0.0.5:8786"\n'
         '[tool.specgrad.tolerances.float32]\nepsilon = 1e-3\nrtol = 1e-4\nreason = "measured"\n',
     )
     c = project.load(path)
     assert c.dtypes == ("float64",) and c.device == "cpu,sim" and c.mode == "fast"
     assert (c.seed, c.jobs, c.max_memory, c.max_elements) == (3, 2, 64 << 20, 50)
     assert c.import_roots == (tmp_path / "src",) and (c.timeout, c.isolate) == (2.5, True)
+    assert (c.executor, c.scheduler) == ("dask", "tcp://10.0.0.5:8786")
     assert c.tolerance_defaults() == {"float32": {"epsilon": 1e-3, "rtol": 1e-4, "reason": "measured"}}
     hash(c)  # the worker processes' compile caches key on it
 
@@ -81,6 +82,8 @@ def test_every_setting_parsed(tmp_path: Path) -> None:
         ('timeout = "1m"', 5, r"tool\.specgrad\.timeout: expected seconds"),
         ('isolate = "yes"', 5, r"tool\.specgrad\.isolate: expected true or false, got 'yes'"),
         ('paths = "specs"', 5, r"tool\.specgrad\.paths: expected a list"),
+        ('executor = "ray"', 5, r"tool\.specgrad\.executor: expected local or dask, got 'ray'"),
+        ("scheduler = 8786", 5, r"tool\.specgrad\.scheduler: expected a Dask scheduler's address"),
         ("[tool.specgrad.tolerances.float32]\nrtol = 1e-3", 5, r"float32: rtol/atol replace the error model"),
         (
             "[tool.specgrad.tolerances.float23]\nepsilon = 1e-3",
