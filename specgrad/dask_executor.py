@@ -84,6 +84,11 @@ class Dask:
             except (OSError, ValueError, TypeError) as exc:
                 where = f"--scheduler {self.scheduler}"
                 raise UsageError(f"{where}: cannot reach a Dask scheduler there: {exc}") from None
+            if not self.client.scheduler_info().get("workers"):  # Dask waits for one: say so
+                print(
+                    f"specgrad: the Dask scheduler at {self.scheduler} has no workers yet; waiting",
+                    file=sys.stderr,
+                )
             return self
         # for the cluster's whole life: a worker restarted after a death reads them again
         self._settings = dask.config.set(
