@@ -99,15 +99,19 @@ class Dask:
             }
         )
         self._settings.__enter__()
-        self.cluster = LocalCluster(
-            n_workers=self.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,  # no web server (and no port clash between runs)
-            silence_logs=logging.CRITICAL,  # a worker's death is reported here, per check
-            preload=[__name__],  # dask_setup below: its workers leave Ctrl-C to this process
-        )
-        self.client = Client(self.cluster)
+        try:
+            self.cluster = LocalCluster(
+                n_workers=self.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,  # no web server (and no port clash between runs)
+                silence_logs=logging.CRITICAL,  # a worker's death is reported here, per check
+                preload=[__name__],  # dask_setup below: its workers leave Ctrl-C to this process
+            )
+            self.client = Client(self.cluster)
+        except Exception as exc:  # noqa: BLE001 - whatever Dask raises: a located error, not a traceback
+            self.__exit__()
+            raise UsageError(f"--executor dask: could not start a local Dask cluster: {exc}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
