@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,11 @@ pytest_plugins = ["pytester"]
 settings.register_profile("deterministic", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
+
+# the interrupt tests send Ctrl-C to this process and to CLI processes it starts: a shell that
+# started the suite in the background (`pytest &`) hands it SIGINT ignored, which both inherit
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # spec files the tests run on purpose (buggy layers): never collected as this suite's items
 collect_ignore = ["fixtures"]
