@@ -1,9 +1,10 @@
 """Case plans across worker processes (-j N, --isolate, timeouts), results identical to a
 run in one process.
 
-A job is (spec file, plan number, how plans were compiled): picklable, and each worker
-parses and compiles the spec itself (once per process), so no model object crosses a
-process boundary. Plans are balanced between the workers by estimated cost (cost.py,
+A job is (spec file, how plans were compiled, the plan's check ids): picklable, and each
+worker parses and compiles the spec itself (once per process), so no model object crosses
+a process boundary (a Dask cluster, which may not see the files, gets plans pickled whole:
+dask_executor.py). Plans are balanced between the workers by estimated cost (cost.py,
 schedule.py: largest first, a spec's plans kept where its framework is loaded, stealing
 what estimates got wrong); results are handed back per spec in the order of the specs and
 of their plans, whatever order the jobs finish in.
