@@ -11,6 +11,7 @@ the devices asked for.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -114,6 +115,12 @@ def _shown(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(path)
+
+
+#: check_id's grammar read back (explain finds a check by it, reports are read by it)
+CHECK_ID = re.compile(
+    r"^(?P<name>[^\[\]]+)\[(?P<dtype>[^,\]]+),(?P<case>[^,\]]+)(?:,(?P<device>[^\]]+))?\]::(?P<target>.+)$"
+)
 
 
 def check_id(spec: str, dtype: str, case: str, target: str, device: str = DEFAULT_DEVICE) -> str:

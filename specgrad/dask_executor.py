@@ -217,7 +217,7 @@ class Dask:
                         f"a Dask worker ({address}) died while running {tries.name}: run again, plan by plan"
                     )
             if len(tries.died) < 2 and tries.lost < MAX_LOSSES:
-                base = f"{future.key.split('-again')[0]}-again{tries.lost}"
+                base = _again_key(future.key, tries.lost)
                 parts = [[u] for u in tries.batch] if ran else [tries.batch]
                 return [], [
                     (self._again(part, f"{base}-{i}", share), tries.split(part))
@@ -242,7 +242,7 @@ class Dask:
         else:  # lost: done, but its result went with a worker that died before it came back
             tries.lost += 1
             if tries.lost < MAX_LOSSES and future.status != "cancelled":
-                again = f"{future.key.split('-again')[0]}-again{tries.lost}"
+                again = _again_key(future.key, tries.lost)
                 return [], [(self._again(tries.batch, again, share), tries)]
             why = f"lost {tries.lost} times with Dask workers that died (the cluster is losing workers)"
             if future.status == "cancelled":
@@ -267,6 +267,11 @@ class _Tries:
     def name(self) -> str:
         more = f" and {len(self.batch) - 1} other case(s) of its spec" if len(self.batch) > 1 else ""
         return f"{self.batch[0].name}{more}"
+
+
+def _again_key(key: str, tries: int) -> str:
+    """The key of a task's `tries`-th resubmission (Dask keys are never reused)."""
+    return f"{key.split('-again')[0]}-again{tries}"
 
 
 def _blob(unit: Unit) -> bytes:

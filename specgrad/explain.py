@@ -5,29 +5,24 @@ furthest past) their bounds."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from specgrad.backends import DEVICES
-from specgrad.compile import CasePlan, compile_spec
+from specgrad.compile import CHECK_ID, CasePlan, compile_spec
 from specgrad.errors import UsageError, did_you_mean
 from specgrad.model import Fill, Spec
 from specgrad.numerics.inputs import tensor_fill
 from specgrad.numerics.tolerance import STEP_CONSTANT, UNIT_ROUNDOFF
 from specgrad.results import CheckResult, Evidence
 
-_ID = re.compile(
-    r"^(?P<name>[^\[\]]+)\[(?P<dtype>[^,\]]+),(?P<case>[^,\]]+)(?:,(?P<device>[^\]]+))?\]::(?P<target>.+)$"
-)
-
 
 def find_plan(check_id: str, specs: Sequence[Spec], **options: object) -> CasePlan:
     """The plan of `check_id`, narrowed to that one check and keeping its evidence.
     `options` are compile_spec's (mode, seed, max_elements, max_memory)."""
-    match = _ID.match(check_id)
+    match = CHECK_ID.match(check_id)
     if match is None:
         raise UsageError(
             f"{check_id!r} is not a check id: expected NAME[DTYPE,CASE]::TARGET "

@@ -38,6 +38,39 @@ SPECS = REPO / "specs"
 SCHEMA_LINE = "# yaml-language-server: $schema=../schemas/spec.schema.json\n"
 
 
+#: a layer module's spec with one input: LAYER_SPEC.format(name=..., module=...) (tests/e2e)
+LAYER_SPEC = """\
+specgrad: 1
+name: {name}
+description: d
+forward: {module}:forward
+backward: {module}:backward
+inputs:
+  x: {{shape: [3, 4]}}
+dtypes: [float32, float64]
+"""
+
+#: a layer whose backward is 0.5% off (every gradient check of it fails)
+BUGGY_LAYER = """
+def forward(x):
+    return x * x
+
+def backward(g, x):
+    return 2.01 * g * x
+"""
+
+#: a layer whose forward segfaults its process
+CRASH_LAYER = """
+import os, signal
+
+def forward(x):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+def backward(g, x):
+    return g
+"""
+
+
 @dataclass
 class CliResult:
     code: int

@@ -16,16 +16,13 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from specgrad.compile import CHECK_ID
 from specgrad.errors import Location, SpecIssue, UsageError
 from specgrad.numerics.compare import Comparison
 from specgrad.numerics.tolerance import Tolerance
 from specgrad.reporting.json_report import FORMAT_VERSION
 from specgrad.results import CheckResult, RunSummary, Shard, Status
 
-#: NAME[DTYPE,CASE]::TARGET, or NAME[DTYPE,CASE,DEVICE]::TARGET off the CPU
-_CHECK_ID = re.compile(
-    r"(?P<spec>.+)\[(?P<dtype>[^,\]]+),(?P<case>[^,\]]+)(?:,(?P<device>[^\]]+))?\]::(?P<target>.+)"
-)
 #: file:line:col: field: message, one line of an invalid spec's error text
 _ISSUE = re.compile(
     r"(?P<file>.+?):(?P<line>\d+)(?::(?P<column>\d+))?: (?:(?P<field>[^\s:]+): )?(?P<message>.*)"
@@ -167,7 +164,7 @@ def _from_junit(root: ET.Element) -> RunSummary:
 
 def _testcase(case: ET.Element) -> CheckResult:
     check_id = case.attrib["name"]
-    parts = _CHECK_ID.fullmatch(check_id)
+    parts = CHECK_ID.match(check_id)
     if parts is None:
         raise ValueError(f"testcase {check_id!r}: not a specgrad check id (NAME[DTYPE,CASE]::TARGET)")
     out = case.find("system-out")
@@ -184,7 +181,7 @@ def _testcase(case: ET.Element) -> CheckResult:
             message = "\n".join(line.removeprefix("  ") for line in lines) or element.get("message", "")
     return CheckResult(
         check_id=check_id,
-        spec=case.get("classname") or parts["spec"],
+        spec=case.get("classname") or parts["name"],
         file=case.get("file", ""),
         dtype=parts["dtype"],
         case=parts["case"],

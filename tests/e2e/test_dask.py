@@ -12,22 +12,14 @@ from typing import Any
 import pytest
 
 from specgrad.cli import main
+from tests.conftest import BUGGY_LAYER as BUGGY
+from tests.conftest import CRASH_LAYER as CRASH
+from tests.conftest import LAYER_SPEC as SPEC
 from tests.conftest import SPECS, run_subprocess
 
 pytest.importorskip("distributed")
 
 pytestmark = pytest.mark.e2e
-
-SPEC = """\
-specgrad: 1
-name: {name}
-description: d
-forward: {module}:forward
-backward: {module}:backward
-inputs:
-  x: {{shape: [3, 4]}}
-dtypes: [float32, float64]
-"""
 
 #: kills the Dask worker whose worker process runs it (its parent), the first time only
 KILL_ONCE = """
@@ -59,24 +51,6 @@ def forward(x):
 
 def backward(g, x):
     return 2 * g * x
-"""
-
-CRASH = """
-import os, signal
-
-def forward(x):
-    os.kill(os.getpid(), signal.SIGSEGV)
-
-def backward(g, x):
-    return g
-"""
-
-BUGGY = """
-def forward(x):
-    return x * x
-
-def backward(g, x):
-    return 2.01 * g * x
 """
 
 

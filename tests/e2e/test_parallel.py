@@ -11,40 +11,12 @@ from typing import Any
 import pytest
 
 from specgrad.cli import main
+from tests.conftest import BUGGY_LAYER as BUGGY
+from tests.conftest import CRASH_LAYER as CRASH
+from tests.conftest import LAYER_SPEC as SPEC
 from tests.conftest import SPECS, dedent, run_subprocess
 
 ZOO = ["conv2d", "linear", "softmax", "maxpool2d", "batchnorm", "tanh"]
-
-BUGGY = """
-import numpy as np
-
-def forward(x):
-    return x * x
-
-def backward(g, x):
-    return 2.01 * g * x
-"""
-
-CRASH = """
-import os, signal
-
-def forward(x):
-    os.kill(os.getpid(), signal.SIGSEGV)
-
-def backward(g, x):
-    return g
-"""
-
-SPEC = """\
-specgrad: 1
-name: {name}
-description: d
-forward: {module}:forward
-backward: {module}:backward
-inputs:
-  x: {{shape: [3, 4]}}
-dtypes: [float32, float64]
-"""
 
 
 def _checks(report: Path) -> list[dict[str, Any]]:

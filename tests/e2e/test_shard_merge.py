@@ -12,26 +12,8 @@ from typing import Any
 import pytest
 
 from specgrad.cli import main
-from tests.conftest import SPECS, run_subprocess
-
-BUGGY = """
-def forward(x):
-    return x * x
-
-def backward(g, x):
-    return 2.01 * g * x
-"""
-
-SPEC = """\
-specgrad: 1
-name: buggy
-description: d
-forward: buggy:forward
-backward: buggy:backward
-inputs:
-  x: {shape: [3, 4]}
-dtypes: [float32, float64]
-"""
+from tests.conftest import BUGGY_LAYER as BUGGY
+from tests.conftest import LAYER_SPEC, SPECS, run_subprocess
 
 
 def _checks(report: Path) -> dict[str, dict[str, Any]]:
@@ -50,7 +32,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for name in ("linear", "tanh", "softmax", "maxpool2d"):
         shutil.copy(SPECS / f"{name}.yaml", folder)
     (folder / "buggy.py").write_text(BUGGY)
-    (folder / "buggy.yaml").write_text(SPEC)
+    (folder / "buggy.yaml").write_text(LAYER_SPEC.format(name="buggy", module="buggy"))
     whole = tmp / "whole.json"
     codes = {"whole": main(["validate", str(folder), "-q", "-j", "1", "--json", str(whole)])}
     for k in (1, 2, 3):
